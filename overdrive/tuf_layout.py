@@ -1,0 +1,144 @@
+"""Where the TUF image repository keeps things in storage, and what a bundle target's ``custom``
+field says. Shared by the signing side (which writes it) and vehicles (which read it).
+
+Storage layout (consistent snapshots)::
+
+    metadata/N.root.json       every root version, kept forever (clients walk the chain)
+    metadata/root.json         a copy of the newest root, for bootstrapping by hand
+    metadata/N.targets.json    targets versions
+    metadata/N.snapshot.json   snapshot versions
+    metadata/timestamp.json    the one mutable file: written last, it switches clients over
+    targets/HW/VERSION/SHA256.NAME   bundle files under hash-prefixed names (immutable)
+    staging/ROLE.json          metadata waiting for more signatures (never read by vehicles)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from overdrive.errors import OverdriveError
+
+METADATA_PREFIX = "metadata/"
+TARGETS_PREFIX = "targets/"
+STAGING_PREFIX = "staging/"
+TOP_LEVEL_ROLES = ("root", "targets", "snapshot", "timestamp")
+#: Namespace of our fields inside a target's ``custom``.
+CUSTOM_KEY = "overdrive"
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+class LayoutError(OverdriveError):
+    """A name cannot be used in the repository layout, or a ``custom`` field is malformed."""
+
+
+def check_segment(what: str, value: str) -> str:
+    """``value`` if it can be one path segment of a target name (hardware id, version)."""
+    if not _SEGMENT.match(value) or ".." in value:
+        raise LayoutError(
+            f"invalid {what} {value!r}: use letters, digits and . _ + - "
+            "(starting with a letter or digit, at most 128 characters)"
+        )
+    return value
+
+
+def metadata_key(role: str, version: int | None = None) -> str:
+    """Storage key of a role's metadata file (``timestamp`` is never versioned)."""
+    if role == "timestamp" or version is None:
+        return f"{METADATA_PREFIX}{role}.json"
+    return f"{METADATA_PREFIX}{version}.{role}.json"
+
+
+def staging_key(role: str) -> str:
+    return f"{STAGING_PREFIX}{role}.json"
+
+
+def target_storage_key(target_path: str, sha256: str) -> str:
+    """Where a target file lives: its basename prefixed with its hash, as ngclient fetches it."""
+    dirname, sep, basename = target_path.rpartition("/")
+    return f"{TARGETS_PREFIX}{dirname}{sep}{sha256}.{basename}"
+
+
+def bundle_target_path(hardware_id: str, version: str, source_version: str | None = None) -> str:
+    """The TUF target path of a full bundle, or of a delta from ``source_version``."""
+    check_segment("hardware id", hardware_id)
+    check_segment("version", version)
+    if source_version is None:
+        return f"{hardware_id}/{version}/full.bundle"
+    check_segment("source version", source_version)
+    return f"{hardware_id}/{version}/delta-from-{source_version}.bundle"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """The identity of an installed image: what a slot holds."""
+
+    version: str
+    sha256: str
+    length: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "sha256": self.sha256, "length": self.length}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> ImageRef:
+        if not isinstance(data, dict):
+            raise LayoutError(f"{where}: expected an object")
+        version, sha, length = data.get("version"), data.get("sha256"), data.get("length")
+        if not isinstance(version, str) or not isinstance(sha, str) or len(sha) != 64:
+            raise LayoutError(f"{where}: version and sha256 are required")
+        if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+            raise LayoutError(f"{where}: length must be a non-negative integer")
+        return cls(version, sha, length)
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What a bundle target's ``custom`` field carries (under the ``overdrive`` key)."""
+
+    hardware_id: str
+    version: str
+    release_counter: int
+    kind: str  # "full" | "delta"
+    image: ImageRef
+    source: ImageRef | None = None
+
+    def to_custom(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "hardware_id": self.hardware_id,
+            "version": self.version,
+            "release_counter": self.release_counter,
+            "kind": self.kind,
+            "image": self.image.to_dict(),
+        }
+        if self.source is not None:
+            info["source"] = self.source.to_dict()
+        return {CUSTOM_KEY: info}
+
+    @classmethod
+    def from_custom(cls, custom: Any, where: str = "target") -> BundleInfo | None:
+        """Parse a target's ``custom``; ``None`` for targets that are not bundles."""
+        if not isinstance(custom, dict) or CUSTOM_KEY not in custom:
+            return None
+        info = custom[CUSTOM_KEY]
+        if not isinstance(info, dict):
+            raise LayoutError(f"{where}: custom.{CUSTOM_KEY} must be an object")
+        hw, version = info.get("hardware_id"), info.get("version")
+        counter, kind = info.get("release_counter"), info.get("kind")
+        if not isinstance(hw, str) or not isinstance(version, str):
+            raise LayoutError(f"{where}: hardware_id and version are required")
+        if not isinstance(counter, int) or isinstance(counter, bool) or counter < 1:
+            raise LayoutError(f"{where}: release_counter must be a positive integer")
+        if kind not in ("full", "delta"):
+            raise LayoutError(f"{where}: kind must be 'full' or 'delta'")
+        image = ImageRef.from_dict(info.get("image"), f"{where}: image")
+        source = (
+            ImageRef.from_dict(info["source"], f"{where}: source")
+            if info.get("source") is not None
+            else None
+        )
+        if (kind == "delta") != (source is not None):
+            raise LayoutError(f"{where}: a delta needs a source, a full bundle has none")
+        return cls(hw, version, counter, kind, image, source)
