@@ -30,6 +30,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "release": ("signing.cli", "release", "Register a build as signed update bundles."),
     "bundle": ("overdrive.bundle.cli", "bundle", "Create, inspect and apply update bundles."),
     "demo": ("signing.demo", "demo", "Run the release flow end to end on a local directory."),
+    "server": ("server.cli", "server", "Run and administer the rollout server."),
+    "campaign": ("server.campaign_cli", "campaign", "Create and drive rollout campaigns."),
 }
 
 

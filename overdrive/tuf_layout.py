@@ -24,6 +24,8 @@ METADATA_PREFIX = "metadata/"
 TARGETS_PREFIX = "targets/"
 STAGING_PREFIX = "staging/"
 TOP_LEVEL_ROLES = ("root", "targets", "snapshot", "timestamp")
+#: The target that lists the director keys vehicles may trust (``{"keys": {…}, "threshold": n}``).
+DIRECTOR_KEYS_TARGET = "director/keys.json"
 #: Namespace of our fields inside a target's ``custom``.
 CUSTOM_KEY = "overdrive"
 

@@ -539,6 +539,28 @@ def repo_publish(storage_url: str, keys_dir: Path, passphrase_env: str | None) -
     )
 
 
+@repo.command("set-director-keys")
+@storage_option
+@keys_option
+@click.argument("public_keys", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--stage-only", is_flag=True, help="Stage the targets change for more signatures.")
+@passphrase_option
+def repo_set_director_keys(
+    storage_url: str,
+    keys_dir: Path,
+    public_keys: tuple[Path, ...],
+    stage_only: bool,
+    passphrase_env: str | None,
+) -> None:
+    """Publish the director's public keys (KEY.pub …) as the TUF target director/keys.json."""
+    from signing.director_keys import set_director_keys
+
+    repo_ = load_repo(storage_url, keys_dir, passphrase_env)
+    keyids = set_director_keys(repo_, list(public_keys), stage_only=stage_only)
+    verb = "staged" if stage_only else "published"
+    click.echo(f"{verb} director/keys.json with {len(keyids)} key(s): {', '.join(k[:12] for k in keyids)}")
+
+
 @repo.command("discard")
 @storage_option
 def repo_discard(storage_url: str) -> None:

@@ -199,11 +199,7 @@ def add_release(
             result.bundles.append((path, info, target.length))
         repo.sign(new_targets, "targets", repo.root.signed)
         if stage_only:
-            for _path, target, local in files:
-                key = target_storage_key(target.path, target.hashes["sha256"])
-                with local.open("rb") as f:
-                    repo.storage.put_stream(key, f)
-            repo.stage(new_targets, "targets")
+            repo.stage_targets(new_targets, files)
         else:
             repo.publish(targets=new_targets, target_files=files)
     return result

@@ -33,6 +33,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
+from overdrive.durations import parse_duration
 from overdrive.storage import CachePolicy, NotFound, Storage
 from overdrive.tuf_layout import (
     METADATA_PREFIX,
@@ -55,17 +56,7 @@ DEFAULT_EXPIRY: dict[str, timedelta] = {
 #: Root carries the repository's expiry policy, so every engineer re-signs with the same periods.
 EXPIRY_FIELD = "x-overdrive-expiry-seconds"
 _SERIALIZER = JSONSerializer(compact=False)
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _ROOT_FILE = re.compile(r"^metadata/(\d+)\.root\.json$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """``90s``, ``30m``, ``12h``, ``7d``, ``2w`` → timedelta."""
-    match = _DURATION.match(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise RepositoryError(f"invalid duration {text!r} (examples: 30m, 12h, 7d, 2w)")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
 
 def parse_expiry(text: str | None) -> dict[str, timedelta]:
@@ -296,6 +287,21 @@ class ImageRepository:
     def stage(self, md: Metadata[Any], role: str) -> None:
         self.storage.put_bytes(staging_key(role), to_bytes(md), cache=CachePolicy.PRIVATE)
 
+    def upload_targets(self, target_files: Iterable[tuple[str, TargetFile, Path]]) -> None:
+        """Upload target files under their hash-prefixed keys (invisible until referenced)."""
+        for _path, info, local in target_files:
+            key = target_storage_key(info.path, info.hashes["sha256"])
+            if not self.storage.exists(key):
+                with local.open("rb") as f:
+                    self.storage.put_stream(key, f, cache=CachePolicy.IMMUTABLE)
+
+    def stage_targets(
+        self, targets: Metadata[Targets], target_files: Iterable[tuple[str, TargetFile, Path]]
+    ) -> None:
+        """Upload the files of a targets change and stage it for more signatures."""
+        self.upload_targets(target_files)
+        self.stage(targets, "targets")
+
     def clear_staging(self) -> None:
         for role in ("root", "targets"):
             self.storage.delete(staging_key(role))
@@ -355,11 +361,7 @@ class ImageRepository:
         self.sign(timestamp, "timestamp", new_root)
 
         put = self.storage.put_bytes
-        for _path, info, local in target_files:
-            key = target_storage_key(info.path, info.hashes["sha256"])
-            if not self.storage.exists(key):
-                with local.open("rb") as f:
-                    self.storage.put_stream(key, f, cache=CachePolicy.IMMUTABLE)
+        self.upload_targets(target_files)
         if root is not None:
             put(metadata_key("root", root.signed.version), to_bytes(root))
         if targets is not None and targets_bytes is not None:

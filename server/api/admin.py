@@ -1,0 +1,78 @@
+"""``/api/v1/tokens``, ``/api/v1/enroll-tokens`` (admin) and ``/api/v1/audit`` (viewer)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+from sqlalchemy import func, select
+
+from server import tokens
+from server.audit import entry_dict
+from server.auth import requires
+from server.context import context
+from server.errors import BadRequest
+from server.models import AuditEntry
+from server.validation import field, json_body, paging
+
+bp = Blueprint("admin", __name__, url_prefix="/api/v1")
+
+
+@bp.post("/tokens")
+@requires("admin")
+def create_token() -> ResponseReturnValue:
+    body = json_body()
+    name, role = field(body, "name", str), field(body, "role", str)
+    with context().transaction() as session:
+        token, secret = tokens.create_api_token(session, name, role)
+        data = tokens.token_dict(token)
+    return jsonify({**data, "secret": secret}), 201
+
+
+@bp.get("/tokens")
+@requires("admin")
+def list_tokens() -> ResponseReturnValue:
+    with context().session() as session:
+        return jsonify({"items": [tokens.token_dict(t) for t in tokens.list_api_tokens(session)]})
+
+
+@bp.delete("/tokens/<int:token_id>")
+@requires("admin")
+def revoke_token(token_id: int) -> ResponseReturnValue:
+    with context().transaction() as session:
+        return jsonify(tokens.token_dict(tokens.revoke_api_token(session, token_id)))
+
+
+@bp.post("/enroll-tokens")
+@requires("admin")
+def create_enroll_token() -> ResponseReturnValue:
+    body = json_body()
+    expires = field(body, "expires_in_seconds", int, required=False)
+    uses = field(body, "uses", int, required=False, default=1)
+    if expires is not None and expires <= 0:
+        raise BadRequest("field 'expires_in_seconds' must be positive")
+    with context().transaction() as session:
+        token, secret = tokens.create_enroll_token(
+            session, timedelta(seconds=expires) if expires else None, uses
+        )
+        return jsonify({"id": token.id, "uses": uses, "secret": secret}), 201
+
+
+@bp.get("/audit")
+@requires("viewer")
+def audit() -> ResponseReturnValue:
+    limit, offset = paging()
+    with context().session() as session:
+        total = session.scalar(select(func.count()).select_from(AuditEntry)) or 0
+        rows = session.scalars(
+            select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit).offset(offset)
+        )
+        items = [entry_dict(e) for e in rows]
+    return jsonify(
+        {
+            "items": items,
+            "total": total,
+            "next_offset": offset + limit if offset + limit < total else None,
+        }
+    )

@@ -1,0 +1,118 @@
+"""``/api/v1/campaigns`` and ``/api/v1/releases``: what operators drive rollouts with."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+from sqlalchemy import func, select
+
+from server import campaigns
+from server.auth import requires
+from server.context import context
+from server.errors import BadRequest
+from server.models import Campaign
+from server.validation import json_body, paging
+
+bp = Blueprint("campaigns", __name__, url_prefix="/api/v1")
+STATES = ("draft", "running", "paused", "completed", "aborted")
+
+
+@bp.post("/campaigns")
+@requires("operator")
+def create() -> ResponseReturnValue:
+    ctx = context()
+    body = json_body()
+    with ctx.transaction() as session:
+        campaign = campaigns.create(ctx, session, body)
+        return jsonify(campaigns.campaign_dict(session, campaign)), 201
+
+
+@bp.get("/campaigns")
+@requires("viewer")
+def list_campaigns() -> ResponseReturnValue:
+    from flask import request
+
+    limit, offset = paging()
+    state = request.args.get("state")
+    if state is not None and state not in STATES:
+        raise BadRequest(f"state must be one of {', '.join(STATES)}")
+    query = select(Campaign)
+    if state:
+        query = query.where(Campaign.state == state)
+    with context().session() as session:
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        rows = session.scalars(
+            query.order_by(Campaign.created_at.desc(), Campaign.id).limit(limit).offset(offset)
+        )
+        items = [campaigns.campaign_dict(session, c) for c in rows]
+    return jsonify(
+        {
+            "items": items,
+            "total": total,
+            "next_offset": offset + limit if offset + limit < total else None,
+        }
+    )
+
+
+@bp.get("/campaigns/<campaign_id>")
+@requires("viewer")
+def status(campaign_id: str) -> ResponseReturnValue:
+    with context().session() as session:
+        return jsonify(campaigns.campaign_dict(session, campaigns.get(session, campaign_id)))
+
+
+def _action(campaign_id: str, name: str) -> ResponseReturnValue:
+    ctx = context()
+    with ctx.transaction() as session:
+        if name == "start":
+            campaign = campaigns.start(ctx, session, campaign_id)
+        elif name == "pause":
+            campaign = campaigns.pause(session, campaign_id)
+        elif name == "resume":
+            campaign = campaigns.resume(session, campaign_id)
+        elif name == "abort":
+            campaign = campaigns.abort(session, campaign_id)
+        else:
+            campaign = campaigns.approve(session, campaign_id)
+        return jsonify(campaigns.campaign_dict(session, campaign))
+
+
+@bp.post("/campaigns/<campaign_id>/<any(start, pause, resume, abort, approve):action>")
+@requires("operator")
+def action(campaign_id: str, action: str) -> ResponseReturnValue:
+    return _action(campaign_id, action)
+
+
+@bp.get("/releases")
+@requires("viewer")
+def releases() -> ResponseReturnValue:
+    ctx = context()
+    index = ctx.releases.index()
+    return jsonify(
+        {
+            "repository": ctx.releases.versions,
+            "hardware": {
+                hw: [
+                    {
+                        "version": version,
+                        "release_counter": r.full.info.release_counter,
+                        "image_sha256": r.full.info.image.sha256,
+                        "full": {"path": r.full.path, "length": r.full.length},
+                        "deltas": [
+                            {
+                                "path": d.path,
+                                "length": d.length,
+                                "source_version": d.info.source.version if d.info.source else None,
+                            }
+                            for ds in r.deltas.values()
+                            for d in ds
+                        ],
+                    }
+                    for version, r in sorted(
+                        versions.items(), key=lambda kv: kv[1].full.info.release_counter
+                    )
+                ]
+                for hw, versions in sorted(index.releases.items())
+            },
+        }
+    )

@@ -1,0 +1,43 @@
+"""Health, readiness, Prometheus metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+from flask.typing import ResponseReturnValue
+from sqlalchemy import text
+
+from server.context import context
+from server.openapi import openapi_document
+
+bp = Blueprint("meta", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> ResponseReturnValue:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> ResponseReturnValue:
+    ctx = context()
+    problems = []
+    try:
+        with ctx.session() as session:
+            session.execute(text("SELECT 1"))
+    except Exception as e:
+        problems.append(f"database: {type(e).__name__}")
+    if ctx.director is None:
+        problems.append("no director key")
+    if problems:
+        return jsonify({"status": "not ready", "problems": problems}), 503
+    return jsonify({"status": "ready"})
+
+
+@bp.get("/metrics")
+def metrics() -> ResponseReturnValue:
+    return Response(context().metrics.render(), mimetype="text/plain; version=0.0.4")
+
+
+@bp.get("/api/v1/openapi.json")
+def openapi() -> ResponseReturnValue:
+    return jsonify(openapi_document())

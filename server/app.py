@@ -1,0 +1,93 @@
+"""The Flask app factory: configuration in, a WSGI app out; no module-level state."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from flask import Flask, jsonify, request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+
+from server.config import ServerConfig
+from server.context import EXTENSION, ReleaseCache, ServerContext
+from server.db import make_engine, make_sessionmaker
+from server.director import Director
+from server.errors import ApiError
+from server.metrics import Metrics
+
+log = logging.getLogger("overdrive.server")
+
+
+def create_app(config: ServerConfig | None = None, *, start_ticker: bool = True) -> Flask:
+    config = config or ServerConfig.from_env()
+    app = Flask("overdrive.server")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    engine = make_engine(config.db_url)
+    director = (
+        Director.from_file(config.director_key, config.director_passphrase_env)
+        if config.director_key
+        else None
+    )
+    ctx = ServerContext(
+        config=config,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        director=director,
+        releases=ReleaseCache(config),
+        metrics=Metrics(lambda: campaign_rows(ctx)),
+    )
+    app.extensions[EXTENSION] = ctx
+
+    from server.api import admin, campaigns, meta, vehicles
+
+    for blueprint in (vehicles.bp, campaigns.bp, admin.bp, meta.bp):
+        app.register_blueprint(blueprint)
+    _register_error_handlers(app)
+    if start_ticker and config.tick_interval > 0:
+        _start_ticker(ctx)
+    return app
+
+
+def campaign_rows(ctx: ServerContext) -> list[dict[str, Any]]:
+    from server.campaigns import active_campaign_rows
+
+    return active_campaign_rows(ctx)
+
+
+def _register_error_handlers(app: Flask) -> None:
+    def body(status: int, code: str, message: str) -> ResponseReturnValue:
+        return jsonify({"error": {"status": status, "code": code, "message": message}}), status
+
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError) -> ResponseReturnValue:
+        return body(error.status, error.code, str(error))
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> ResponseReturnValue:
+        status = error.code or 500
+        code = (error.name or "error").lower().replace(" ", "_")
+        return body(status, code, error.description or error.name)
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> ResponseReturnValue:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return body(500, "internal_error", "internal server error")
+
+
+def _start_ticker(ctx: ServerContext) -> None:
+    """Run the campaign evaluator every ``tick_interval`` seconds in this process."""
+    from server.campaigns import tick
+
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(ctx.config.tick_interval):
+            try:
+                tick(ctx)
+            except Exception:  # the next tick retries; never kill the worker
+                log.exception("campaign evaluator failed")
+
+    threading.Thread(target=loop, name="overdrive-ticker", daemon=True).start()

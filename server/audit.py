@@ -1,0 +1,31 @@
+"""The audit log: every operator action, recorded in the same transaction as the action."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import g, has_request_context
+from sqlalchemy.orm import Session
+
+from server.models import AuditEntry
+
+
+def record(session: Session, action: str, target: str | None = None, **details: Any) -> None:
+    actor = g.get("actor", "cli") if has_request_context() else "cli"
+    session.add(
+        AuditEntry(at=datetime.now(UTC), actor=actor, action=action, target=target, details=details)
+    )
+
+
+def entry_dict(entry: AuditEntry) -> dict[str, Any]:
+    from server.vehicles import iso
+
+    return {
+        "id": entry.id,
+        "at": iso(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "target": entry.target,
+        "details": entry.details,
+    }

@@ -1,0 +1,545 @@
+"""Campaigns: create, start, pause, resume, abort, approve, status, and the periodic evaluator.
+
+State machine: ``draft → running ⇄ paused → completed | aborted``. Every transition is a
+compare-and-set on the campaign's ``version`` column (``UPDATE … WHERE id = :id AND version =
+:seen``), so two workers evaluating at once cannot both advance a stage; the loser sees zero rows
+updated and leaves it. Vehicles are admitted in a fixed order — by their cohort bucket (a hash of
+campaign and vehicle id), then id — up to the stage's share, so admission is exact and monotonic.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+import rollout_policies as rp
+from overdrive.errors import OverdriveError
+from server.audit import record
+from server.context import ServerContext
+from server.errors import BadRequest, Conflict, NotFoundError
+from server.models import (
+    ABORTED,
+    ACTIVE_STATES,
+    COMPLETED,
+    DRAFT,
+    PAUSED,
+    RUNNING,
+    Campaign,
+    CampaignRelease,
+    InstalledImage,
+    Membership,
+    Vehicle,
+)
+from server.vehicles import iso
+
+SUCCEEDED = ("committed",)
+FAILED = ("failed", "rolled_back")
+FILTER_KEYS = ("model", "region", "hardware_id", "vehicles", "exclude", "installed_version")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+# ------------------------------------------------------------------------------ policies
+
+
+def resolve_policy(spec: Any) -> tuple[str, dict[str, Any]]:
+    """A preset name or a policy document → (name, normalised policy dict)."""
+    try:
+        if isinstance(spec, str):
+            return spec, rp.preset(spec).to_dict()
+        if isinstance(spec, dict):
+            return str(spec.get("name", "custom")), rp.parse_policy(spec, source="policy").to_dict()
+    except OverdriveError as e:
+        raise BadRequest(str(e)) from e
+    raise BadRequest("field 'policy' must be a preset name or a policy object")
+
+
+def _policy(campaign: Campaign) -> rp.Policy:
+    return rp.parse_policy(campaign.policy, source=f"campaign {campaign.id}")
+
+
+# ------------------------------------------------------------------------------ create
+
+
+def normalise_filter(raw: Any) -> dict[str, list[str]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BadRequest("field 'filter' must be an object")
+    result: dict[str, list[str]] = {}
+    for key, value in raw.items():
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str) and v for v in values):
+            raise BadRequest(f"filter {key!r} must be a non-empty string or list of strings")
+        if key == "installed_version" and not all(".." in v or v for v in values):
+            raise BadRequest("filter 'installed_version' takes versions or a range FROM..TO")
+        result[key] = values
+    return result
+
+
+def create(ctx: ServerContext, session: Session, body: dict[str, Any]) -> Campaign:
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise BadRequest("field 'name' must be a non-empty string (max 200)")
+    releases = body.get("releases")
+    if not isinstance(releases, dict) or not releases:
+        raise BadRequest("field 'releases' must be an object of hardware id → version")
+    if "policy" not in body:
+        raise BadRequest("missing field 'policy'")
+    policy_name, policy = resolve_policy(body["policy"])
+    campaign_filter = normalise_filter(body.get("filter"))
+    index = ctx.releases.index(force=True)
+    campaign = Campaign(
+        id=str(uuid.uuid4()),
+        name=name.strip(),
+        state=DRAFT,
+        policy_name=policy_name,
+        policy=policy,
+        filter=campaign_filter,
+        created_at=utcnow(),
+        created_by=_actor(),
+    )
+    session.add(campaign)
+    session.flush()
+    for hw, version in releases.items():
+        if not isinstance(version, str):
+            raise BadRequest(f"release for {hw!r} must be a version string")
+        try:
+            release = index.get(hw, version)
+        except OverdriveError as e:
+            raise BadRequest(str(e)) from e
+        info = release.full.info
+        session.add(
+            CampaignRelease(
+                campaign_id=campaign.id,
+                hardware_id=hw,
+                version=version,
+                release_counter=info.release_counter,
+                image_sha256=info.image.sha256,
+                image_length=info.image.length,
+            )
+        )
+    record(
+        session,
+        "campaign.create",
+        f"campaign:{campaign.id}",
+        name=campaign.name,
+        releases=releases,
+        policy=policy_name,
+        filter=campaign_filter,
+    )
+    return campaign
+
+
+def _actor() -> str:
+    from flask import g, has_request_context
+
+    return str(g.get("actor", "cli")) if has_request_context() else "cli"
+
+
+def get(session: Session, campaign_id: str, *, lock: bool = False) -> Campaign:
+    campaign = session.get(Campaign, campaign_id, with_for_update=lock)
+    if campaign is None:
+        raise NotFoundError(f"no campaign {campaign_id}")
+    return campaign
+
+
+# ------------------------------------------------------------------------------ transitions
+
+
+def transition(
+    session: Session, campaign: Campaign, *, expect: tuple[str, ...], **values: Any
+) -> None:
+    """Compare-and-set: apply ``values`` only if nobody changed the campaign since we read it."""
+    if campaign.state not in expect:
+        raise Conflict(
+            f"campaign {campaign.id} is {campaign.state}; this needs it to be {' or '.join(expect)}"
+        )
+    result = session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign.id, Campaign.version == campaign.version)
+        .values(version=campaign.version + 1, **values)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict(f"campaign {campaign.id} was changed concurrently; retry")
+    session.refresh(campaign)
+
+
+def eligible_vehicles(
+    ctx: ServerContext, session: Session, campaign: Campaign
+) -> list[tuple[str, str]]:
+    """(vehicle id, hardware id) pairs the campaign's filter selects, below each release."""
+    f = campaign.filter
+    pairs: list[tuple[str, str]] = []
+    releases = session.scalars(
+        select(CampaignRelease).where(CampaignRelease.campaign_id == campaign.id)
+    )
+    for release in releases:
+        if "hardware_id" in f and release.hardware_id not in f["hardware_id"]:
+            continue
+        query = (
+            select(InstalledImage.vehicle_id)
+            .join(Vehicle, Vehicle.id == InstalledImage.vehicle_id)
+            .where(
+                InstalledImage.hardware_id == release.hardware_id,
+                InstalledImage.release_counter < release.release_counter,
+            )
+        )
+        if "model" in f:
+            query = query.where(Vehicle.model.in_(f["model"]))
+        if "region" in f:
+            query = query.where(Vehicle.region.in_(f["region"]))
+        if "vehicles" in f:
+            query = query.where(Vehicle.id.in_(f["vehicles"]))
+        if "exclude" in f:
+            query = query.where(Vehicle.id.not_in(f["exclude"]))
+        if "installed_version" in f:
+            query = query.where(
+                InstalledImage.version.in_(
+                    _versions(ctx, release.hardware_id, f["installed_version"])
+                )
+            )
+        attribute_filters = {k: v for k, v in f.items() if k not in FILTER_KEYS}
+        ids = list(session.scalars(query))
+        if attribute_filters:
+            vehicles = {
+                v.id: v for v in session.scalars(select(Vehicle).where(Vehicle.id.in_(ids)))
+            }
+            ids = [
+                i
+                for i in ids
+                if all(
+                    str(vehicles[i].attributes.get(k)) in vals
+                    for k, vals in attribute_filters.items()
+                )
+            ]
+        pairs.extend((vehicle_id, release.hardware_id) for vehicle_id in ids)
+    return pairs
+
+
+def _versions(ctx: ServerContext, hardware_id: str, specs: list[str]) -> list[str]:
+    """Expand ``FROM..TO`` ranges (by release counter in the signed repository) to versions."""
+    known = ctx.releases.index().releases.get(hardware_id, {})
+    by_counter = sorted(known.values(), key=lambda r: r.full.info.release_counter)
+    versions: list[str] = []
+    for spec in specs:
+        if ".." not in spec:
+            versions.append(spec)
+            continue
+        low, high = spec.split("..", 1)
+        counters = {r.full.info.version: r.full.info.release_counter for r in by_counter}
+        lo = counters.get(low, 0) if low else 0
+        hi = counters.get(high, 1 << 62) if high else 1 << 62
+        if (low and low not in counters) or (high and high not in counters):
+            raise BadRequest(
+                f"installed_version range {spec!r} names a version not in the repository"
+            )
+        versions.extend(v for v, c in counters.items() if lo <= c <= hi)
+    return versions
+
+
+def start(ctx: ServerContext, session: Session, campaign_id: str) -> Campaign:
+    campaign = get(session, campaign_id, lock=True)
+    if campaign.state != DRAFT:
+        raise Conflict(f"campaign {campaign.id} is {campaign.state}; only a draft can start")
+    pairs = eligible_vehicles(ctx, session, campaign)
+    hardware = {hw for _v, hw in pairs}
+    if pairs:
+        clash = session.execute(
+            select(Membership.campaign_id, func.count())
+            .where(
+                Membership.active.is_(True),
+                Membership.hardware_id.in_(hardware),
+                Membership.vehicle_id.in_({v for v, _hw in pairs}),
+            )
+            .group_by(Membership.campaign_id)
+        ).all()
+        if clash:
+            detail = ", ".join(f"{count} in campaign {cid}" for cid, count in clash)
+            raise Conflict(
+                f"vehicles already in a running or paused campaign for the same hardware id ({detail}); "
+                "finish or abort it first"
+            )
+    stamp = utcnow()
+    session.execute(
+        Membership.__table__.insert(),
+        [
+            {
+                "campaign_id": campaign.id,
+                "vehicle_id": vehicle_id,
+                "hardware_id": hw,
+                "bucket": rp.bucket(campaign.id, vehicle_id),
+                "admitted": False,
+                "status": "pending",
+                "active": True,
+                "updated_at": stamp,
+            }
+            for vehicle_id, hw in pairs
+        ],
+    ) if pairs else None
+    transition(
+        session,
+        campaign,
+        expect=(DRAFT,),
+        state=RUNNING,
+        started_at=stamp,
+        stage_started_at=stamp,
+        stage_index=0,
+        eligible_count=len(pairs),
+    )
+    admit(session, campaign)
+    record(session, "campaign.start", f"campaign:{campaign.id}", eligible=len(pairs))
+    return campaign
+
+
+def admit(session: Session, campaign: Campaign) -> int:
+    """Admit vehicles in (bucket, id) order up to the current stage's share; return how many."""
+    policy = _policy(campaign)
+    target = rp.admission_target(policy.stages[campaign.stage_index], campaign.eligible_count)
+    admitted = (
+        session.scalar(
+            select(func.count())
+            .select_from(Membership)
+            .where(Membership.campaign_id == campaign.id, Membership.admitted.is_(True))
+        )
+        or 0
+    )
+    missing = target - admitted
+    if missing <= 0:
+        return 0
+    chosen = (
+        select(Membership.vehicle_id, Membership.hardware_id)
+        .where(Membership.campaign_id == campaign.id, Membership.admitted.is_(False))
+        .order_by(Membership.bucket, Membership.vehicle_id, Membership.hardware_id)
+        .limit(missing)
+    )
+    rows = session.execute(chosen).all()
+    for vehicle_id, hw in rows:
+        session.execute(
+            update(Membership)
+            .where(
+                Membership.campaign_id == campaign.id,
+                Membership.vehicle_id == vehicle_id,
+                Membership.hardware_id == hw,
+            )
+            .values(admitted=True, admitted_stage=campaign.stage_index)
+        )
+    return len(rows)
+
+
+def _deactivate(session: Session, campaign: Campaign) -> None:
+    session.execute(
+        update(Membership).where(Membership.campaign_id == campaign.id).values(active=None)
+    )
+
+
+def pause(session: Session, campaign_id: str, reason: str = "paused by operator") -> Campaign:
+    campaign = get(session, campaign_id, lock=True)
+    transition(session, campaign, expect=(RUNNING,), state=PAUSED, reason=reason)
+    record(session, "campaign.pause", f"campaign:{campaign.id}", reason=reason)
+    return campaign
+
+
+def resume(session: Session, campaign_id: str) -> Campaign:
+    campaign = get(session, campaign_id, lock=True)
+    transition(
+        session, campaign, expect=(PAUSED,), state=RUNNING, reason=None, stage_started_at=utcnow()
+    )
+    record(session, "campaign.resume", f"campaign:{campaign.id}")
+    return campaign
+
+
+def abort(session: Session, campaign_id: str, reason: str = "aborted by operator") -> Campaign:
+    campaign = get(session, campaign_id, lock=True)
+    transition(
+        session,
+        campaign,
+        expect=(DRAFT, RUNNING, PAUSED),
+        state=ABORTED,
+        reason=reason,
+        finished_at=utcnow(),
+    )
+    _deactivate(session, campaign)
+    record(session, "campaign.abort", f"campaign:{campaign.id}", reason=reason)
+    return campaign
+
+
+def approve(session: Session, campaign_id: str) -> Campaign:
+    campaign = get(session, campaign_id, lock=True)
+    transition(session, campaign, expect=(RUNNING, PAUSED), approved_stage=campaign.stage_index + 1)
+    record(session, "campaign.approve", f"campaign:{campaign.id}", stage=campaign.stage_index + 1)
+    return campaign
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def counts(session: Session, campaign_id: str) -> dict[str, int]:
+    rows = session.execute(
+        select(Membership.status, Membership.admitted, func.count())
+        .where(Membership.campaign_id == campaign_id)
+        .group_by(Membership.status, Membership.admitted)
+    ).all()
+    result: dict[str, int] = {"eligible": 0, "admitted": 0}
+    for status, admitted, count in rows:
+        result["eligible"] += count
+        if admitted:
+            result["admitted"] += count
+            result[status] = result.get(status, 0) + count
+    return result
+
+
+def evaluate(session: Session, campaign: Campaign, now: datetime) -> str:
+    """Run the policy engine for one running campaign and apply its decision (compare-and-set)."""
+    policy = _policy(campaign)
+    c = counts(session, campaign.id)
+    succeeded = sum(c.get(s, 0) for s in SUCCEEDED)
+    failed = c.get("failed", 0)
+    rolled_back = c.get("rolled_back", 0)
+    in_progress = c["admitted"] - succeeded - failed - rolled_back
+    state = rp.StageState(
+        stage_index=campaign.stage_index,
+        stage_started_at=aware(campaign.stage_started_at) or now,
+        campaign_started_at=aware(campaign.started_at) or now,
+        now=now,
+        eligible=campaign.eligible_count,
+        admitted=c["admitted"],
+        succeeded=succeeded,
+        failed=failed,
+        rolled_back=rolled_back,
+        in_progress=in_progress,
+        approved=campaign.approved_stage > campaign.stage_index,
+    )
+    decision = rp.decide(policy, state)
+    kind = decision.kind
+    if kind == "advance":
+        transition(
+            session,
+            campaign,
+            expect=(RUNNING,),
+            stage_index=campaign.stage_index + 1,
+            stage_started_at=now,
+        )
+        admit(session, campaign)
+        record(
+            session,
+            "campaign.advance",
+            f"campaign:{campaign.id}",
+            stage=campaign.stage_index,
+            reason=decision.reason,
+        )
+    elif kind == "pause":
+        transition(session, campaign, expect=(RUNNING,), state=PAUSED, reason=decision.reason)
+        record(
+            session,
+            "campaign.pause",
+            f"campaign:{campaign.id}",
+            reason=decision.reason,
+            by="policy",
+        )
+    elif kind == "abort":
+        transition(
+            session,
+            campaign,
+            expect=(RUNNING,),
+            state=ABORTED,
+            reason=decision.reason,
+            finished_at=now,
+        )
+        _deactivate(session, campaign)
+        record(
+            session,
+            "campaign.abort",
+            f"campaign:{campaign.id}",
+            reason=decision.reason,
+            by="policy",
+        )
+    elif kind == "complete":
+        transition(
+            session,
+            campaign,
+            expect=(RUNNING,),
+            state=COMPLETED,
+            reason=decision.reason,
+            finished_at=now,
+        )
+        _deactivate(session, campaign)
+        record(session, "campaign.complete", f"campaign:{campaign.id}", reason=decision.reason)
+    else:
+        admit(session, campaign)  # eligible vehicles may have been admitted short earlier
+    return kind
+
+
+def tick(ctx: ServerContext, now: datetime | None = None) -> dict[str, str]:
+    """Evaluate every running campaign, each in its own transaction; return the decisions."""
+    now = now or utcnow()
+    with ctx.session() as session:
+        ids = list(session.scalars(select(Campaign.id).where(Campaign.state == RUNNING)))
+    decisions = {}
+    for campaign_id in ids:
+        try:
+            with ctx.transaction() as session:
+                campaign = get(session, campaign_id, lock=True)
+                if campaign.state == RUNNING:
+                    decisions[campaign_id] = evaluate(session, campaign, now)
+        except Conflict:
+            decisions[campaign_id] = "skipped (changed concurrently)"
+    return decisions
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def campaign_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
+    releases = session.scalars(
+        select(CampaignRelease).where(CampaignRelease.campaign_id == campaign.id)
+    )
+    stages = campaign.policy.get("stages", [])
+    return {
+        "id": campaign.id,
+        "name": campaign.name,
+        "state": campaign.state,
+        "policy": campaign.policy_name,
+        "stage_index": campaign.stage_index,
+        "stage": stages[campaign.stage_index].get("name")
+        if campaign.stage_index < len(stages)
+        else None,
+        "stages": len(stages),
+        "stage_started_at": iso(campaign.stage_started_at) if campaign.stage_started_at else None,
+        "started_at": iso(campaign.started_at) if campaign.started_at else None,
+        "finished_at": iso(campaign.finished_at) if campaign.finished_at else None,
+        "approved_stage": campaign.approved_stage,
+        "reason": campaign.reason,
+        "filter": campaign.filter,
+        "releases": {
+            r.hardware_id: {"version": r.version, "release_counter": r.release_counter}
+            for r in releases
+        },
+        "counts": counts(session, campaign.id),
+        "created_at": iso(campaign.created_at),
+        "created_by": campaign.created_by,
+    }
+
+
+def active_campaign_rows(ctx: ServerContext) -> list[dict[str, Any]]:
+    with ctx.session() as session:
+        campaigns = session.scalars(select(Campaign).where(Campaign.state.in_(ACTIVE_STATES)))
+        return [
+            {
+                "id": c.id,
+                "state": c.state,
+                "stage_index": c.stage_index,
+                "counts": counts(session, c.id),
+            }
+            for c in campaigns
+        ]

@@ -1,0 +1,235 @@
+"""``overdrive server …``: run the rollout server, migrate its database, evaluate campaigns,
+and create the secrets that bootstrap it (the first admin token, vehicle enrollment tokens)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from server.config import ServerConfig
+
+db_option = click.option(
+    "--db",
+    "db_url",
+    envvar="OVERDRIVE_DB",
+    default="sqlite:///overdrive.db",
+    show_default=True,
+    help="Database URL: sqlite:///FILE or postgresql://… [env OVERDRIVE_DB].",
+)
+
+
+@click.group()
+def server() -> None:
+    """Run and administer the rollout server."""
+
+
+@server.command("run")
+@db_option
+@click.option(
+    "--storage", "storage_url", envvar="OVERDRIVE_STORAGE", help="Image repository storage URL."
+)
+@click.option(
+    "--director-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="OVERDRIVE_DIRECTOR_KEY",
+    help="The director's private key (PEM) that signs assignments.",
+)
+@click.option(
+    "--director-passphrase-env", metavar="VAR", help="Environment variable holding its passphrase."
+)
+@click.option(
+    "--trusted-root",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="OVERDRIVE_TRUSTED_ROOT",
+    help="Root metadata to trust (default: pin the repository's 1.root.json on first use).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("overdrive-server-state"),
+    show_default=True,
+    help="Where the server keeps its verified TUF metadata.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="1: development server (threaded); N>1: gunicorn with N worker processes.",
+)
+@click.option(
+    "--poll-interval",
+    type=click.IntRange(1),
+    default=900,
+    show_default=True,
+    help="Seconds between vehicle polls when there is nothing to do.",
+)
+@click.option(
+    "--tick-interval",
+    type=click.IntRange(0),
+    default=30,
+    show_default=True,
+    help="Seconds between campaign evaluations in-process (0: off; use 'server tick').",
+)
+def run(
+    db_url: str,
+    storage_url: str | None,
+    director_key: Path | None,
+    director_passphrase_env: str | None,
+    trusted_root: Path | None,
+    state_dir: Path,
+    host: str,
+    port: int,
+    workers: int,
+    poll_interval: int,
+    tick_interval: int,
+) -> None:
+    """Serve the operator and vehicle APIs (migrating the database first)."""
+    from server.migrate import upgrade
+
+    config = ServerConfig(
+        db_url=db_url,
+        storage_url=storage_url,
+        director_key=director_key,
+        director_passphrase_env=director_passphrase_env,
+        trusted_root=trusted_root,
+        state_dir=state_dir,
+        poll_interval=poll_interval,
+        tick_interval=tick_interval,
+    )
+    upgrade(db_url)
+    if workers == 1:
+        from werkzeug.serving import run_simple
+
+        from server.app import create_app
+
+        app = create_app(config)
+        click.echo(
+            f"overdrive server on http://{host}:{port} (development server; --workers N for gunicorn)",
+            err=True,
+        )
+        run_simple(host, port, app, threaded=True, use_reloader=False)
+        return
+    serve_gunicorn(config, host, port, workers)
+
+
+def serve_gunicorn(config: ServerConfig, host: str, port: int, workers: int) -> None:
+    import os
+
+    from gunicorn.app.base import BaseApplication
+
+    os.environ.update(config.to_env())  # workers rebuild the config from the environment
+
+    class Application(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", 4)
+            self.cfg.set("accesslog", None)
+            self.cfg.set("timeout", 60)
+
+        def load(self) -> Any:
+            from server.app import create_app
+
+            return create_app(ServerConfig.from_env())
+
+    click.echo(f"overdrive server on http://{host}:{port} (gunicorn, {workers} workers)", err=True)
+    Application().run()
+
+
+@server.command("migrate")
+@db_option
+def migrate(db_url: str) -> None:
+    """Create or upgrade the database schema (Alembic; safe to run again)."""
+    from server.migrate import upgrade
+
+    upgrade(db_url)
+    click.echo("database schema is up to date")
+
+
+def _context(db_url: str, storage_url: str | None = None) -> Any:
+    from server.app import create_app
+    from server.context import EXTENSION
+    from server.migrate import upgrade
+
+    upgrade(db_url)
+    app = create_app(
+        ServerConfig(db_url=db_url, storage_url=storage_url, tick_interval=0), start_ticker=False
+    )
+    return app.extensions[EXTENSION]
+
+
+@server.command("tick")
+@db_option
+@click.option("--storage", "storage_url", envvar="OVERDRIVE_STORAGE")
+def tick_command(db_url: str, storage_url: str | None) -> None:
+    """Evaluate every running campaign once (for cron, when the in-process timer is off)."""
+    from server.campaigns import tick
+
+    decisions = tick(_context(db_url, storage_url))
+    if not decisions:
+        click.echo("no running campaigns")
+    for campaign_id, decision in decisions.items():
+        click.echo(f"{campaign_id}: {decision}")
+
+
+@server.group("token")
+def token() -> None:
+    """Operator API tokens."""
+
+
+@token.command("create")
+@db_option
+@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), required=True)
+@click.option("--name", default=None, help="Who or what uses it (default: the role).")
+@click.option("--json", "as_json", is_flag=True)
+def token_create(db_url: str, role: str, name: str | None, as_json: bool) -> None:
+    """Create an API token and print its secret (shown only this once)."""
+    from server.tokens import create_api_token
+
+    ctx = _context(db_url)
+    with ctx.transaction() as session:
+        created, secret = create_api_token(session, name or role, role)
+        token_id = created.id
+    if as_json:
+        click.echo(json.dumps({"id": token_id, "role": role, "secret": secret}))
+    else:
+        click.echo(secret)
+        click.echo(
+            f"token {token_id} ({role}); the secret is stored only hashed: keep it now", err=True
+        )
+
+
+@server.group("enroll-token")
+def enroll_token() -> None:
+    """Vehicle enrollment tokens."""
+
+
+@enroll_token.command("create")
+@db_option
+@click.option("--expires", default=None, help="Validity, e.g. 24h or 7d (default: no expiry).")
+@click.option(
+    "--uses",
+    type=click.IntRange(1, 1_000_000),
+    default=1,
+    show_default=True,
+    help="How many vehicles may register with it.",
+)
+def enroll_create(db_url: str, expires: str | None, uses: int) -> None:
+    """Create an enrollment token and print its secret (shown only this once)."""
+    from overdrive.durations import parse_duration
+    from server.tokens import create_enroll_token
+
+    period = parse_duration(expires) if expires else None
+    ctx = _context(db_url)
+    with ctx.transaction() as session:
+        created, secret = create_enroll_token(session, period, uses)
+        token_id = created.id
+    click.echo(secret)
+    click.echo(f"enrollment token {token_id} for {uses} vehicle(s)", err=True)

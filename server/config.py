@@ -1,0 +1,80 @@
+"""Server configuration, from the environment (``OVERDRIVE_*``) or the ``server run`` options."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from overdrive.errors import UsageError
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError as e:
+        raise UsageError(f"${name} must be a whole number of seconds, got {value!r}") from e
+
+
+@dataclass
+class ServerConfig:
+    """Everything a worker needs; workers share nothing else but the database."""
+
+    db_url: str = "sqlite:///overdrive.db"
+    storage_url: str | None = None
+    director_key: Path | None = None
+    director_passphrase_env: str | None = None
+    trusted_root: Path | None = None
+    state_dir: Path = field(default_factory=lambda: Path("overdrive-server-state"))
+    #: Seconds between polls that a vehicle is told when there is nothing to do.
+    poll_interval: int = 900
+    #: How long a signed assignment stays valid.
+    assignment_ttl: int = 3600
+    #: Seconds between in-process evaluator runs (0: only ``overdrive server tick``).
+    tick_interval: int = 30
+    #: Seconds between re-reading the image repository.
+    repository_refresh: int = 60
+    max_body_bytes: int = 1 << 20
+    #: Allowed skew between a vehicle's clock and ours for manifest timestamps.
+    clock_skew: int = 300
+
+    @classmethod
+    def from_env(cls) -> ServerConfig:
+        env = os.environ
+        key = env.get("OVERDRIVE_DIRECTOR_KEY")
+        root = env.get("OVERDRIVE_TRUSTED_ROOT")
+        return cls(
+            db_url=env.get("OVERDRIVE_DB", cls.db_url),
+            storage_url=env.get("OVERDRIVE_STORAGE") or None,
+            director_key=Path(key) if key else None,
+            director_passphrase_env=env.get("OVERDRIVE_DIRECTOR_PASSPHRASE_ENV") or None,
+            trusted_root=Path(root) if root else None,
+            state_dir=Path(env.get("OVERDRIVE_STATE_DIR", "overdrive-server-state")),
+            poll_interval=_env_int("OVERDRIVE_POLL_INTERVAL", cls.poll_interval),
+            assignment_ttl=_env_int("OVERDRIVE_ASSIGNMENT_TTL", cls.assignment_ttl),
+            tick_interval=_env_int("OVERDRIVE_TICK_INTERVAL", cls.tick_interval),
+            repository_refresh=_env_int("OVERDRIVE_REPOSITORY_REFRESH", cls.repository_refresh),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes :meth:`from_env` return this config (for gunicorn workers)."""
+        env = {
+            "OVERDRIVE_DB": self.db_url,
+            "OVERDRIVE_STATE_DIR": str(self.state_dir),
+            "OVERDRIVE_POLL_INTERVAL": str(self.poll_interval),
+            "OVERDRIVE_ASSIGNMENT_TTL": str(self.assignment_ttl),
+            "OVERDRIVE_TICK_INTERVAL": str(self.tick_interval),
+            "OVERDRIVE_REPOSITORY_REFRESH": str(self.repository_refresh),
+        }
+        if self.storage_url:
+            env["OVERDRIVE_STORAGE"] = self.storage_url
+        if self.director_key:
+            env["OVERDRIVE_DIRECTOR_KEY"] = str(self.director_key)
+        if self.director_passphrase_env:
+            env["OVERDRIVE_DIRECTOR_PASSPHRASE_ENV"] = self.director_passphrase_env
+        if self.trusted_root:
+            env["OVERDRIVE_TRUSTED_ROOT"] = str(self.trusted_root)
+        return env

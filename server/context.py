@@ -1,0 +1,97 @@
+"""What one server process holds: the database engine, the director, a cache of the verified
+release index, and its configuration. Kept on the Flask app (``app.extensions``), never global.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from flask import current_app
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from overdrive.releases import ReleaseIndex
+from overdrive.repository_view import verified_targets
+from overdrive.storage import NotFound, Storage, open_storage
+from server.config import ServerConfig
+from server.director import Director
+from server.errors import Unavailable
+from server.metrics import Metrics
+
+EXTENSION = "overdrive"
+
+
+class ReleaseCache:
+    """The release index from the verified repository, re-read at most every ``ttl`` seconds."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self._storage: Storage | None = None
+        self._index: ReleaseIndex | None = None
+        self.versions: dict[str, int] = {}
+        self._loaded_at = 0.0
+        self._lock = threading.Lock()
+
+    def storage(self) -> Storage:
+        if self.config.storage_url is None:
+            raise Unavailable("this server has no image repository configured (--storage)")
+        if self._storage is None:
+            self._storage = open_storage(self.config.storage_url)
+        return self._storage
+
+    def trusted_root(self, storage: Storage) -> bytes:
+        if self.config.trusted_root is not None:
+            return self.config.trusted_root.read_bytes()
+        try:  # trust on first use: pinned in state_dir from then on
+            return storage.get_bytes("metadata/1.root.json")
+        except NotFound as e:
+            raise Unavailable(f"no image repository at {storage.url}") from e
+
+    def index(self, *, force: bool = False) -> ReleaseIndex:
+        with self._lock:
+            stale = time.monotonic() - self._loaded_at > self.config.repository_refresh
+            if self._index is None or stale or force:
+                storage = self.storage()
+                targets, versions = verified_targets(
+                    storage, self.trusted_root(storage), self.config.state_dir / "tuf"
+                )
+                self._index, self.versions = ReleaseIndex(targets), versions
+                self._loaded_at = time.monotonic()
+            return self._index
+
+
+@dataclass
+class ServerContext:
+    config: ServerConfig
+    engine: Engine
+    sessions: sessionmaker[Session]
+    director: Director | None
+    releases: ReleaseCache
+    metrics: Metrics
+    started_at: float = field(default_factory=time.time)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A read-only unit of work (no commit)."""
+        with self.sessions() as session:
+            yield session
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A unit of work that commits at the end of the block, or rolls back on error."""
+        with self.sessions() as session, session.begin():
+            yield session
+
+    def require_director(self) -> Director:
+        if self.director is None:
+            raise Unavailable("this server has no director key configured (--director-key)")
+        return self.director
+
+
+def context() -> ServerContext:
+    ctx: ServerContext = current_app.extensions[EXTENSION]
+    return ctx

@@ -1,0 +1,59 @@
+"""The director: signs each assignment with its online key.
+
+Vehicles trust the director's public keys only through the image repository (the TUF target
+``director/keys.json``, signed by the offline targets keys), so a stolen director key can be
+rotated out by the release engineers, and the director alone can only choose among genuinely
+signed images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from securesystemslib.signer import CryptoSigner, SSlibKey
+
+from overdrive.envelope import sign_envelope
+from overdrive.errors import OverdriveError
+
+
+class DirectorKeyError(OverdriveError):
+    """The director key cannot be loaded."""
+
+
+class Director:
+    def __init__(self, signer: CryptoSigner) -> None:
+        self.signer = signer
+
+    @property
+    def public_key(self) -> SSlibKey:
+        return self.signer.public_key
+
+    @classmethod
+    def from_file(cls, path: Path, passphrase_env: str | None = None) -> Director:
+        try:
+            pem = path.read_bytes()
+        except OSError as e:
+            raise DirectorKeyError(f"cannot read director key {path}: {e.strerror}") from e
+        passphrase = (
+            os.environ.get(passphrase_env).encode()
+            if passphrase_env and os.environ.get(passphrase_env)
+            else None
+        )
+        try:
+            private = serialization.load_pem_private_key(pem, passphrase)
+        except TypeError as e:
+            raise DirectorKeyError(
+                f"director key {path} is encrypted: set --director-passphrase-env VAR"
+            ) from e
+        except ValueError as e:
+            raise DirectorKeyError(f"director key {path}: wrong passphrase or not a PEM key") from e
+        try:
+            return cls(CryptoSigner(private))  # type: ignore[arg-type]
+        except Exception as e:
+            raise DirectorKeyError(f"director key {path} is not ed25519 or ecdsa-p256") from e
+
+    def sign(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return sign_envelope(payload, self.signer)

@@ -1,0 +1,43 @@
+"""API errors: each becomes a JSON body ``{"error": {"status", "code", "message"}}``."""
+
+from __future__ import annotations
+
+from overdrive.errors import OverdriveError
+
+
+class ApiError(OverdriveError):
+    """An error answered to the client with ``status`` (4xx) and a stable ``code``."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(ApiError):
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(ApiError):
+    status, code = 403, "forbidden"
+
+
+class NotFoundError(ApiError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class Unavailable(ApiError):
+    status, code = 503, "unavailable"

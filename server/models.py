@@ -1,0 +1,204 @@
+"""The server's tables. Every piece of rollout state lives here, so workers stay stateless.
+
+The campaign state machine and "one active campaign per vehicle and hardware id" are enforced by
+the database (a version column for compare-and-set transitions, a unique index on active
+memberships), not by worker memory, so concurrent workers cannot double-advance or double-assign.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from server.db import Base
+
+# Campaign states (see server/campaigns.py for the transitions).
+DRAFT, RUNNING, PAUSED, COMPLETED, ABORTED = "draft", "running", "paused", "completed", "aborted"
+ACTIVE_STATES = (RUNNING, PAUSED)
+
+
+class Vehicle(Base):
+    __tablename__ = "vehicles"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    public_key: Mapped[str] = mapped_column(Text)  # ed25519, hex of the raw 32 bytes
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model: Mapped[str | None] = mapped_column(String(128), index=True)
+    region: Mapped[str | None] = mapped_column(String(128), index=True)
+    manifest_counter: Mapped[int] = mapped_column(Integer, default=0)
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # slot state, last result
+
+
+class InstalledImage(Base):
+    """What a vehicle reports it runs, per hardware id (from its last signed manifest)."""
+
+    __tablename__ = "installed_images"
+
+    vehicle_id: Mapped[str] = mapped_column(
+        ForeignKey("vehicles.id", ondelete="CASCADE"), primary_key=True
+    )
+    hardware_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))
+    release_counter: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index("ix_installed_hw_version", "hardware_id", "version"),)
+
+
+class ApiToken(Base):
+    """An operator's bearer token; only its sha256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class EnrollToken(Base):
+    """A one-time token a vehicle presents to register; only its sha256 is stored."""
+
+    __tablename__ = "enroll_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    uses_left: Mapped[int] = mapped_column(Integer, default=1)
+    used_by: Mapped[str | None] = mapped_column(String(128))
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    policy_name: Mapped[str] = mapped_column(String(200))
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    filter: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    stage_index: Mapped[int] = mapped_column(Integer, default=0)
+    stage_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    approved_stage: Mapped[int] = mapped_column(Integer, default=0)  # highest stage approved
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)  # why it paused/aborted/completed
+    eligible_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: Compare-and-set guard: every transition is UPDATE … WHERE version = :seen.
+    version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class CampaignRelease(Base):
+    """The release a campaign installs on one hardware id (a TUF target of the repository)."""
+
+    __tablename__ = "campaign_releases"
+
+    campaign_id: Mapped[str] = mapped_column(
+        ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    )
+    hardware_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(128))
+    release_counter: Mapped[int] = mapped_column(Integer)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    image_length: Mapped[int] = mapped_column(BigInteger)
+
+
+class Membership(Base):
+    """A vehicle's part in a campaign, for one hardware id: eligible, then admitted, then done."""
+
+    __tablename__ = "memberships"
+
+    campaign_id: Mapped[str] = mapped_column(
+        ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    )
+    vehicle_id: Mapped[str] = mapped_column(
+        ForeignKey("vehicles.id", ondelete="CASCADE"), primary_key=True
+    )
+    hardware_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer)
+    admitted: Mapped[bool] = mapped_column(Boolean, default=False)
+    admitted_stage: Mapped[int | None] = mapped_column(Integer)
+    #: pending → assigned → downloading … installed → committed | failed | rolled_back
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    reason: Mapped[str | None] = mapped_column(Text)
+    active: Mapped[bool | None] = mapped_column(Boolean, default=True)  # NULL once inactive
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        # At most one active campaign per vehicle and hardware id: NULLs don't collide.
+        UniqueConstraint("vehicle_id", "hardware_id", "active", name="uq_membership_active"),
+        Index("ix_membership_admission", "campaign_id", "admitted", "bucket", "vehicle_id"),
+        Index("ix_membership_vehicle", "vehicle_id", "active"),
+        Index("ix_membership_status", "campaign_id", "status"),
+    )
+
+
+class Event(Base):
+    """A step a vehicle reported; the (vehicle, event id) key makes ingestion idempotent."""
+
+    __tablename__ = "events"
+
+    vehicle_id: Mapped[str] = mapped_column(
+        ForeignKey("vehicles.id", ondelete="CASCADE"), primary_key=True
+    )
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    campaign_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    hardware_id: Mapped[str | None] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """Every operator action, who did it and when."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(200))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+__all__ = [
+    "ABORTED",
+    "ACTIVE_STATES",
+    "COMPLETED",
+    "DRAFT",
+    "PAUSED",
+    "RUNNING",
+    "ApiToken",
+    "AuditEntry",
+    "Campaign",
+    "CampaignRelease",
+    "EnrollToken",
+    "Event",
+    "InstalledImage",
+    "Membership",
+    "Vehicle",
+]

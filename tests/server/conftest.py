@@ -1,0 +1,204 @@
+"""Server fixtures: a published image repository, a migrated database (SQLite, and PostgreSQL
+when ``OVERDRIVE_TEST_POSTGRES_URL`` is set), the app, tokens, and simulated vehicles."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+
+from server.app import create_app
+from server.config import ServerConfig
+from server.context import EXTENSION, ServerContext
+from server.migrate import upgrade
+from server.tokens import create_api_token, create_enroll_token
+from tests.conftest import generate_keys, make_image, mutate, run_cli
+from tests.server.fleet import SimVehicle
+
+POSTGRES = os.environ.get("OVERDRIVE_TEST_POSTGRES_URL")
+BACKENDS = [
+    "sqlite",
+    pytest.param(
+        "postgres",
+        marks=pytest.mark.skipif(not POSTGRES, reason="OVERDRIVE_TEST_POSTGRES_URL not set"),
+    ),
+]
+
+
+@dataclass
+class Published:
+    """A published image repository with releases, and the director key."""
+
+    storage: Path
+    keys: Path
+    director_key: Path
+    images: dict[str, dict[str, Any]]  # "ecu-a/1.0" -> {version, sha256, release_counter, path}
+
+
+def _image_ref(path: Path, version: str, counter: int) -> dict[str, Any]:
+    return {
+        "version": version,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "release_counter": counter,
+        "path": path,
+    }
+
+
+@pytest.fixture(scope="session")
+def published_template(tmp_path_factory: pytest.TempPathFactory) -> Published:
+    root = tmp_path_factory.mktemp("published")
+    os.environ.setdefault("OVERDRIVE_CACHE_DIR", str(root / "cache"))
+    keys, storage = root / "keys", root / "repo"
+    generate_keys(run_cli, keys, "root", "targets", "snapshot", "timestamp", "director")
+    assert run_cli("repo", "init", "--storage", storage, "--keys", keys).code == 0
+    a10 = make_image(root / "a10.img", 120_000, seed=1)
+    a11 = mutate(a10, root / "a11.img", seed=2)
+    b10 = make_image(root / "b10.img", 80_000, seed=3)
+    for image, hw, version, extra in (
+        (a10, "ecu-a", "1.0", []),
+        (a11, "ecu-a", "1.1", ["--delta-from", "1.0"]),
+        (b10, "ecu-b", "1.0", []),
+    ):
+        result = run_cli(
+            "release",
+            "add",
+            image,
+            "--hardware-id",
+            hw,
+            "--version",
+            version,
+            "--storage",
+            storage,
+            "--keys",
+            keys,
+            "--quiet",
+            "--chunk-size",
+            "64KiB",
+            *extra,
+        )
+        assert result.code == 0, result.stderr
+    result = run_cli(
+        "repo", "set-director-keys", "--storage", storage, "--keys", keys, keys / "director.pub"
+    )
+    assert result.code == 0, result.stderr
+    images = {
+        "ecu-a/1.0": _image_ref(a10, "1.0", 1),
+        "ecu-a/1.1": _image_ref(a11, "1.1", 2),
+        "ecu-b/1.0": _image_ref(b10, "1.0", 1),
+    }
+    return Published(storage, keys, keys / "director", images)
+
+
+@pytest.fixture
+def published(published_template: Published, tmp_path: Path) -> Published:
+    storage = tmp_path / "repo"
+    shutil.copytree(published_template.storage, storage)
+    return Published(
+        storage, published_template.keys, published_template.director_key, published_template.images
+    )
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'server.db'}"
+        return
+    assert POSTGRES
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in POSTGRES else "?"
+    try:
+        yield f"{POSTGRES}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def config(db_url: str, published: Published, tmp_path: Path) -> ServerConfig:
+    upgrade(db_url)
+    return ServerConfig(
+        db_url=db_url,
+        storage_url=str(published.storage),
+        director_key=published.director_key,
+        state_dir=tmp_path / "server-state",
+        tick_interval=0,
+        poll_interval=60,
+    )
+
+
+@pytest.fixture
+def app(config: ServerConfig) -> Iterator[Flask]:
+    app = create_app(config, start_ticker=False)
+    yield app
+    app.extensions[EXTENSION].engine.dispose()
+
+
+@pytest.fixture
+def ctx(app: Flask) -> ServerContext:
+    server_context: ServerContext = app.extensions[EXTENSION]
+    return server_context
+
+
+@pytest.fixture
+def http(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def tokens(ctx: ServerContext) -> dict[str, str]:
+    """A secret per role."""
+    secrets = {}
+    with ctx.transaction() as session:
+        for role in ("viewer", "operator", "admin"):
+            _token, secrets[role] = create_api_token(session, f"test-{role}", role)
+    return secrets
+
+
+def auth(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@pytest.fixture
+def enroll(ctx: ServerContext) -> str:
+    with ctx.transaction() as session:
+        _token, secret = create_enroll_token(session, None, uses=1000)
+    return secret
+
+
+def vehicle_on(
+    published: Published, vehicle_id: str, image: str = "ecu-a/1.0", **attributes: Any
+) -> SimVehicle:
+    ref = dict(published.images[image])
+    ref.pop("path")
+    return SimVehicle(vehicle_id, hardware_id=image.split("/")[0], image=ref, attributes=attributes)
+
+
+@pytest.fixture
+def fleet(http: FlaskClient, published: Published, enroll: str) -> list[SimVehicle]:
+    """20 registered vehicles on ecu-a 1.0 (half in EU, half in US) and 5 on ecu-b 1.0."""
+    vehicles = [
+        vehicle_on(published, f"car-{i:03d}", model="m1", region="EU" if i % 2 else "US")
+        for i in range(20)
+    ]
+    vehicles += [
+        vehicle_on(published, f"bus-{i:03d}", "ecu-b/1.0", model="m2", region="EU")
+        for i in range(5)
+    ]
+    for vehicle in vehicles:
+        response = http.post("/api/v1/vehicles/register", json=vehicle.registration(enroll))
+        assert response.status_code == 201, response.json
+    return vehicles
