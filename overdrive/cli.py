@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "release": ("signing.cli", "release", "Register a build as signed update bundles."),
     "bundle": ("overdrive.bundle.cli", "bundle", "Create, inspect and apply update bundles."),
     "demo": ("signing.demo", "demo", "Run the release flow end to end on a local directory."),
+    "policy": ("rollout_policies.cli", "policy", "List, validate and show rollout policies."),
     "server": ("server.cli", "server", "Run and administer the rollout server."),
     "campaign": ("server.campaign_cli", "campaign", "Create and drive rollout campaigns."),
 }
@@ -104,3 +105,7 @@ def first_line(message: str) -> str:
         if line.strip():
             return line.strip()
     return message.strip() or "unknown error"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,1 +1,65 @@
-"""placeholder"""
+"""Rollout policies: the policy format, the shipped presets and the pure decision engine.
+
+A policy (YAML or JSON) lists stages, each admitting a larger share of a campaign's eligible
+fleet and judged on soak time, sample size, success and failure rates before the next may start.
+The engine is pure: :func:`decide` turns a policy plus a campaign's counts and times into a
+:class:`Decision`; :func:`bucket` and :func:`admission_target` say which vehicles each stage
+admits. No I/O, no clock, no database: the server applies decisions, ``overdrive simulate``
+replays them over synthetic fleets. Imports only ``overdrive`` and (lazily, for YAML) PyYAML.
+"""
+
+from overdrive.maintenance import MaintenanceWindow, in_maintenance_window
+from rollout_policies.cohort import (
+    BUCKETS,
+    admission_order,
+    admission_target,
+    bucket,
+    cutoff,
+    in_cohort,
+)
+from rollout_policies.documents import load_policy, read_document
+from rollout_policies.engine import Decision, Gate, Kind, StageState, decide, required_sample
+from rollout_policies.errors import (
+    InvalidPolicy,
+    InvalidState,
+    PolicyError,
+    PolicyFileError,
+    UnknownPreset,
+)
+from rollout_policies.model import Action, Policy, Stage
+from rollout_policies.parse import parse_policy
+from rollout_policies.presets import PRESETS, all_presets, preset
+from rollout_policies.units import Ratio, Share
+
+__all__ = [
+    "BUCKETS",
+    "PRESETS",
+    "Action",
+    "Decision",
+    "Gate",
+    "InvalidPolicy",
+    "InvalidState",
+    "Kind",
+    "MaintenanceWindow",
+    "Policy",
+    "PolicyError",
+    "PolicyFileError",
+    "Ratio",
+    "Share",
+    "Stage",
+    "StageState",
+    "UnknownPreset",
+    "admission_order",
+    "admission_target",
+    "all_presets",
+    "bucket",
+    "cutoff",
+    "decide",
+    "in_cohort",
+    "in_maintenance_window",
+    "load_policy",
+    "parse_policy",
+    "preset",
+    "read_document",
+    "required_sample",
+]

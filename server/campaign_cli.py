@@ -118,21 +118,10 @@ def create(
 
 
 def load_policy_file(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ApiCallError(f"cannot read policy file {path}: {e.strerror}") from e
-    if path.suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ApiCallError(f"{path}: invalid JSON: {e}") from e
-    import yaml
+    """Read a policy file exactly as ``overdrive policy validate`` does (the server validates it)."""
+    from rollout_policies import read_document
 
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ApiCallError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from e
+    return read_document(path)
 
 
 def _simple(action: str, help_text: str) -> None:

@@ -1,0 +1,206 @@
+"""``overdrive policy list|validate|show``: run through the real root command (with ``policy``
+registered for the test, as ``overdrive/cli.py`` will register it) so error handling is the
+console script's, plus CliRunner on the group itself."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import click.testing
+import pytest
+
+import overdrive.cli
+from rollout_policies import PRESETS
+from rollout_policies.cli import policy
+
+VALID = """\
+name: nightly
+deadline: 10d
+maintenance_windows:
+  - {days: [mon, tue], start: "22:00", end: "05:00"}
+stages:
+  - {name: first, share: 50, soak: 2h, min_finished: 20}
+  - {name: rest, share: 100%, manual_approval: true}
+"""
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+
+Invoke = Callable[..., Run]
+
+
+@pytest.fixture
+def run(monkeypatch: pytest.MonkeyPatch) -> Invoke:
+    monkeypatch.setitem(
+        overdrive.cli.SUBCOMMANDS, "policy", ("rollout_policies.cli", "policy", "Rollout policies.")
+    )
+
+    def invoke(*args: str | Path) -> Run:
+        runner = click.testing.CliRunner()
+        with runner.isolation() as (out, err, _):
+            try:
+                overdrive.cli.main(["policy", *map(str, args)])
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            return Run(code, out.getvalue().decode(), err.getvalue().decode())
+
+    return invoke
+
+
+def one_error(r: Run) -> str:
+    assert r.code == 1, r
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0].removeprefix("error: ")
+
+
+def test_list(run: Invoke) -> None:
+    r = run("list")
+    assert r.code == 0, r
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "STAGES", "DEADLINE", "DESCRIPTION"]
+    assert [line.split()[0] for line in lines[1:]] == list(PRESETS)
+    assert "1% → 10% → 50% → 100%" in lines[1]
+
+
+def test_list_json() -> None:
+    r = click.testing.CliRunner().invoke(policy, ["list", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert [row["name"] for row in rows] == list(PRESETS)
+    assert rows[0]["stages"] == ["1%", "10%", "50%", "100%"] and rows[0]["deadline"] == "14d"
+
+
+def test_validate_ok(run: Invoke, tmp_path: Path) -> None:
+    path = tmp_path / "nightly.yaml"
+    path.write_text(VALID)
+    r = run("validate", path)
+    assert (r.code, r.stderr) == (0, "")
+    assert r.stdout == (
+        f"{path}: valid policy 'nightly': 2 stages: 50 → 100%; deadline 10d after start, "
+        "then pause; 1 maintenance window\n"
+    )
+
+
+def test_validate_reports_one_line_naming_file_and_field(run: Invoke, tmp_path: Path) -> None:
+    path = tmp_path / "canary.yaml"
+    path.write_text("stages:\n  - share: 1%\n  - share: 10%\n  - share: 110%\n")
+    assert one_error(run("validate", path)) == (
+        f"{path}: stages[2].share: must be a percentage like '10%' or a positive count, got '110%'"
+    )
+
+
+def test_validate_unknown_field_and_missing_file(run: Invoke, tmp_path: Path) -> None:
+    path = tmp_path / "typo.json"
+    path.write_text('{"stages": [{"share": "100%", "sok": "2h"}]}')
+    assert (
+        one_error(run("validate", path))
+        == f"{path}: stages[0].sok: unknown field; did you mean 'soak'?"
+    )
+    missing = tmp_path / "nope.yaml"
+    assert (
+        one_error(run("validate", missing)) == f"{missing}: cannot read: No such file or directory"
+    )
+
+
+def test_show_preset_table(run: Invoke) -> None:
+    r = run("show", "canary", "--fleet", "12345")
+    assert r.code == 0, r
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("canary: 1% canary")
+    assert lines[1] == "source: preset 'canary'"
+    assert lines[2] == "4 stages: 1% → 10% → 50% → 100%; deadline 14d after start, then pause"
+    assert lines[3] == "maintenance windows: none (vehicles install whenever assigned)"
+    header = lines[5].split("  ")
+    assert [h.strip() for h in header if h.strip()] == [
+        "#",
+        "STAGE",
+        "SHARE",
+        "SOAK",
+        "MIN FINISHED",
+        "SUCCESS ≥",
+        "FAILURE ≤",
+        "ON BREACH",
+        "APPROVAL",
+        "VEHICLES OF 12345",
+    ]
+    assert lines[6].split() == [
+        "1",
+        "canary-1%",
+        "1%",
+        "4h",
+        "20",
+        "98%",
+        "2%",
+        "abort",
+        "-",
+        "124",
+    ]
+    assert lines[9].split() == [
+        "4",
+        "canary-100%",
+        "100%",
+        "-",
+        "50%",
+        "of",
+        "admitted",
+        "98%",
+        "2%",
+        "pause",
+        "-",
+        "12345",
+    ]
+
+
+def test_show_file_and_json(run: Invoke, tmp_path: Path) -> None:
+    path = tmp_path / "nightly.yaml"
+    path.write_text(VALID)
+    r = run("show", path)
+    assert r.code == 0, r
+    assert "maintenance windows: mon,tue 22:00–05:00 (vehicle local time)" in r.stdout
+    assert "required" in r.stdout.splitlines()[-1]
+    as_json = run("show", path, "--json")
+    document = json.loads(as_json.stdout)
+    assert document["stages"][0] == {
+        "name": "first",
+        "share": 50,
+        "soak": "2h",
+        "min_finished": 20,
+        "success_threshold": "95%",
+        "max_failure_rate": "5%",
+        "on_breach": "pause",
+        "manual_approval": False,
+    }
+    assert document["maintenance_windows"] == [
+        {"days": ["mon", "tue"], "start": "22:00", "end": "05:00"}
+    ]
+
+
+def test_show_unknown_name(run: Invoke) -> None:
+    assert one_error(run("show", "canry")) == (
+        "'canry' is neither a preset (canary, linear, exponential, immediate, manual) nor a "
+        "policy file; did you mean 'canary'?"
+    )
+
+
+def test_show_rejects_fleet_with_json() -> None:
+    r = click.testing.CliRunner().invoke(policy, ["show", "canary", "--json", "--fleet", "5"])
+    assert r.exit_code == 2 and "cannot be combined with --json" in r.output
+
+
+def test_show_file_named_like_a_preset(
+    run: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("canary").write_text('{"stages": [{"share": "100%"}]}')
+    assert "source: preset 'canary'" in run("show", "canary").stdout
+    assert "source: file ./canary" in run("show", "./canary").stdout
