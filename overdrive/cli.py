@@ -32,6 +32,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("signing.demo", "demo", "Run the release flow end to end on a local directory."),
     "policy": ("rollout_policies.cli", "policy", "List, validate and show rollout policies."),
     "server": ("server.cli", "server", "Run and administer the rollout server."),
+    "vehicle": ("client.cli", "vehicle", "Run a vehicle: provision, update daemon, boot, status."),
     "campaign": ("server.campaign_cli", "campaign", "Create and drive rollout campaigns."),
 }
 

@@ -1,0 +1,225 @@
+"""``overdrive vehicle …``: provision a vehicle, run its update daemon, boot it (simulation),
+and show its status. Runs on the base install (no Flask, SQLAlchemy or boto3)."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from client.api import ServerApi
+from client.bootchooser import BootState
+from client.bootenv import FileBootEnv
+from client.config import BOOT_BACKENDS, VehicleConfig
+from client.errors import ConfigError
+from client.events import EventQueue
+from client.identity import create_key
+from client.state import SlotImage, StateStore, VehicleState
+from client.trust import TRUSTED_ROOT
+from client.vehicle import KEY_FILE, Vehicle, boot_env_for
+from overdrive.bundle import image_sha256
+
+state_dir_option = click.option(
+    "--state-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="OVERDRIVE_VEHICLE_STATE",
+    help="The vehicle's state directory [env OVERDRIVE_VEHICLE_STATE].",
+)
+
+
+@click.group()
+def vehicle() -> None:
+    """Run a vehicle: provision, update daemon, boot, status."""
+
+
+@vehicle.command("provision")
+@state_dir_option
+@click.option("--server", "server_url", required=True, help="Rollout server URL.")
+@click.option("--enroll-token", required=True, help="One-time enrollment token from the operator.")
+@click.option("--vehicle-id", required=True)
+@click.option("--hardware-id", required=True, help="The hardware id of the A/B slots' images.")
+@click.option(
+    "--slot-a",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Slot A (holds the factory image).",
+)
+@click.option(
+    "--slot-b", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Slot B."
+)
+@click.option(
+    "--trusted-root",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The image repository's root.json this vehicle trusts.",
+)
+@click.option(
+    "--repo-url", required=True, help="Base URL of the image repository (file:// or http(s)://)."
+)
+@click.option("--factory-version", required=True, help="Version of the factory image in slot A.")
+@click.option("--factory-release-counter", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--boot-backend", type=click.Choice(BOOT_BACKENDS), default="file", show_default=True)
+@click.option("--boot-env", default="", help="Boot env file (file/grub) or fw_env.config (uboot).")
+@click.option(
+    "--health-check", default="", help="Command run after a trial boot; exit 0 = healthy."
+)
+@click.option("--attr", "attrs", multiple=True, help="key=value attributes (model, region, …).")
+@click.option("--poll-interval", type=click.IntRange(1), default=900, show_default=True)
+@click.option(
+    "--max-bytes-per-s", type=click.IntRange(0), default=0, help="Download bandwidth cap (0: none)."
+)
+def provision(
+    state_dir: Path,
+    server_url: str,
+    enroll_token: str,
+    vehicle_id: str,
+    hardware_id: str,
+    slot_a: Path,
+    slot_b: Path,
+    trusted_root: Path,
+    repo_url: str,
+    factory_version: str,
+    factory_release_counter: int,
+    boot_backend: str,
+    boot_env: str,
+    health_check: str,
+    attrs: tuple[str, ...],
+    poll_interval: int,
+    max_bytes_per_s: int,
+) -> None:
+    """Create the vehicle's key, register it with the server, write its config and state."""
+    attributes = {}
+    for item in attrs:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r}: expected key=value", param_hint="--attr")
+        attributes[name] = value
+    if not slot_a.is_file():
+        raise ConfigError(f"slot A {slot_a} must hold the factory image")
+    if (state_dir / KEY_FILE).exists():
+        raise ConfigError(f"{state_dir} already holds a provisioned vehicle")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config = VehicleConfig(
+        vehicle_id=vehicle_id,
+        hardware_id=hardware_id,
+        server_url=server_url,
+        repo_url=repo_url,
+        slot_a=str(slot_a.resolve()),
+        slot_b=str(slot_b.resolve()),
+        boot_backend=boot_backend,
+        boot_env=boot_env,
+        health_check=health_check,
+        poll_interval=poll_interval,
+        max_bytes_per_s=max_bytes_per_s,
+        attributes=attributes,
+    )
+    length = slot_a.stat().st_size
+    factory = SlotImage(
+        hardware_id, factory_version, image_sha256(slot_a), length, factory_release_counter
+    )
+    signer = create_key(state_dir / KEY_FILE)
+    key = signer.public_key
+    body = {
+        "enroll_token": enroll_token,
+        "vehicle_id": vehicle_id,
+        "public_key": {"keyid": key.keyid, **key.to_dict()},
+        "attributes": attributes,
+        "images": {
+            hardware_id: {
+                "version": factory_version,
+                "sha256": factory.sha256,
+                "release_counter": factory_release_counter,
+            }
+        },
+    }
+    try:
+        ServerApi(server_url, vehicle_id, None).register(body)
+    except Exception:
+        (state_dir / KEY_FILE).unlink(missing_ok=True)  # nothing half-provisioned stays behind
+        raise
+    shutil.copyfile(trusted_root, state_dir / TRUSTED_ROOT)
+    config.save(state_dir)
+    StateStore(state_dir).save(
+        VehicleState(slots={"A": factory, "B": None}, committed_counter=factory_release_counter)
+    )
+    env = boot_env_for(config, state_dir)
+    if isinstance(env, FileBootEnv):
+        env.init(BootState.initial(), overwrite=True)
+    else:
+        env.save(BootState.initial())
+    click.echo(
+        f"provisioned {vehicle_id} ({hardware_id} {factory_version} in slot A); state in {state_dir}"
+    )
+
+
+@vehicle.command("run")
+@state_dir_option
+@click.option(
+    "--once", is_flag=True, help="One poll/update turn, then exit (for cron, tests, the demo)."
+)
+def run(state_dir: Path, once: bool) -> None:
+    """The update daemon: poll, download, verify, install, request a trial boot; report every step."""
+    car = Vehicle(state_dir)
+    failures = 0
+    while True:
+        result = car.cycle()
+        click.echo(f"{result.action}: {result.detail}")
+        if once:
+            if result.action in ("refused", "failed"):
+                raise SystemExit(3)
+            return
+        failures = failures + 1 if result.action in ("offline", "interrupted") else 0
+        delay = result.next_poll if failures == 0 else min(3600, 30 * 2 ** min(failures, 7))
+        time.sleep(delay * random.uniform(0.8, 1.2))  # jitter: a fleet never polls in lockstep
+
+
+@vehicle.command("boot")
+@state_dir_option
+@click.option("--crash", is_flag=True, help="Simulate a boot that dies before the health check.")
+def boot(state_dir: Path, crash: bool) -> None:
+    """Stand in for the bootloader and init: pick the slot, health-check, commit or roll back."""
+    click.echo(Vehicle(state_dir).boot(crash=crash))
+
+
+@vehicle.command("status")
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def status(state_dir: Path, as_json: bool) -> None:
+    """Slots, versions, update state, last result and pending events."""
+    config = VehicleConfig.load(state_dir)
+    state = StateStore(state_dir).load()
+    env = boot_env_for(config, state_dir).load()
+    data: dict[str, Any] = {
+        "vehicle_id": config.vehicle_id,
+        "hardware_id": config.hardware_id,
+        "state": state.state,
+        "active_slot": state.active,
+        "slots": {k: (v.__dict__ if v else None) for k, v in state.slots.items()},
+        "boot": env.describe(),
+        "assignment": (state.assignment or {}).get("payload"),
+        "last_result": state.last_result,
+        "pending_events": len(EventQueue(state_dir).pending()),
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    click.echo(
+        f"vehicle {config.vehicle_id} ({config.hardware_id}): {state.state}, running slot {state.active}"
+    )
+    for name, image in state.slots.items():
+        text = (
+            f"{image.version} (counter {image.release_counter}, sha256 {image.sha256[:12]}…)"
+            if image
+            else "empty"
+        )
+        click.echo(f"  slot {name}: {text}")
+    click.echo(f"  boot env: {env.describe()}")
+    if state.last_result:
+        click.echo(f"  last result: {json.dumps(state.last_result, sort_keys=True)}")
+    click.echo(f"  pending events: {data['pending_events']}")

@@ -1,0 +1,29 @@
+"""Errors of the vehicle client; each message is one line that ends up in a reported event."""
+
+from __future__ import annotations
+
+from overdrive.errors import OverdriveError
+
+
+class ClientError(OverdriveError):
+    """Base class of the vehicle client's errors."""
+
+
+class ConfigError(ClientError):
+    """The vehicle's configuration or state directory is missing or unusable."""
+
+
+class ServerError(ClientError):
+    """The rollout server could not be reached or refused a request."""
+
+
+class Refused(ClientError):
+    """An update was refused by a verification step; the vehicle stays on its slot.
+
+    ``reason`` is a short machine-readable code (``bad_signature``, ``downgrade`` …) reported
+    with the human message.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

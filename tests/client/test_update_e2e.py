@@ -1,0 +1,145 @@
+"""A vehicle updates end to end against a real server process (loopback HTTP) and storage."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from server.campaigns import tick
+from tests.client.conftest import LiveServer, provision
+from tests.conftest import Cli
+from tests.server.conftest import auth
+
+
+def start_campaign(
+    live: LiveServer, version: str = "1.1", policy: str = "immediate", **extra: Any
+) -> str:
+    client = live.ctx  # operator actions go through the real HTTP API
+    import urllib.request
+
+    def call(method: str, path: str, body: Any = None) -> Any:
+        request = urllib.request.Request(
+            f"{live.url}/api/v1{path}",
+            data=json.dumps(body).encode() if body is not None else None,
+            method=method,
+            headers={**auth(live.operator), "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    campaign = call(
+        "POST",
+        "/campaigns",
+        {"name": "t", "releases": {"ecu-a": version}, "policy": policy, **extra},
+    )
+    call("POST", f"/campaigns/{campaign['id']}/start")
+    del client
+    return str(campaign["id"])
+
+
+def status(cli: Cli, state_dir: Path) -> dict[str, Any]:
+    result = cli("vehicle", "status", "--state-dir", state_dir, "--json")
+    assert result.code == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def server_view(live: LiveServer, vehicle_id: str) -> dict[str, Any]:
+    with live.ctx.session() as session:
+        from server.models import Event, Membership
+
+        memberships = {
+            m.hardware_id: m.status
+            for m in session.query(Membership).filter_by(vehicle_id=vehicle_id)
+        }
+        events = [
+            e.type
+            for e in session.query(Event)
+            .filter_by(vehicle_id=vehicle_id)
+            .order_by(Event.received_at)
+        ]
+    return {"memberships": memberships, "events": events}
+
+
+def test_delta_update_commits(cli: Cli, live_server: LiveServer, tmp_path: Path) -> None:
+    car = provision(cli, live_server, tmp_path, "car-1")
+    assert cli("vehicle", "run", "--state-dir", car.state_dir, "--once").stdout.startswith(
+        "nothing"
+    )
+    start_campaign(live_server)
+    run = cli("vehicle", "run", "--state-dir", car.state_dir, "--once")
+    assert run.code == 0, run.stderr
+    assert run.stdout.startswith("updated: installed 1.1 into slot B")
+    assert status(cli, car.state_dir)["state"] == "installed"
+    boot = cli("vehicle", "boot", "--state-dir", car.state_dir)
+    assert boot.code == 0 and "committed 1.1 in slot B" in boot.stdout
+    after = status(cli, car.state_dir)
+    assert after["active_slot"] == "B" and after["slots"]["B"]["version"] == "1.1"
+    assert after["pending_events"] == 0
+    assert car.slot_b.read_bytes() == live_server.published.images["ecu-a/1.1"]["path"].read_bytes()
+    view = server_view(live_server, "car-1")
+    assert view["memberships"] == {"ecu-a": "committed"}
+    assert sorted(view["events"]) == sorted(
+        ["downloading", "downloaded", "installing", "installed", "booted", "committed"]
+    )
+    # The next poll reports 1.1 with its counter; nothing more to do.
+    assert cli("vehicle", "run", "--state-dir", car.state_dir, "--once").stdout.startswith(
+        "nothing"
+    )
+    assert tick(live_server.ctx)  # the immediate campaign completes
+    again = cli("vehicle", "boot", "--state-dir", car.state_dir)
+    assert "booted slot B" in again.stdout
+
+
+def test_failed_health_check_rolls_back(cli: Cli, live_server: LiveServer, tmp_path: Path) -> None:
+    script = tmp_path / "health.py"
+    script.write_text(
+        "import os, sys\nsys.exit(1 if os.environ['OVERDRIVE_VERSION'] == '1.1' else 0)\n"
+    )
+    car = provision(cli, live_server, tmp_path, "car-2", health_check=f"{sys.executable} {script}")
+    start_campaign(live_server)
+    assert cli("vehicle", "run", "--state-dir", car.state_dir, "--once").code == 0
+    boot = cli("vehicle", "boot", "--state-dir", car.state_dir)
+    assert "rolled back to slot A: health check failed" in boot.stdout
+    after = status(cli, car.state_dir)
+    assert after["active_slot"] == "A" and after["state"] == "idle"
+    assert after["last_result"]["status"] == "rolled_back"
+    assert server_view(live_server, "car-2")["memberships"] == {"ecu-a": "rolled_back"}
+    # It is not offered the same release again.
+    assert cli("vehicle", "run", "--state-dir", car.state_dir, "--once").stdout.startswith(
+        "nothing"
+    )
+    assert "booted slot A" in cli("vehicle", "boot", "--state-dir", car.state_dir).stdout
+
+
+def test_boot_loop_exhausts_tries_and_rolls_back(
+    cli: Cli, live_server: LiveServer, tmp_path: Path
+) -> None:
+    car = provision(cli, live_server, tmp_path, "car-3")
+    start_campaign(live_server)
+    assert cli("vehicle", "run", "--state-dir", car.state_dir, "--once").code == 0
+    crash = cli("vehicle", "boot", "--state-dir", car.state_dir, "--crash")
+    assert "booted slot B and crashed" in crash.stdout
+    boot = cli("vehicle", "boot", "--state-dir", car.state_dir)
+    assert "rolled back to slot A: boot attempts exhausted" in boot.stdout
+    assert server_view(live_server, "car-3")["memberships"] == {"ecu-a": "rolled_back"}
+
+
+def test_offline_events_are_queued_then_delivered(
+    cli: Cli, live_server: LiveServer, tmp_path: Path
+) -> None:
+    car = provision(cli, live_server, tmp_path, "car-4")
+    start_campaign(live_server)
+    assert cli("vehicle", "run", "--state-dir", car.state_dir, "--once").code == 0
+    config = car.state_dir / "vehicle.toml"
+    online = config.read_text()
+    config.write_text(online.replace(live_server.url, "http://127.0.0.1:9"))  # the server is gone
+    assert "committed" in cli("vehicle", "boot", "--state-dir", car.state_dir).stdout
+    assert status(cli, car.state_dir)["pending_events"] == 2
+    offline = cli("vehicle", "run", "--state-dir", car.state_dir, "--once")
+    assert offline.stdout.startswith("offline")
+    config.write_text(online)
+    assert cli("vehicle", "run", "--state-dir", car.state_dir, "--once").code == 0
+    assert status(cli, car.state_dir)["pending_events"] == 0
+    assert {"booted", "committed"} <= set(server_view(live_server, "car-4")["events"])
