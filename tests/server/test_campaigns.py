@@ -17,9 +17,27 @@ from tests.server.test_vehicle_api import error_of
 POLICY = {
     "name": "test-staged",
     "stages": [
-        {"name": "canary", "share": "10%", "min_finished": 2, "max_failure_rate": "40%", "success_threshold": "50%"},
-        {"name": "half", "share": "50%", "min_finished": "50%", "max_failure_rate": "20%", "success_threshold": "80%"},
-        {"name": "all", "share": "100%", "min_finished": "100%", "max_failure_rate": "20%", "success_threshold": "80%"},
+        {
+            "name": "canary",
+            "share": "10%",
+            "min_finished": 2,
+            "max_failure_rate": "40%",
+            "success_threshold": "50%",
+        },
+        {
+            "name": "half",
+            "share": "50%",
+            "min_finished": "50%",
+            "max_failure_rate": "20%",
+            "success_threshold": "80%",
+        },
+        {
+            "name": "all",
+            "share": "100%",
+            "min_finished": "100%",
+            "max_failure_rate": "20%",
+            "success_threshold": "80%",
+        },
     ],
 }
 
@@ -31,19 +49,25 @@ def create(http: FlaskClient, token: str, **overrides: Any) -> dict[str, Any]:
     return dict(response.json)
 
 
-def act(http: FlaskClient, token: str, campaign_id: str, action: str, status: int = 200) -> dict[str, Any]:
+def act(
+    http: FlaskClient, token: str, campaign_id: str, action: str, status: int = 200
+) -> dict[str, Any]:
     response = http.post(f"/api/v1/campaigns/{campaign_id}/{action}", headers=auth(token))
     assert response.status_code == status, response.json
     return dict(response.json)
 
 
-def poll_all(http: FlaskClient, vehicles: list[SimVehicle], director: ServerContext) -> dict[str, dict[str, Any]]:
+def poll_all(
+    http: FlaskClient, vehicles: list[SimVehicle], director: ServerContext
+) -> dict[str, dict[str, Any]]:
     """Poll with every vehicle; return the verified assignment payloads by vehicle id."""
     keys = {director.require_director().public_key.keyid: director.require_director().public_key}
     got = {}
     for vehicle in vehicles:
         nonce = f"nonce-{vehicle.vehicle_id}-{vehicle.counter}"
-        response = http.post(f"/api/v1/vehicles/{vehicle.vehicle_id}/poll", json=vehicle.manifest(nonce=nonce))
+        response = http.post(
+            f"/api/v1/vehicles/{vehicle.vehicle_id}/poll", json=vehicle.manifest(nonce=nonce)
+        )
         assert response.status_code == 200, response.json
         for envelope in response.json["assignments"]:
             payload = verify_envelope(envelope, keys, "assignment")
@@ -52,23 +76,41 @@ def poll_all(http: FlaskClient, vehicles: list[SimVehicle], director: ServerCont
     return got
 
 
-def finish(http: FlaskClient, vehicle: SimVehicle, payload: dict[str, Any], outcome: str, published: Published) -> None:
+def finish(
+    http: FlaskClient,
+    vehicle: SimVehicle,
+    payload: dict[str, Any],
+    outcome: str,
+    published: Published,
+) -> None:
     ids = {"campaign_id": payload["campaign_id"], "hardware_id": payload["hardware_id"]}
-    events = [{"type": "downloading", **ids}, {"type": "installed", **ids}, {"type": outcome, **ids}]
+    events = [
+        {"type": "downloading", **ids},
+        {"type": "installed", **ids},
+        {"type": outcome, **ids},
+    ]
     if outcome == "committed":
         image = dict(published.images["ecu-a/1.1"])
         image.pop("path")
         vehicle.image = image
-    response = http.post(f"/api/v1/vehicles/{vehicle.vehicle_id}/events", json=vehicle.events(*events))
+    response = http.post(
+        f"/api/v1/vehicles/{vehicle.vehicle_id}/events", json=vehicle.events(*events)
+    )
     assert response.status_code == 200, response.json
 
 
 def test_staged_campaign_pause_resume_complete(
-    http: FlaskClient, ctx: ServerContext, fleet: list[SimVehicle], tokens: dict[str, str], published: Published
+    http: FlaskClient,
+    ctx: ServerContext,
+    fleet: list[SimVehicle],
+    tokens: dict[str, str],
+    published: Published,
 ) -> None:
     cars = [v for v in fleet if v.hardware_id == "ecu-a"]
     op = tokens["operator"]
-    assert http.post("/api/v1/campaigns", json={}, headers=auth(tokens["viewer"])).status_code == 403
+    assert (
+        http.post("/api/v1/campaigns", json={}, headers=auth(tokens["viewer"])).status_code == 403
+    )
     campaign = create(http, op, filter={"model": ["m1"]})
     assert campaign["state"] == "draft" and campaign["releases"]["ecu-a"]["release_counter"] == 2
     assert poll_all(http, cars, ctx) == {}  # a draft assigns nothing
@@ -80,7 +122,9 @@ def test_staged_campaign_pause_resume_complete(
     assert len(canaries) == 2
     for payload in canaries.values():
         # The vehicles run 1.0, so they get the delta from 1.0 (smaller than the full bundle).
-        assert payload["kind"] == "delta" and payload["target"]["path"].endswith("delta-from-1.0.bundle")
+        assert payload["kind"] == "delta" and payload["target"]["path"].endswith(
+            "delta-from-1.0.bundle"
+        )
     by_id = {v.vehicle_id: v for v in cars}
     for vehicle_id, payload in canaries.items():
         finish(http, by_id[vehicle_id], payload, "committed", published)
@@ -99,7 +143,12 @@ def test_staged_campaign_pause_resume_complete(
     assert poll_all(http, cars, ctx) == {}  # paused: nothing new is handed out
 
     audit = http.get("/api/v1/audit", headers=auth(tokens["viewer"])).json["items"]
-    assert [e["action"] for e in audit[:4]] == ["campaign.pause", "campaign.advance", "campaign.start", "campaign.create"]
+    assert [e["action"] for e in audit[:4]] == [
+        "campaign.pause",
+        "campaign.advance",
+        "campaign.start",
+        "campaign.create",
+    ]
     assert audit[0]["actor"] == "cli" or audit[0]["details"].get("by") == "policy"
 
     # The operator aborts it; the vehicles are free for the next campaign.
@@ -109,7 +158,13 @@ def test_staged_campaign_pause_resume_complete(
     act(http, op, campaign["id"], "resume", status=409)
 
 
-def test_campaign_completes(http: FlaskClient, ctx: ServerContext, fleet: list[SimVehicle], tokens: dict[str, str], published: Published) -> None:
+def test_campaign_completes(
+    http: FlaskClient,
+    ctx: ServerContext,
+    fleet: list[SimVehicle],
+    tokens: dict[str, str],
+    published: Published,
+) -> None:
     cars = [v for v in fleet if v.hardware_id == "ecu-a"]
     by_id = {v.vehicle_id: v for v in cars}
     op = tokens["operator"]
@@ -125,7 +180,9 @@ def test_campaign_completes(http: FlaskClient, ctx: ServerContext, fleet: list[S
     assert status["counts"]["committed"] == 20
 
 
-def test_conflicts_and_bad_input(http: FlaskClient, fleet: list[SimVehicle], tokens: dict[str, str]) -> None:
+def test_conflicts_and_bad_input(
+    http: FlaskClient, fleet: list[SimVehicle], tokens: dict[str, str]
+) -> None:
     op = tokens["operator"]
     first = create(http, op)
     act(http, op, first["id"], "start")
@@ -151,6 +208,8 @@ def test_conflicts_and_bad_input(http: FlaskClient, fleet: list[SimVehicle], tok
         assert message in error_of(response), (message, error_of(response))
     listed = http.get("/api/v1/campaigns?state=running", headers=auth(tokens["viewer"])).json
     assert [c["id"] for c in listed["items"]] == [first["id"]]
-    assert http.get("/api/v1/campaigns?state=bogus", headers=auth(tokens["viewer"])).status_code == 400
+    assert (
+        http.get("/api/v1/campaigns?state=bogus", headers=auth(tokens["viewer"])).status_code == 400
+    )
     releases = http.get("/api/v1/releases", headers=auth(tokens["viewer"])).json
     assert [r["version"] for r in releases["hardware"]["ecu-a"]] == ["1.0", "1.1"]

@@ -29,7 +29,9 @@ def test_migrate_and_bootstrap_secrets(cli: Cli, tmp_path: Path) -> None:
     enroll = cli("server", "enroll-token", "create", "--db", db, "--expires", "7d", "--uses", "50")
     assert enroll.code == 0 and enroll.stdout.strip().startswith("ode_")
     bad = cli("server", "enroll-token", "create", "--db", db, "--expires", "soon")
-    assert bad.code == 1 and bad.error_lines == ["error: invalid duration 'soon' (examples: 30m, 12h, 7d, 2w)"]
+    assert bad.code == 1 and bad.error_lines == [
+        "error: invalid duration 'soon' (examples: 30m, 12h, 7d, 2w)"
+    ]
     assert cli("server", "token", "create", "--role", "king", "--db", db).code == 2
     assert "no running campaigns" in cli("server", "tick", "--db", db).stdout
 
@@ -38,14 +40,29 @@ def test_server_run_serves_http(tmp_path: Path) -> None:
     port = free_port()
     db = f"sqlite:///{tmp_path / 'o.db'}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "overdrive.cli", "server", "run", "--db", db, "--port", str(port), "--tick-interval", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "overdrive.cli",
+            "server",
+            "run",
+            "--db",
+            db,
+            "--port",
+            str(port),
+            "--tick-interval",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/healthz", timeout=2
+                ) as response:
                     assert json.loads(response.read()) == {"status": "ok"}
                     break
             except OSError:
