@@ -72,12 +72,16 @@ def provision(
     repo_url: str | None = None,
     health_check: str = "",
     image: str = "ecu-a/1.0",
+    factory: Path | None = None,
+    factory_version: str | None = None,
+    factory_counter: int | None = None,
 ) -> Car:
+    """Provision a vehicle whose slot A holds ``image`` (or ``factory``, an image of our own)."""
     ref = live.published.images[image]
     car_dir = tmp_path / vehicle_id
     car_dir.mkdir()
     slot_a, slot_b = car_dir / "slot-a.img", car_dir / "slot-b.img"
-    shutil.copyfile(ref["path"], slot_a)
+    shutil.copyfile(factory or ref["path"], slot_a)
     slot_b.write_bytes(b"")
     result = cli(
         "vehicle",
@@ -101,9 +105,9 @@ def provision(
         "--repo-url",
         repo_url or live.published.storage.as_uri(),
         "--factory-version",
-        ref["version"],
+        factory_version or ref["version"],
         "--factory-release-counter",
-        str(ref["release_counter"]),
+        str(ref["release_counter"] if factory_counter is None else factory_counter),
         "--health-check",
         health_check,
         "--attr",

@@ -1,0 +1,170 @@
+"""Power-cut safety: cut the power at every durable step of a whole update, then reboot.
+
+An injected I/O layer counts every durable operation the vehicle makes (write, fsync, rename,
+truncate, unlink — in the bundle decoder, the downloader, the state and event files and the
+boot environment). For each cut point N, a fresh vehicle runs a whole update (full or delta) and
+the N-th operation "loses power": it and every later one raise :class:`PowerCut`, so nothing
+after it reaches the disk. Then the vehicle "reboots" (``boot`` + ``run --once``, repeated until
+it settles) and the invariants are checked:
+
+- every boot starts a slot whose image hash is a verified, signed image;
+- the update ends either completed (committed, running 1.1) or cleanly abandoned and reported
+  (running the factory image, a final event on the server);
+- the server's record of the vehicle is final and the vehicle has no events left to send.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client.state import IDLE, StateStore
+from client.vehicle import Vehicle
+from overdrive.bundle import image_sha256
+from server.models import Event, Membership
+from tests.client.conftest import Car, LiveServer, provision
+from tests.client.test_update_e2e import start_campaign
+from tests.conftest import Cli, make_image
+
+DURABLE = ("fsync", "replace", "rename", "pwrite", "ftruncate", "unlink")
+
+
+class PowerCut(BaseException):
+    """The power is gone: nothing more reaches the disk (not an Exception: nothing catches it)."""
+
+
+class Cutter:
+    def __init__(self, cut_at: int | None) -> None:
+        self.cut_at = cut_at
+        self.count = 0
+        self.cut = False
+
+    def wrap(self, name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        main = threading.main_thread()
+
+        def op(*args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() is main:  # the server thread is another machine
+                if self.cut or self.count == self.cut_at:
+                    self.cut = True
+                    raise PowerCut(f"power cut at durable operation {self.count} ({name})")
+                self.count += 1
+            return real(*args, **kwargs)
+
+        return op
+
+
+@contextmanager
+def power(cutter: Cutter) -> Iterator[None]:
+    saved = {name: getattr(os, name) for name in DURABLE}
+    for name, real in saved.items():
+        setattr(os, name, cutter.wrap(name, real))
+    try:
+        yield
+    finally:
+        for name, real in saved.items():
+            setattr(os, name, real)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def update(car: Car) -> None:
+    """What the vehicle does, uninterrupted: daemon turn, reboot into the trial, commit."""
+    Vehicle(car.state_dir).cycle()
+    Vehicle(car.state_dir).boot()
+
+
+def settle(car: Car, signed: set[str]) -> None:
+    """Reboot after the cut and let the vehicle run until it is idle; check every boot."""
+    for _ in range(6):
+        vehicle = Vehicle(car.state_dir)
+        vehicle.boot()
+        state = StateStore(car.state_dir).load()
+        running = car.slot_a if state.active == "A" else car.slot_b
+        image = state.image(state.active)
+        assert image is not None and image.sha256 in signed
+        assert image_sha256(running, image.length) == image.sha256  # it really holds that image
+        vehicle.cycle()
+        if StateStore(car.state_dir).load().state == IDLE:
+            vehicle.boot()
+            return
+    pytest.fail("the vehicle did not settle after the power cut")
+
+
+def run_harness(
+    cli: Cli, live: LiveServer, tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> int:
+    images = live.published.images
+    new_sha = images["ecu-a/1.1"]["sha256"]
+    factory = images["ecu-a/1.0"]["path"]
+    if kind == "full":  # a factory image no delta applies to: the server sends the full bundle
+        factory = make_image(tmp_path / "factory-0.9.img", 100_000, seed=99)
+    signed = {new_sha, sha(factory)}
+
+    def new_car(name: str) -> Car:
+        if kind == "full":
+            return provision(
+                cli, live, tmp_path, name, factory=factory, factory_version="0.9", factory_counter=0
+            )
+        return provision(cli, live, tmp_path, name)
+
+    counting = new_car(f"{kind}-count")
+    start_campaign(live, filter={"vehicles": [f"{kind}-count"]})
+    cutter = Cutter(None)
+    with power(cutter):
+        update(counting)
+    assert sha(counting.slot_b) == new_sha
+    total = cutter.count
+    assert total > 10
+
+    names = [f"{kind}-cut-{n:03d}" for n in range(total)]
+    cars = [new_car(name) for name in names]
+    start_campaign(live, filter={"vehicles": names})
+    outcomes = {"completed": 0, "abandoned": 0}
+    for n, (name, car) in enumerate(zip(names, cars, strict=True)):
+        cutter = Cutter(n)
+        with power(cutter):
+            try:
+                update(car)
+            except PowerCut:
+                pass
+        assert cutter.cut, f"cut point {n} was never reached"
+        settle(car, signed)
+        state = StateStore(car.state_dir).load()
+        running = state.image(state.active)
+        assert running is not None
+        if running.sha256 == new_sha:
+            outcomes["completed"] += 1
+            expected_final = "committed"
+        else:
+            outcomes["abandoned"] += 1
+            expected_final = None
+        assert Vehicle(car.state_dir).events.pending() == []
+        with live.ctx.session() as session:
+            status = session.query(Membership).filter_by(vehicle_id=name).one().status
+            types = {e.type for e in session.query(Event).filter_by(vehicle_id=name)}
+        if expected_final:
+            assert status == "committed" and "committed" in types, (n, status, types)
+        else:
+            assert status in ("failed", "rolled_back"), (n, status, types)
+    with capsys.disabled():
+        print(
+            f"\npower-cut harness ({kind} update): {total} cut points exercised, "
+            f"{outcomes['completed']} completed, {outcomes['abandoned']} abandoned cleanly"
+        )
+    return total
+
+
+@pytest.mark.parametrize("kind", ["full", "delta"])
+def test_power_cut_at_every_step(
+    cli: Cli, live_server: LiveServer, tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_harness(cli, live_server, tmp_path, kind, capsys) > 10
