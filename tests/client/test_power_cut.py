@@ -19,7 +19,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -131,11 +131,8 @@ def run_harness(
     outcomes = {"completed": 0, "abandoned": 0}
     for n, (name, car) in enumerate(zip(names, cars, strict=True)):
         cutter = Cutter(n)
-        with power(cutter):
-            try:
-                update(car)
-            except PowerCut:
-                pass
+        with power(cutter), suppress(PowerCut):
+            update(car)
         assert cutter.cut, f"cut point {n} was never reached"
         settle(car, signed)
         state = StateStore(car.state_dir).load()
