@@ -5,7 +5,21 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench-deltas clean
+.PHONY: demo test lint bench-deltas clean system-deps
+
+# Debian tools some tests and benchmarks use for real (the U-Boot and GRUB env tools, zstd,
+# e2fsprogs). Installed when missing and we are root with apt; otherwise those tests skip.
+SYSTEM_TOOLS := fw_printenv:libubootenv-tool grub-editenv:grub-common zstd:zstd mke2fs:e2fsprogs
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
+		PATH="$$PATH:/usr/sbin:/sbin" command -v $$tool >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing$$missing (Debian packages)"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null \
+				|| echo "note: could not install$$missing; tests that need them will skip"; \
+		else echo "note: missing$$missing; tests that need them will skip"; fi; \
+	fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +37,7 @@ demo: $(VENV)/.installed
 	$(BIN)/overdrive demo $(DEMO_ARGS)
 
 # PostgreSQL-backed server tests run when a server answers on 127.0.0.1:5432.
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev system-deps
 	@if [ -z "$$OVERDRIVE_TEST_POSTGRES_URL" ] && $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 5432), 1).close()" 2>/dev/null; then \
 		export OVERDRIVE_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/test; \
 	fi; \
