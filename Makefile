@@ -29,11 +29,15 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[signing]'
 	touch $@
 
+$(VENV)/.installed-server: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[signing,server]'
+	touch $@
+
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $@ $(VENV)/.installed
+	touch $@ $(VENV)/.installed $(VENV)/.installed-server
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed-server system-deps
 	$(BIN)/overdrive demo $(DEMO_ARGS)
 
 # PostgreSQL-backed server tests run when a server answers on 127.0.0.1:5432.

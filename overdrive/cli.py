@@ -29,7 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "release": ("signing.cli", "release", "Register a build as signed update bundles."),
     "bundle": ("overdrive.bundle.cli", "bundle", "Create, inspect and apply update bundles."),
-    "demo": ("signing.demo", "demo", "Run the release flow end to end on a local directory."),
+    "demo": ("overdrive.demo", "demo", "Run the whole system end to end on the embedded defaults."),
     "policy": ("rollout_policies.cli", "policy", "List, validate and show rollout policies."),
     "server": ("server.cli", "server", "Run and administer the rollout server."),
     "vehicle": ("client.cli", "vehicle", "Run a vehicle: provision, update daemon, boot, status."),
