@@ -59,7 +59,9 @@ def verified_targets(
         )
         updater.refresh()
     except (RepositoryError, DownloadError, OSError) as e:
-        raise RepositoryUnverified(f"image repository does not verify: {type(e).__name__}: {e}") from e
+        raise RepositoryUnverified(
+            f"image repository does not verify: {type(e).__name__}: {e}"
+        ) from e
     versions = {}
     for role in ("root", "timestamp", "snapshot", "targets"):
         versions[role] = Metadata.from_file(str(metadata_dir / f"{role}.json")).signed.version
