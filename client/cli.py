@@ -21,6 +21,7 @@ from client.events import EventQueue
 from client.identity import create_key
 from client.state import SlotImage, StateStore, VehicleState
 from client.trust import TRUSTED_ROOT
+from client.tuf_client import tuf_client
 from client.vehicle import KEY_FILE, Vehicle, boot_env_for
 from overdrive.bundle import image_sha256
 
@@ -185,6 +186,9 @@ def run(state_dir: Path, once: bool) -> None:
 def boot(state_dir: Path, crash: bool) -> None:
     """Stand in for the bootloader and init: pick the slot, health-check, commit or roll back."""
     click.echo(Vehicle(state_dir).boot(crash=crash))
+
+
+vehicle.add_command(tuf_client)
 
 
 @vehicle.command("status")

@@ -60,13 +60,11 @@ class Trust:
         bootstrap = None
         if not (self.metadata_dir / "root.json").exists():
             bootstrap = (self.state_dir / TRUSTED_ROOT).read_bytes()
-        updater = Updater(
-            str(self.metadata_dir),
+        updater = make_updater(
+            self.metadata_dir,
             self.repo_url + "metadata/",
-            str(self.state_dir / "tuf-targets"),
+            self.state_dir / "tuf-targets",
             self.repo_url + "targets/",
-            fetcher=LocalOrHttpFetcher(user_agent="overdrive-vehicle"),
-            config=UpdaterConfig(app_user_agent="overdrive-vehicle"),
             bootstrap=bootstrap,
         )
         try:
@@ -100,6 +98,29 @@ class Trust:
     def bundle_url(self, target: TargetFile) -> str:
         key = target_storage_key(target.path, target.hashes["sha256"])
         return self.repo_url + key
+
+
+def make_updater(
+    metadata_dir: Path,
+    metadata_url: str,
+    target_dir: Path | None,
+    target_url: str | None,
+    *,
+    bootstrap: bytes | None = None,
+) -> Updater:
+    """The vehicle's one TUF client: python-tuf's ngclient with our fetcher (HTTP and file://).
+
+    ``bootstrap=None`` trusts the ``root.json`` already in ``metadata_dir``.
+    """
+    return Updater(
+        str(metadata_dir),
+        metadata_url,
+        str(target_dir) if target_dir is not None else None,
+        target_url,
+        fetcher=LocalOrHttpFetcher(user_agent="overdrive-vehicle"),
+        config=UpdaterConfig(app_user_agent="overdrive-vehicle"),
+        bootstrap=bootstrap,
+    )
 
 
 def check_assignment(
