@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 import rollout_policies as rp
@@ -271,22 +271,23 @@ def start(ctx: ServerContext, session: Session, campaign_id: str) -> Campaign:
                 "finish or abort it first"
             )
     stamp = utcnow()
-    session.execute(
-        Membership.__table__.insert(),
-        [
-            {
-                "campaign_id": campaign.id,
-                "vehicle_id": vehicle_id,
-                "hardware_id": hw,
-                "bucket": rp.bucket(campaign.id, vehicle_id),
-                "admitted": False,
-                "status": "pending",
-                "active": True,
-                "updated_at": stamp,
-            }
-            for vehicle_id, hw in pairs
-        ],
-    ) if pairs else None
+    if pairs:
+        session.execute(
+            insert(Membership),
+            [
+                {
+                    "campaign_id": campaign.id,
+                    "vehicle_id": vehicle_id,
+                    "hardware_id": hw,
+                    "bucket": rp.bucket(campaign.id, vehicle_id),
+                    "admitted": False,
+                    "status": "pending",
+                    "active": True,
+                    "updated_at": stamp,
+                }
+                for vehicle_id, hw in pairs
+            ],
+        )
     transition(
         session,
         campaign,

@@ -37,11 +37,8 @@ class Director:
             pem = path.read_bytes()
         except OSError as e:
             raise DirectorKeyError(f"cannot read director key {path}: {e.strerror}") from e
-        passphrase = (
-            os.environ.get(passphrase_env).encode()
-            if passphrase_env and os.environ.get(passphrase_env)
-            else None
-        )
+        secret = os.environ.get(passphrase_env) if passphrase_env else None
+        passphrase = secret.encode() if secret else None
         try:
             private = serialization.load_pem_private_key(pem, passphrase)
         except TypeError as e:
@@ -51,7 +48,7 @@ class Director:
         except ValueError as e:
             raise DirectorKeyError(f"director key {path}: wrong passphrase or not a PEM key") from e
         try:
-            return cls(CryptoSigner(private))  # type: ignore[arg-type]
+            return cls(CryptoSigner(private))
         except Exception as e:
             raise DirectorKeyError(f"director key {path} is not ed25519 or ecdsa-p256") from e
 

@@ -199,7 +199,9 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
         images = parse_images(manifest.get("images", {}), "signed.images")
         vehicle.manifest_counter = counter
         vehicle.last_seen_at = stamp
-        status = {k: manifest[k] for k in ("slot", "state", "last_result") if k in manifest}
+        status: dict[str, Any] = {
+            k: manifest[k] for k in ("slot", "state", "last_result") if k in manifest
+        }
         if status != vehicle.status:
             vehicle.status = status
         _store_images(session, vehicle_id, images)

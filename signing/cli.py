@@ -15,18 +15,13 @@ from typing import Any
 import click
 
 from overdrive.bundle.cli import parse_size
+from overdrive.durations import parse_duration
 from overdrive.storage import Storage, open_storage
 from overdrive.tuf_layout import BundleInfo
 from signing.errors import KeyError_, RepositoryError
 from signing.keys import KEY_TYPES, KeyDirectory, env_passphrase, generate_key, prompt_passphrase
 from signing.release import BuildOptions, add_release
-from signing.repository import (
-    ImageRepository,
-    now,
-    parse_duration,
-    parse_expiry,
-    wipe,
-)
+from signing.repository import ImageRepository, now, parse_expiry, wipe
 
 storage_option = click.option(
     "--storage",
@@ -542,7 +537,9 @@ def repo_publish(storage_url: str, keys_dir: Path, passphrase_env: str | None) -
 @repo.command("set-director-keys")
 @storage_option
 @keys_option
-@click.argument("public_keys", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument(
+    "public_keys", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
 @click.option("--stage-only", is_flag=True, help="Stage the targets change for more signatures.")
 @passphrase_option
 def repo_set_director_keys(
@@ -558,7 +555,9 @@ def repo_set_director_keys(
     repo_ = load_repo(storage_url, keys_dir, passphrase_env)
     keyids = set_director_keys(repo_, list(public_keys), stage_only=stage_only)
     verb = "staged" if stage_only else "published"
-    click.echo(f"{verb} director/keys.json with {len(keyids)} key(s): {', '.join(k[:12] for k in keyids)}")
+    click.echo(
+        f"{verb} director/keys.json with {len(keyids)} key(s): {', '.join(k[:12] for k in keyids)}"
+    )
 
 
 @repo.command("discard")

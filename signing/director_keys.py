@@ -18,7 +18,9 @@ from signing.keys import public_key_from_pem
 from signing.repository import ImageRepository
 
 
-def set_director_keys(repo: ImageRepository, public_keys: list[Path], *, stage_only: bool = False) -> list[str]:
+def set_director_keys(
+    repo: ImageRepository, public_keys: list[Path], *, stage_only: bool = False
+) -> list[str]:
     """Replace the published director keys with ``public_keys``; return their key ids."""
     keys = {}
     for path in public_keys:

@@ -80,7 +80,7 @@ def test_init_refresh_download(cli: Cli, served: str, published: Published, tmp_
 
 def test_refresh_fails_on_bad_metadata(
     cli: Cli, served: str, published: Published, tmp_path: Path
-) -> None:  # noqa: F811
+) -> None:
     meta = tmp_path / "meta"
     base = ["vehicle", "tuf-client", "--metadata-dir", meta]
     assert cli(*base, "init", published.storage / "metadata" / "1.root.json").code == 0
