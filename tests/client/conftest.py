@@ -17,7 +17,7 @@ from server.context import EXTENSION, ServerContext
 from server.migrate import upgrade
 from server.tokens import create_api_token, create_enroll_token
 from tests.conftest import Cli
-from tests.server.conftest import Published, published, published_template  # noqa: F401 (fixtures)
+from tests.repo_fixtures import Published
 
 
 @dataclass
@@ -30,7 +30,7 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server(published: Published, tmp_path: Path) -> Iterator[LiveServer]:  # noqa: F811
+def live_server(published: Published, tmp_path: Path) -> Iterator[LiveServer]:
     db = f"sqlite:///{tmp_path / 'server.db'}"
     upgrade(db)
     config = ServerConfig(

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli
-from tests.server.conftest import Published, published, published_template  # noqa: F401
+from tests.repo_fixtures import Published
 
 
 @pytest.fixture
-def served(published: Published) -> Iterator[str]:  # noqa: F811
+def served(published: Published) -> Iterator[str]:
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:
             pass
@@ -30,7 +30,7 @@ def served(published: Published) -> Iterator[str]:  # noqa: F811
         server.shutdown()
 
 
-def test_init_refresh_download(cli: Cli, served: str, published: Published, tmp_path: Path) -> None:  # noqa: F811
+def test_init_refresh_download(cli: Cli, served: str, published: Published, tmp_path: Path) -> None:
     meta, targets = tmp_path / "meta", tmp_path / "targets"
     base = ["vehicle", "tuf-client", "--metadata-dir", meta]
     assert cli(*base, "init", published.storage / "metadata" / "1.root.json").code == 0

@@ -3,12 +3,9 @@ when ``OVERDRIVE_TEST_POSTGRES_URL`` is set), the app, tokens, and simulated veh
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,7 @@ from server.config import ServerConfig
 from server.context import EXTENSION, ServerContext
 from server.migrate import upgrade
 from server.tokens import create_api_token, create_enroll_token
-from tests.conftest import generate_keys, make_image, mutate, run_cli
+from tests.repo_fixtures import Published
 from tests.server.fleet import SimVehicle
 
 POSTGRES = os.environ.get("OVERDRIVE_TEST_POSTGRES_URL")
@@ -33,79 +30,6 @@ BACKENDS = [
         marks=pytest.mark.skipif(not POSTGRES, reason="OVERDRIVE_TEST_POSTGRES_URL not set"),
     ),
 ]
-
-
-@dataclass
-class Published:
-    """A published image repository with releases, and the director key."""
-
-    storage: Path
-    keys: Path
-    director_key: Path
-    images: dict[str, dict[str, Any]]  # "ecu-a/1.0" -> {version, sha256, release_counter, path}
-
-
-def _image_ref(path: Path, version: str, counter: int) -> dict[str, Any]:
-    return {
-        "version": version,
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "release_counter": counter,
-        "path": path,
-    }
-
-
-@pytest.fixture(scope="session")
-def published_template(tmp_path_factory: pytest.TempPathFactory) -> Published:
-    root = tmp_path_factory.mktemp("published")
-    os.environ.setdefault("OVERDRIVE_CACHE_DIR", str(root / "cache"))
-    keys, storage = root / "keys", root / "repo"
-    generate_keys(run_cli, keys, "root", "targets", "snapshot", "timestamp", "director")
-    assert run_cli("repo", "init", "--storage", storage, "--keys", keys).code == 0
-    a10 = make_image(root / "a10.img", 120_000, seed=1)
-    a11 = mutate(a10, root / "a11.img", seed=2)
-    b10 = make_image(root / "b10.img", 80_000, seed=3)
-    for image, hw, version, extra in (
-        (a10, "ecu-a", "1.0", []),
-        (a11, "ecu-a", "1.1", ["--delta-from", "1.0"]),
-        (b10, "ecu-b", "1.0", []),
-    ):
-        result = run_cli(
-            "release",
-            "add",
-            image,
-            "--hardware-id",
-            hw,
-            "--version",
-            version,
-            "--storage",
-            storage,
-            "--keys",
-            keys,
-            "--quiet",
-            "--chunk-size",
-            "64KiB",
-            *extra,
-        )
-        assert result.code == 0, result.stderr
-    result = run_cli(
-        "repo", "set-director-keys", "--storage", storage, "--keys", keys, keys / "director.pub"
-    )
-    assert result.code == 0, result.stderr
-    images = {
-        "ecu-a/1.0": _image_ref(a10, "1.0", 1),
-        "ecu-a/1.1": _image_ref(a11, "1.1", 2),
-        "ecu-b/1.0": _image_ref(b10, "1.0", 1),
-    }
-    return Published(storage, keys, keys / "director", images)
-
-
-@pytest.fixture
-def published(published_template: Published, tmp_path: Path) -> Published:
-    storage = tmp_path / "repo"
-    shutil.copytree(published_template.storage, storage)
-    return Published(
-        storage, published_template.keys, published_template.director_key, published_template.images
-    )
 
 
 @pytest.fixture(params=BACKENDS)
