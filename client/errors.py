@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from overdrive.errors import OverdriveError
 
 
@@ -27,3 +29,10 @@ class Refused(ClientError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+        #: The assignment's payload once its signature checked out (None before): only then may
+        #: a refusal be reported against the campaign it names.
+        self.payload: dict[str, Any] | None = None
+
+
+class RepositoryUnreachable(ClientError):
+    """The image repository could not be reached (not: did not verify). Retried later."""

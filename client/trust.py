@@ -19,14 +19,14 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from securesystemslib.signer import Key, SSlibKey
-from tuf.api.exceptions import DownloadError, RepositoryError
+from tuf.api.exceptions import DownloadError, DownloadLengthMismatchError, RepositoryError
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
-from client.errors import Refused
+from client.errors import Refused, RepositoryUnreachable
 from client.state import SlotImage
 from overdrive.envelope import ASSIGNMENT, EnvelopeError, verify_envelope
 from overdrive.fetcher import LocalOrHttpFetcher
@@ -69,7 +69,9 @@ class Trust:
         )
         try:
             updater.refresh()
-        except (RepositoryError, DownloadError) as e:
+        except DownloadError as e:
+            _raise_for_download(e, "tuf_refresh_failed")
+        except RepositoryError as e:
             raise Refused(
                 "tuf_refresh_failed", f"image repository does not verify: {type(e).__name__}: {e}"
             ) from e
@@ -89,7 +91,9 @@ class Trust:
                 keyid: SSlibKey.from_dict(keyid, dict(raw)) for keyid, raw in data["keys"].items()
             }
             threshold = int(data.get("threshold", 1))
-        except (RepositoryError, DownloadError) as e:
+        except DownloadError as e:
+            _raise_for_download(e, "no_director_keys")
+        except RepositoryError as e:
             raise Refused("no_director_keys", f"{DIRECTOR_KEYS_TARGET} does not verify: {e}") from e
         except (ValueError, KeyError, TypeError) as e:
             raise Refused("no_director_keys", f"{DIRECTOR_KEYS_TARGET} is malformed: {e}") from e
@@ -98,6 +102,16 @@ class Trust:
     def bundle_url(self, target: TargetFile) -> str:
         key = target_storage_key(target.path, target.hashes["sha256"])
         return self.repo_url + key
+
+
+def _raise_for_download(error: DownloadError, reason: str) -> NoReturn:
+    """A length the metadata does not allow is an attack (endless data): refuse. Anything else
+    (HTTP errors, timeouts, a mirror that is down) is an outage: try again later."""
+    if isinstance(error, DownloadLengthMismatchError):
+        raise Refused(reason, f"image repository sent too much data: {error}") from error
+    raise RepositoryUnreachable(
+        f"image repository unreachable: {type(error).__name__}: {error}"
+    ) from error
 
 
 def make_updater(

@@ -24,7 +24,7 @@ from client.api import ServerApi
 from client.bootenv import BootEnv, open_boot_env
 from client.config import VehicleConfig
 from client.download import BundleCache, DownloadError, DownloadInterrupted, DownloadOptions
-from client.errors import Refused, ServerError
+from client.errors import Refused, RepositoryUnreachable, ServerError
 from client.events import EventQueue, now_iso
 from client.identity import load_key
 from client.install import clear_progress, install_bundle
@@ -160,8 +160,12 @@ class Vehicle:
             return CycleResult("nothing", "nothing to do", next_poll)
         try:
             verified = self._verify(state, assignments[0], nonce)
+        except RepositoryUnreachable as e:
+            return CycleResult("offline", str(e), next_poll)
         except Refused as e:
-            state.assignment = {"payload": _unverified_payload(assignments[0])}
+            # Name the campaign only for an assignment whose signature checked out: a forged one
+            # must not take the vehicle out of a real campaign.
+            state.assignment = {"payload": e.payload} if e.payload else None
             self.report(state, "failed", f"{e.reason}: {e}")
             state.assignment = None
             state.last_result = {
@@ -193,13 +197,17 @@ class Vehicle:
             hardware_id=self.config.hardware_id,
         )
         target = updater.get_targetinfo(payload["target"]["path"])
-        info = check_target(
-            payload,
-            target,
-            hardware_id=self.config.hardware_id,
-            active=state.image(state.active),
-            committed_counter=state.committed_counter,
-        )
+        try:
+            info = check_target(
+                payload,
+                target,
+                hardware_id=self.config.hardware_id,
+                active=state.image(state.active),
+                committed_counter=state.committed_counter,
+            )
+        except Refused as e:
+            e.payload = payload
+            raise
         assert target is not None
         return {
             "payload": payload,
@@ -394,18 +402,6 @@ class Vehicle:
 def _for(envelope: Any, hardware_id: str) -> bool:
     signed = envelope.get("signed") if isinstance(envelope, dict) else None
     return isinstance(signed, dict) and signed.get("hardware_id") in (hardware_id, None)
-
-
-def _unverified_payload(envelope: Any) -> dict[str, Any]:
-    """Ids from an assignment we refused, only to label the failure report."""
-    signed = envelope.get("signed") if isinstance(envelope, dict) else None
-    if not isinstance(signed, dict):
-        return {}
-    return {
-        k: signed[k]
-        for k in ("campaign_id", "hardware_id", "nonce", "version")
-        if isinstance(signed.get(k), str)
-    }
 
 
 def _in_window(windows: list[dict[str, Any]], now: datetime | None = None) -> bool:

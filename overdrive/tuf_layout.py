@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from overdrive.bundle.errors import BundleError
+from overdrive.bundle.format import ImageIdentity
 from overdrive.errors import OverdriveError
 
 METADATA_PREFIX = "metadata/"
@@ -73,27 +75,15 @@ def bundle_target_path(hardware_id: str, version: str, source_version: str | Non
     return f"{hardware_id}/{version}/delta-from-{source_version}.bundle"
 
 
-@dataclass(frozen=True)
-class ImageRef:
-    """The identity of an installed image: what a slot holds."""
+#: What a slot holds and a bundle produces: version, sha256, length (one definition, the bundle's).
+ImageRef = ImageIdentity
 
-    version: str
-    sha256: str
-    length: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "sha256": self.sha256, "length": self.length}
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str) -> ImageRef:
-        if not isinstance(data, dict):
-            raise LayoutError(f"{where}: expected an object")
-        version, sha, length = data.get("version"), data.get("sha256"), data.get("length")
-        if not isinstance(version, str) or not isinstance(sha, str) or len(sha) != 64:
-            raise LayoutError(f"{where}: version and sha256 are required")
-        if not isinstance(length, int) or isinstance(length, bool) or length < 0:
-            raise LayoutError(f"{where}: length must be a non-negative integer")
-        return cls(version, sha, length)
+def _image(data: Any, where: str) -> ImageRef:
+    try:
+        return ImageIdentity.from_dict(data, where)
+    except BundleError as e:
+        raise LayoutError(str(e)) from e
 
 
 @dataclass(frozen=True)
@@ -135,9 +125,9 @@ class BundleInfo:
             raise LayoutError(f"{where}: release_counter must be a positive integer")
         if kind not in ("full", "delta"):
             raise LayoutError(f"{where}: kind must be 'full' or 'delta'")
-        image = ImageRef.from_dict(info.get("image"), f"{where}: image")
+        image = _image(info.get("image"), f"{where}: image")
         source = (
-            ImageRef.from_dict(info["source"], f"{where}: source")
+            _image(info["source"], f"{where}: source")
             if info.get("source") is not None
             else None
         )
