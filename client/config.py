@@ -30,6 +30,9 @@ class VehicleConfig:
     poll_interval: int = 900
     max_bytes_per_s: int = 0  # 0: no bandwidth cap
     cache_max_bytes: int = 4 << 30
+    #: Requests per download turn before giving up until the next turn, and the first backoff.
+    download_attempts: int = 5
+    download_backoff_s: float = 1.0
     attributes: dict[str, str] = field(default_factory=dict)
 
     def slot_path(self, slot: str) -> Path:
@@ -67,6 +70,6 @@ class VehicleConfig:
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int | float):
+        return repr(value)
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string

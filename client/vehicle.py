@@ -236,7 +236,11 @@ class Vehicle:
                 sha256=a["sha256"],
                 name=a["payload"]["target"]["path"],
                 length=a["length"],
-                options=DownloadOptions(max_bytes_per_s=self.config.max_bytes_per_s or None),
+                options=DownloadOptions(
+                    max_bytes_per_s=self.config.max_bytes_per_s or None,
+                    attempts=self.config.download_attempts,
+                    backoff_s=self.config.download_backoff_s,
+                ),
             )
         except DownloadInterrupted as e:
             return CycleResult("interrupted", str(e), 60)

@@ -10,7 +10,6 @@ repository, and ``overdrive vehicle run --once`` / ``vehicle boot``.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -31,7 +30,6 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from sqlalchemy import select
 
-import client.vehicle
 from client.download import DownloadOptions
 from overdrive.bundle import decoder
 from server.models import Event, Membership
@@ -240,12 +238,13 @@ def test_interrupted_download_resumes_with_range(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The vehicle's retries back off 1 s, 2 s, 4 s, 8 s (jittered) by default: 7.5-15 s of sleep
-    # per interrupted call. The client has no setting for it, so the test removes the backoff.
-    monkeypatch.setattr(
-        client.vehicle, "DownloadOptions", functools.partial(DownloadOptions, backoff_s=0.0)
-    )
+    # per interrupted call. The vehicle's config sets it; the test removes the backoff.
     attempts = DownloadOptions().attempts
     car = provision(cli, live_server, tmp_path, "car-1", repo_url=http_mirror.url)
+    config = car.state_dir / "vehicle.toml"
+    config.write_text(
+        config.read_text().replace("download_backoff_s = 1.0", "download_backoff_s = 0.0")
+    )
     start_campaign(live_server, "1.1")
     key = stored_bundle(live_server, "ecu-a/1.1/*.delta-from-1.0.bundle")
     length = (live_server.published.storage / key).stat().st_size
