@@ -33,6 +33,8 @@ class VehicleConfig:
     #: Requests per download turn before giving up until the next turn, and the first backoff.
     download_attempts: int = 5
     download_backoff_s: float = 1.0
+    #: A download slower than 1 KiB/s averaged over this window is dropped (slow retrieval).
+    download_rate_window_s: float = 10.0
     attributes: dict[str, str] = field(default_factory=dict)
 
     def slot_path(self, slot: str) -> Path:

@@ -240,6 +240,7 @@ class Vehicle:
                     max_bytes_per_s=self.config.max_bytes_per_s or None,
                     attempts=self.config.download_attempts,
                     backoff_s=self.config.download_backoff_s,
+                    rate_window_s=self.config.download_rate_window_s,
                 ),
             )
         except DownloadInterrupted as e:

@@ -13,7 +13,7 @@ import pytest
 
 from overdrive.cli import main
 
-pytest_plugins = ["tests.s3server", "tests.repo_fixtures"]
+pytest_plugins = ["tests.s3server", "tests.repo_fixtures", "tests.live_server"]
 
 
 @dataclass

@@ -173,12 +173,14 @@ def assert_stayed_put(
     action: str = "refused",
     slot_a_unchanged: bool = True,
     nothing_downloaded: bool = True,
+    slot_b_unchanged: bool = True,
 ) -> str:
     """The refusal contract; returns the reason the server stored."""
     car = before.car
     assert run.code == 3, (run.code, run.stdout, run.stderr)
     assert run.stdout.startswith(f"{action}: {reason}: "), run.stdout
-    assert car.slot_b.read_bytes() == b"", "the inactive slot was written"
+    if slot_b_unchanged:
+        assert car.slot_b.read_bytes() == b"", "the inactive slot was written"
     if slot_a_unchanged:
         assert car.slot_a.read_bytes() == before.slot_a
     after = status(cli, car)
@@ -720,7 +722,43 @@ def root_by_unknown_key(mirror: Mirror) -> None:
     mirror.put(metadata_key("root", 2), to_bytes(root))
 
 
+def online_keys_only(mirror: Mirror) -> None:
+    """Stolen snapshot and timestamp keys: the attacker publishes targets that point 1.1's delta
+    at their own bytes, signed with their own key (they have no targets key), and a snapshot and
+    timestamp for it, signed with the genuine online keys."""
+    repo = mirror.repo()
+    attacker = CryptoSigner.generate_ed25519()
+    targets = repo.bump(repo.targets, "targets")
+    evil = b"malicious image" * 100
+    genuine = targets.signed.targets[DELTA_11]
+    forged = TargetFile.from_data(DELTA_11, evil, ["sha256"])
+    forged.unrecognized_fields["custom"] = genuine.custom
+    targets.signed.targets[DELTA_11] = forged
+    targets.sign(attacker)
+    data = to_bytes(targets)
+    mirror.put(metadata_key("targets", targets.signed.version), data)
+    sign_snapshot(
+        repo, mirror, targets=MetaFile.from_data(targets.signed.version, data, ["sha256"])
+    )
+
+
+def root_below_threshold(mirror: Mirror) -> None:
+    """Root version 2 adds the attacker's key and raises the threshold to 2, but carries only
+    one of the two signatures the new root needs (the genuine old root key's)."""
+    repo = mirror.repo()
+    attacker = CryptoSigner.generate_ed25519()
+    root: Metadata[Root] = copy.deepcopy(repo.root)
+    root.signed.version = 2
+    root.signed.add_key(attacker.public_key, "root")
+    root.signed.roles["root"].threshold = 2
+    root.signatures.clear()
+    repo.sign(root, "root", repo.root.signed)  # the old root key: meets the old threshold only
+    mirror.put(metadata_key("root", 2), to_bytes(root))
+
+
 TUF_ATTACKS: dict[str, tuple[Callable[[Mirror], None], str]] = {
+    "compromised-online-keys": (online_keys_only, "UnsignedMetadataError"),
+    "root-rotation-below-threshold": (root_below_threshold, "UnsignedMetadataError"),
     "frozen-timestamp": (freeze_timestamp, "ExpiredMetadataError"),
     "frozen-snapshot": (freeze_snapshot, "ExpiredMetadataError"),
     "frozen-targets": (freeze_targets, "ExpiredMetadataError"),

@@ -1,0 +1,118 @@
+"""A real rollout server on a loopback socket over a published repository, and provisioned
+vehicles: for client, security and fault tests (registered as a pytest plugin)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from server.app import create_app
+from server.config import ServerConfig
+from server.context import EXTENSION, ServerContext
+from server.migrate import upgrade
+from server.tokens import create_api_token, create_enroll_token
+from tests.conftest import Cli
+from tests.repo_fixtures import Published
+
+
+@dataclass
+class LiveServer:
+    url: str
+    ctx: ServerContext
+    operator: str
+    enroll: str
+    published: Published
+
+
+@pytest.fixture
+def live_server(published: Published, tmp_path: Path) -> Iterator[LiveServer]:
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    upgrade(db)
+    config = ServerConfig(
+        db_url=db,
+        storage_url=str(published.storage),
+        director_key=published.director_key,
+        state_dir=tmp_path / "server-state",
+        tick_interval=0,
+        poll_interval=5,
+    )
+    app = create_app(config, start_ticker=False)
+    ctx: ServerContext = app.extensions[EXTENSION]
+    with ctx.transaction() as session:
+        _t, operator = create_api_token(session, "op", "operator")
+        _e, enroll = create_enroll_token(session, None, uses=100)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield LiveServer(f"http://127.0.0.1:{server.server_port}", ctx, operator, enroll, published)
+    finally:
+        server.shutdown()
+        ctx.engine.dispose()
+
+
+@dataclass
+class Car:
+    state_dir: Path
+    slot_a: Path
+    slot_b: Path
+
+
+def provision(
+    cli: Cli,
+    live: LiveServer,
+    tmp_path: Path,
+    vehicle_id: str,
+    *,
+    repo_url: str | None = None,
+    health_check: str = "",
+    image: str = "ecu-a/1.0",
+    factory: Path | None = None,
+    factory_version: str | None = None,
+    factory_counter: int | None = None,
+) -> Car:
+    """Provision a vehicle whose slot A holds ``image`` (or ``factory``, an image of our own)."""
+    ref = live.published.images[image]
+    car_dir = tmp_path / vehicle_id
+    car_dir.mkdir()
+    slot_a, slot_b = car_dir / "slot-a.img", car_dir / "slot-b.img"
+    shutil.copyfile(factory or ref["path"], slot_a)
+    slot_b.write_bytes(b"")
+    result = cli(
+        "vehicle",
+        "provision",
+        "--state-dir",
+        car_dir / "state",
+        "--server",
+        live.url,
+        "--enroll-token",
+        live.enroll,
+        "--vehicle-id",
+        vehicle_id,
+        "--hardware-id",
+        image.split("/")[0],
+        "--slot-a",
+        slot_a,
+        "--slot-b",
+        slot_b,
+        "--trusted-root",
+        live.published.storage / "metadata" / "1.root.json",
+        "--repo-url",
+        repo_url or live.published.storage.as_uri(),
+        "--factory-version",
+        factory_version or ref["version"],
+        "--factory-release-counter",
+        str(ref["release_counter"] if factory_counter is None else factory_counter),
+        "--health-check",
+        health_check,
+        "--attr",
+        "model=m1",
+    )
+    assert result.code == 0, result.stderr
+    return Car(car_dir / "state", slot_a, slot_b)
