@@ -15,7 +15,7 @@ def test_the_server_flow() -> None:
     stored = rp.preset("canary").to_dict()
     stored = json.loads(json.dumps(stored))  # a JSON column
     policy = rp.parse_policy(stored, source="campaign 42")
-    assert rp.admission_target(policy.stages[0], 5000) == 50
+    assert rp.admission_target(policy.stages[0], 5000) == 25
     assert 0 <= rp.bucket("42", "VIN1") < rp.BUCKETS
     now = datetime(2025, 1, 1, tzinfo=UTC)
     state = rp.StageState(
@@ -33,7 +33,7 @@ def test_the_server_flow() -> None:
     )
     decision = rp.decide(policy, state)
     assert (decision.kind, decision.next_stage_index, decision.target) == ("advance", 1, 500)
-    assert stored["maintenance_windows"] == [] and stored["stages"][0]["name"] == "canary-1%"
+    assert stored["maintenance_windows"] == [] and stored["stages"][0]["name"] == "canary-0.5%"
 
 
 FORBIDDEN = ("flask", "sqlalchemy", "yaml", "boto3", "server", "signing", "client")

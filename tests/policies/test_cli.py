@@ -69,7 +69,7 @@ def test_list(run: Invoke) -> None:
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["NAME", "STAGES", "DEADLINE", "DESCRIPTION"]
     assert [line.split()[0] for line in lines[1:]] == list(PRESETS)
-    assert "1% → 10% → 50% → 100%" in lines[1]
+    assert "0.5% → 10% → 50% → 100%" in lines[1]
 
 
 def test_list_json() -> None:
@@ -77,7 +77,7 @@ def test_list_json() -> None:
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output)
     assert [row["name"] for row in rows] == list(PRESETS)
-    assert rows[0]["stages"] == ["1%", "10%", "50%", "100%"] and rows[0]["deadline"] == "14d"
+    assert rows[0]["stages"] == ["0.5%", "10%", "50%", "100%"] and rows[0]["deadline"] == "14d"
 
 
 def test_validate_ok(run: Invoke, tmp_path: Path) -> None:
@@ -116,9 +116,9 @@ def test_show_preset_table(run: Invoke) -> None:
     r = run("show", "canary", "--fleet", "12345")
     assert r.code == 0, r
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("canary: 1% canary")
+    assert lines[0].startswith("canary: 0.5% canary")
     assert lines[1] == "source: preset 'canary'"
-    assert lines[2] == "4 stages: 1% → 10% → 50% → 100%; deadline 14d after start, then pause"
+    assert lines[2] == "4 stages: 0.5% → 10% → 50% → 100%; deadline 14d after start, then pause"
     assert lines[3] == "maintenance windows: none (vehicles install whenever assigned)"
     header = lines[5].split("  ")
     assert [h.strip() for h in header if h.strip()] == [
@@ -135,15 +135,15 @@ def test_show_preset_table(run: Invoke) -> None:
     ]
     assert lines[6].split() == [
         "1",
-        "canary-1%",
-        "1%",
+        "canary-0.5%",
+        "0.5%",
         "4h",
-        "20",
+        "200",
         "98%",
         "2%",
         "abort",
         "-",
-        "124",
+        "62",
     ]
     assert lines[9].split() == [
         "4",

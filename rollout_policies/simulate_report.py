@@ -1,0 +1,180 @@
+"""The text report of ``overdrive simulate``: assumptions, stage timeline and figures.
+
+Pure formatting (a :class:`~rollout_policies.simulate.SimulationResult` in, lines of text out), so
+the report can be tested and reused without a terminal. Times are simulated time since the
+campaign started (``1d16h40m``); counts carry thousands separators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rollout_policies.simulate import SimulationConfig, SimulationResult, Spread
+from rollout_policies.simulate import format_seconds as seconds
+from rollout_policies.units import format_duration
+
+_BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def render(result: SimulationResult, source: str) -> str:
+    """The whole report; ``source`` names where the policy came from (``preset 'canary'``)."""
+    config = result.config
+    lines = [*assumptions(config, source), "", *timeline(result), "", *figures(result)]
+    return "\n".join(lines)
+
+
+def assumptions(config: SimulationConfig, source: str) -> list[str]:
+    """What was simulated: the policy, the fleet and every modelling assumption in force."""
+    policy = config.policy
+    deadline = f"; deadline {format_duration(policy.deadline)}" if policy.deadline else ""
+    fleet = ", ".join(f"{hw} {_share(float(share))}" for hw, share in config.fleet)
+    lines = [
+        f"policy: {source}: {policy.summary()}{deadline}",
+        f"fleet: {config.vehicles:,} vehicles ({fleet}), one campaign over all of them",
+        f"release: {_release(config)}",
+        f"vehicles: poll every {seconds(config.poll_interval)} (random phase), "
+        f"install in {_spread(config.install_time)}, {_offline(config)}",
+        f"bundles: full {size(config.full_size)}, delta {size(config.delta_size)}, "
+        f"{_share(config.delta_share)} of vehicles get a delta",
+        f"evaluator: every {seconds(config.tick)}; manual approval: {_approval(config)}",
+    ]
+    if policy.maintenance_windows:
+        lines.append(
+            f"maintenance windows: {len(policy.maintenance_windows)}, in the vehicles' local "
+            "time (the simulation's clock)"
+        )
+    lines.append(
+        f"start: {config.start:%a %Y-%m-%d %H:%M} (vehicles' local time); seed {config.seed}"
+    )
+    return lines
+
+
+def timeline(result: SimulationResult) -> list[str]:
+    """One row per stage the campaign entered."""
+    rows = [("STAGE", "STARTED", "ADMITTED", "TARGET", "ENDED", "BY", "FINISHED", "FAILURES")]
+    for stage in result.stages:
+        ended = stage.ended_at is not None
+        rows.append(
+            (
+                stage.name,
+                seconds(stage.started_at),
+                f"{stage.admitted:,}",
+                f"{stage.target:,}",
+                seconds(stage.ended_at) if stage.ended_at is not None else "-",
+                stage.ended_by or "(running)",
+                f"{stage.finished:,}" if ended else "-",
+                f"{stage.failures:,}" if ended else "-",
+            )
+        )
+    return table(rows)
+
+
+def figures(result: SimulationResult) -> list[str]:
+    """The outcome and the figures an operator asks about."""
+    n = result.eligible
+    lines = [f"outcome: {_outcome(result)}"]
+    lines.append(f"  reason: {result.reason}")
+    bad_hw = list(result.config.fail_on) if result.config.fail_rate else []
+    committed_bad = sum(result.hardware[hw].succeeded for hw in bad_hw)
+    detail = f"{result.rolled_back:,} rolled back"
+    if bad_hw:
+        detail += f" + {committed_bad:,} committed it on {', '.join(bad_hw)}"
+    lines.append(
+        f"exposed (blast radius): {result.exposed:,} = {_percent(result.exposed, n)} of the fleet ({detail})"
+    )
+    if result.halted_at is not None:
+        lines.append(
+            f"  at the halt: {result.in_flight_at_halt:,} vehicles were installing (they finished "
+            f"and are counted in these figures); {result.never_started:,} admitted vehicles had "
+            "not picked up the assignment (they never will)"
+        )
+    lines.append(
+        f"succeeded: {result.succeeded:,}; rolled back: {result.rolled_back:,}; "
+        f"admitted: {result.admitted:,} of {n:,}"
+    )
+    lines.append(f"first rollback reported at: {_maybe(result.first_failure_at)}")
+    lines.append(f"halted at: {_maybe(result.halted_at)}")
+    lines.append(f"completed at: {_maybe(result.completed_at)}")
+    lines.append(
+        f"bytes shipped: {size(result.bytes_shipped)} ({result.bytes_shipped:,} bytes: "
+        f"{result.full_downloads:,} full, {result.delta_downloads:,} delta)"
+    )
+    lines.append(f"simulation ended at: {seconds(result.ended_at)}")
+    return lines
+
+
+def table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+
+
+def size(value: int) -> str:
+    """Bytes in binary units: ``200 MiB``, ``55.0 GiB``."""
+    amount = float(value)
+    for unit in _BINARY_UNITS:
+        if amount < 1024 or unit == _BINARY_UNITS[-1]:
+            return f"{amount:.0f} {unit}" if amount == int(amount) else f"{amount:.1f} {unit}"
+        amount /= 1024
+    raise AssertionError("unreachable")
+
+
+def _outcome(result: SimulationResult) -> str:
+    stage = result.config.policy.stages[result.stage_index].name
+    if result.outcome == "completed":
+        return f"COMPLETED after {_maybe(result.completed_at)}"
+    if result.outcome == "running":
+        return f"STILL RUNNING at stage {stage!r} when the simulation stopped at {seconds(result.ended_at)}"
+    return f"{result.outcome.upper()} at {_maybe(result.halted_at)} in stage {stage!r}"
+
+
+def _release(config: SimulationConfig) -> str:
+    if config.fail_rate == 0:
+        return "good (no vehicle fails)"
+    where = ", ".join(config.fail_on) if config.fail_on else "every hardware id"
+    rest = "; succeeds elsewhere" if config.fail_on else ""
+    return f"fails (rolls back) with probability {_share(config.fail_rate)} on {where}{rest}"
+
+
+def _offline(config: SimulationConfig) -> str:
+    if config.offline_rate == 0:
+        return "none offline"
+    back = (
+        "never come back"
+        if config.offline_for is None
+        else f"come back after {_spread(config.offline_for)}"
+    )
+    return f"{_share(config.offline_rate)} offline at the start ({back})"
+
+
+def _approval(config: SimulationConfig) -> str:
+    gated = [stage.name for stage in config.policy.stages if stage.manual_approval]
+    if not gated:
+        return "none in this policy"
+    names = ", ".join(repr(name) for name in gated)
+    after = config.auto_approve_after
+    if after is None:
+        return f"{names} never approved (--auto-approve-after never)"
+    if after == 0:
+        return f"{names} approved as soon as each starts (default; see --auto-approve-after)"
+    return f"{names} approved {seconds(after)} after each starts"
+
+
+def _spread(value: Spread) -> str:
+    if not value.spread:
+        return seconds(value.mean)
+    return f"{seconds(value.mean)}±{seconds(value.spread)} (uniform)"
+
+
+def _share(value: float) -> str:
+    return f"{value * 100:.4g}%"
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{part * 100 / whole:.3g}%" if whole else "n/a"
+
+
+def _maybe(value: float | None) -> str:
+    return "-" if value is None else seconds(value)
