@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 # Debian tools some tests and benchmarks use for real (the U-Boot and GRUB env tools, zstd,
 # e2fsprogs). Installed when missing and we are root with apt; otherwise those tests skip.
-SYSTEM_TOOLS := fw_printenv:libubootenv-tool grub-editenv:grub-common zstd:zstd mke2fs:e2fsprogs
+SYSTEM_TOOLS := fw_printenv:libubootenv-tool grub-editenv:grub-common zstd:zstd mke2fs:e2fsprogs chromium:chromium
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
 		PATH="$$PATH:/usr/sbin:/sbin" command -v $$tool >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \

@@ -42,8 +42,9 @@ def create_app(config: ServerConfig | None = None, *, start_ticker: bool = True)
     app.extensions[EXTENSION] = ctx
 
     from server.api import admin, campaigns, meta, vehicles
+    from server.dashboard import bp as dashboard
 
-    for blueprint in (vehicles.bp, campaigns.bp, admin.bp, meta.bp):
+    for blueprint in (vehicles.bp, campaigns.bp, admin.bp, meta.bp, dashboard):
         app.register_blueprint(blueprint)
     _register_error_handlers(app)
     if start_ticker and config.tick_interval > 0:

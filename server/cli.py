@@ -120,10 +120,13 @@ def run(
 
 def serve_gunicorn(config: ServerConfig, host: str, port: int, workers: int) -> None:
     import os
+    import secrets
 
     from gunicorn.app.base import BaseApplication
 
-    os.environ.update(config.to_env())  # workers rebuild the config from the environment
+    # Workers rebuild the config from the environment; they share one session key per run.
+    os.environ.setdefault("OVERDRIVE_SECRET_KEY", secrets.token_urlsafe(32))
+    os.environ.update(config.to_env())
 
     class Application(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:

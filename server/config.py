@@ -40,6 +40,8 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     #: Allowed skew between a vehicle's clock and ours for manifest timestamps.
     clock_skew: int = 300
+    #: Signs the dashboard's session cookies; every worker of a deployment needs the same one.
+    secret_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls) -> ServerConfig:
@@ -57,6 +59,7 @@ class ServerConfig:
             assignment_ttl=_env_int("OVERDRIVE_ASSIGNMENT_TTL", cls.assignment_ttl),
             tick_interval=_env_int("OVERDRIVE_TICK_INTERVAL", cls.tick_interval),
             repository_refresh=_env_int("OVERDRIVE_REPOSITORY_REFRESH", cls.repository_refresh),
+            secret_key=env.get("OVERDRIVE_SECRET_KEY") or None,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -77,4 +80,6 @@ class ServerConfig:
             env["OVERDRIVE_DIRECTOR_PASSPHRASE_ENV"] = self.director_passphrase_env
         if self.trusted_root:
             env["OVERDRIVE_TRUSTED_ROOT"] = str(self.trusted_root)
+        if self.secret_key:
+            env["OVERDRIVE_SECRET_KEY"] = self.secret_key
         return env

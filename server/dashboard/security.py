@@ -1,0 +1,227 @@
+"""Dashboard sign-in, roles and CSRF protection, on Flask's signed session cookie.
+
+Signing in takes an API token (any role), checks it like the API does, and keeps only the token's
+sha256 (the same hash the ``api_tokens`` table stores) in the session cookie, never the token
+itself: the cookie is signed, not encrypted, and a stolen cookie must not become a stolen API
+token. Every request looks the hash up again, so a revoked token or a changed role takes effect
+at once. Sessions also end after :data:`SESSION_HOURS`.
+
+The cookie is HttpOnly and SameSite=Strict, and Secure when the request came over HTTPS (or
+always, with ``OVERDRIVE_SECURE_COOKIES=1`` behind a TLS-terminating proxy). Every POST also
+carries a per-session CSRF token, compared in constant time.
+
+The signing key is Flask's ``SECRET_KEY``: taken from the app's config if set, else from
+``ServerConfig.secret_key`` (if that field exists), else from ``$OVERDRIVE_SECRET_KEY``; failing
+all three a random key is made for this process, with a warning, because sessions then end when
+the process restarts and do not span gunicorn workers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from flask import Flask, flash, g, has_request_context, redirect, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface
+from sqlalchemy import select
+
+from server.auth import ROLES, hash_secret
+from server.context import EXTENSION, context
+from server.errors import BadRequest, Forbidden, Unauthorized
+from server.models import ApiToken
+
+log = logging.getLogger("overdrive.dashboard")
+
+SECRET_ENV = "OVERDRIVE_SECRET_KEY"
+SECURE_COOKIES_ENV = "OVERDRIVE_SECURE_COOKIES"
+SESSION_HOURS = 12
+COOKIE_NAME = "overdrive_session"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class User:
+    """Who is signed in: the API token's name and role (its secret never leaves the form)."""
+
+    token_id: int
+    name: str
+    role: str
+
+    def can(self, minimum: str) -> bool:
+        """Does this role include ``minimum`` (viewer < operator < admin)?"""
+        return ROLES.index(self.role) >= ROLES.index(minimum)
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names this user: the same form as the API (``name (role)``)."""
+        return f"{self.name} ({self.role})"
+
+
+class CsrfError(Forbidden):
+    """A POST without this session's CSRF token: a forged request, or an expired page."""
+
+    code = "csrf"
+
+
+# ------------------------------------------------------------------------------ app setup
+
+
+class _SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with a Secure cookie whenever the request used HTTPS."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        configured = bool(super().get_cookie_secure(app))
+        return configured or (has_request_context() and request.is_secure)
+
+
+def configure_app(app: Flask) -> None:
+    """Give the app a session signing key and strict cookie settings (once, at registration)."""
+    if not app.config.get("SECRET_KEY"):
+        server = app.extensions.get(EXTENSION)
+        configured = getattr(getattr(server, "config", None), "secret_key", None)
+        key = configured or os.environ.get(SECRET_ENV, "")
+        if not key:
+            log.warning(
+                "%s is not set: using a random dashboard session key, so dashboard sign-ins "
+                "end when this process restarts and do not span gunicorn workers",
+                SECRET_ENV,
+            )
+            key = secrets.token_urlsafe(32)
+        app.config["SECRET_KEY"] = key
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["SESSION_COOKIE_SAMESITE"] = "Strict"
+    if os.environ.get(SECURE_COOKIES_ENV, "").lower() in ("1", "true", "yes"):
+        app.config["SESSION_COOKIE_SECURE"] = True
+    if app.config.get("SESSION_COOKIE_NAME") == "session":
+        app.config["SESSION_COOKIE_NAME"] = COOKIE_NAME
+    if type(app.session_interface) is SecureCookieSessionInterface:
+        app.session_interface = _SessionInterface()
+
+
+# ------------------------------------------------------------------------------ sessions
+
+
+def current_user() -> User | None:
+    """The signed-in user of this request (loaded by :func:`load_user`), or None."""
+    user: User | None = g.get("dashboard_user")
+    return user
+
+
+def load_user() -> User | None:
+    """Check the session's token hash against the database; end the session if it is stale."""
+    digest = session.get("token")
+    if not isinstance(digest, str):
+        return None
+    since = session.get("since")
+    if not isinstance(since, int | float) or time.time() - since > SESSION_HOURS * 3600:
+        end_session("Your session has expired. Please sign in again.")
+        return None
+    with context().session() as db:
+        token = db.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+    if token is None or token.revoked_at is not None:
+        end_session("Your API token is no longer valid. Please sign in with another one.")
+        return None
+    return User(token.id, token.name, token.role)
+
+
+def sign_in(secret: str) -> User:
+    """Validate an API token like the API does and start a fresh session for it."""
+    secret = secret.strip()
+    if not secret:
+        raise BadRequest("Paste your API token to sign in.")
+    digest = hash_secret(secret)
+    with context().session() as db:
+        token = db.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+    if token is None or not hmac.compare_digest(token.token_hash, digest):
+        raise Unauthorized(
+            "That token is not valid. Check that you copied all of it (it starts with odt_)."
+        )
+    if token.revoked_at is not None:
+        raise Unauthorized("That token has been revoked. Ask an admin for a new one.")
+    session.clear()  # a new session on every sign-in: no fixation of an old one
+    session["token"] = digest
+    session["since"] = time.time()
+    session["csrf"] = secrets.token_urlsafe(32)
+    log.info("dashboard sign-in: %s (%s)", token.name, token.role)
+    return User(token.id, token.name, token.role)
+
+
+def end_session(message: str | None = None) -> None:
+    """Forget the signed-in token (and the CSRF token with it); optionally say why."""
+    session.clear()
+    if message:
+        flash(message, "info")
+
+
+# ------------------------------------------------------------------------------ CSRF
+
+
+def csrf_token() -> str:
+    """This session's CSRF token, made on first use; every dashboard form posts it back."""
+    token = session.get("csrf")
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        session["csrf"] = token
+    return token
+
+
+def check_csrf() -> None:
+    """Refuse a POST whose form (or ``X-CSRF-Token`` header) lacks this session's token."""
+    sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
+    expected = session.get("csrf")
+    if not isinstance(expected, str) or not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise CsrfError(
+            "This form has expired or did not come from the dashboard. "
+            "Reload the page and try again."
+        )
+
+
+# ------------------------------------------------------------------------------ views
+
+
+def wants_json() -> bool:
+    """Is this one of the dashboard's own JSON endpoints (which answer errors in JSON)?"""
+    return request.path.endswith(".json")
+
+
+def safe_next(target: str | None) -> str | None:
+    """``target`` if it is a path inside the dashboard; None for anything else (open redirect)."""
+    if not target:
+        return None
+    parts = urlsplit(target)
+    prefix = url_for("dashboard.overview")
+    if parts.scheme or parts.netloc or "\\" in target or target.startswith("//"):
+        return None
+    return target if parts.path.startswith(prefix) else None
+
+
+def requires_role(minimum: str) -> Callable[[F], F]:
+    """View decorator: sign-in first (a redirect, or 401 for JSON), then at least ``minimum``."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            user = current_user()
+            if user is None:
+                if wants_json():
+                    raise Unauthorized("not signed in to the dashboard")
+                target = request.full_path.rstrip("?") if request.method == "GET" else None
+                return redirect(url_for("dashboard.sign_in", next=safe_next(target)))
+            if not user.can(minimum):
+                raise Forbidden(
+                    f"This needs the {minimum} role; you are signed in as "
+                    f"{user.name} ({user.role})."
+                )
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
