@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
 import boto3
@@ -318,22 +318,15 @@ class S3Storage(Storage):
         # configured for "when_required" (some MinIO/Ceph versions reject them).
         setting = getattr(self._client.meta.config, "request_checksum_calculation", None)
         checksums = setting != "when_required"
+        extra: dict[str, Any] = {"ChecksumAlgorithm": "CRC32"} if checksums else {}
         with self._errors(action, key):
-            if checksums:
-                created = self._client.create_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=full,
-                    ContentType=_content_type(key),
-                    CacheControl=CACHE_CONTROL[cache],
-                    ChecksumAlgorithm="CRC32",
-                )
-            else:
-                created = self._client.create_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=full,
-                    ContentType=_content_type(key),
-                    CacheControl=CACHE_CONTROL[cache],
-                )
+            created = self._client.create_multipart_upload(
+                Bucket=self.bucket,
+                Key=full,
+                ContentType=_content_type(key),
+                CacheControl=CACHE_CONTROL[cache],
+                **extra,
+            )
         upload_id = created["UploadId"]
         try:
             parts: list[CompletedPartTypeDef] = []
@@ -345,23 +338,14 @@ class S3Storage(Storage):
                         f" {self.part_size} bytes (use a larger part size)"
                     )
                 with self._errors(action, key):
-                    if checksums:
-                        uploaded = self._client.upload_part(
-                            Bucket=self.bucket,
-                            Key=full,
-                            UploadId=upload_id,
-                            PartNumber=number,
-                            Body=part,
-                            ChecksumAlgorithm="CRC32",
-                        )
-                    else:
-                        uploaded = self._client.upload_part(
-                            Bucket=self.bucket,
-                            Key=full,
-                            UploadId=upload_id,
-                            PartNumber=number,
-                            Body=part,
-                        )
+                    uploaded = self._client.upload_part(
+                        Bucket=self.bucket,
+                        Key=full,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=part,
+                        **extra,
+                    )
                 done: CompletedPartTypeDef = {"ETag": uploaded["ETag"], "PartNumber": number}
                 if checksums and "ChecksumCRC32" in uploaded:
                     done["ChecksumCRC32"] = uploaded["ChecksumCRC32"]
