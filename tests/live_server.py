@@ -3,11 +3,14 @@ vehicles: for client, security and fault tests (registered as a pytest plugin)."
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from werkzeug.serving import make_server
@@ -17,7 +20,7 @@ from server.config import ServerConfig
 from server.context import EXTENSION, ServerContext
 from server.migrate import upgrade
 from server.tokens import create_api_token, create_enroll_token
-from tests.conftest import Cli
+from tests.conftest import Cli, Result
 from tests.repo_fixtures import Published
 
 
@@ -116,3 +119,36 @@ def provision(
     )
     assert result.code == 0, result.stderr
     return Car(car_dir / "state", slot_a, slot_b)
+
+
+def api(live: LiveServer, method: str, path: str, body: Any = None) -> Any:
+    """An operator's REST call to the live server (real HTTP)."""
+    request = urllib.request.Request(
+        f"{live.url}/api/v1{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={"Authorization": f"Bearer {live.operator}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def start_campaign(
+    live: LiveServer, version: str = "1.1", policy: Any = "immediate", **extra: Any
+) -> str:
+    """Create and start a campaign for ecu-a ``version``; return its id."""
+    body = {"name": "t", "releases": {"ecu-a": version}, "policy": policy, **extra}
+    campaign = api(live, "POST", "/campaigns", body)
+    api(live, "POST", f"/campaigns/{campaign['id']}/start")
+    return str(campaign["id"])
+
+
+def run_once(cli: Cli, car: Car) -> Result:
+    """One turn of the vehicle's daemon."""
+    return cli("vehicle", "run", "--state-dir", car.state_dir, "--once")
+
+
+def vehicle_status(cli: Cli, state_dir: Path) -> dict[str, Any]:
+    result = cli("vehicle", "status", "--state-dir", state_dir, "--json")
+    assert result.code == 0, result.stderr
+    return dict(json.loads(result.stdout))

@@ -30,8 +30,8 @@ from client.vehicle import Vehicle
 from overdrive.bundle import image_sha256
 from server.models import Event, Membership
 from tests.client.conftest import Car, LiveServer, provision
-from tests.client.test_update_e2e import start_campaign
 from tests.conftest import Cli, make_image
+from tests.live_server import start_campaign
 
 DURABLE = ("fsync", "replace", "rename", "pwrite", "ftruncate", "unlink")
 

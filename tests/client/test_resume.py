@@ -19,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,35 +33,10 @@ from client.download import DownloadOptions
 from overdrive.bundle import decoder
 from server.models import Event, Membership
 from tests.client.conftest import Car, LiveServer, provision
-from tests.conftest import Cli, Result, mutate
+from tests.conftest import Cli, mutate
+from tests.live_server import run_once, start_campaign
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def api(live: LiveServer, method: str, path: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        f"{live.url}/api/v1{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={"Authorization": f"Bearer {live.operator}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def start_campaign(live: LiveServer, version: str) -> str:
-    campaign = api(
-        live,
-        "POST",
-        "/campaigns",
-        {"name": "t", "releases": {"ecu-a": version}, "policy": "immediate"},
-    )
-    api(live, "POST", f"/campaigns/{campaign['id']}/start")
-    return str(campaign["id"])
-
-
-def run_once(cli: Cli, car: Car) -> Result:
-    return cli("vehicle", "run", "--state-dir", car.state_dir, "--once")
 
 
 def status(cli: Cli, car: Car) -> dict[str, Any]:

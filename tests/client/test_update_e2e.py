@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,39 +9,11 @@ from typing import Any
 from server.campaigns import tick
 from tests.client.conftest import LiveServer, provision
 from tests.conftest import Cli
-from tests.server.conftest import auth
-
-
-def start_campaign(
-    live: LiveServer, version: str = "1.1", policy: str = "immediate", **extra: Any
-) -> str:
-    client = live.ctx  # operator actions go through the real HTTP API
-    import urllib.request
-
-    def call(method: str, path: str, body: Any = None) -> Any:
-        request = urllib.request.Request(
-            f"{live.url}/api/v1{path}",
-            data=json.dumps(body).encode() if body is not None else None,
-            method=method,
-            headers={**auth(live.operator), "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
-
-    campaign = call(
-        "POST",
-        "/campaigns",
-        {"name": "t", "releases": {"ecu-a": version}, "policy": policy, **extra},
-    )
-    call("POST", f"/campaigns/{campaign['id']}/start")
-    del client
-    return str(campaign["id"])
+from tests.live_server import start_campaign, vehicle_status
 
 
 def status(cli: Cli, state_dir: Path) -> dict[str, Any]:
-    result = cli("vehicle", "status", "--state-dir", state_dir, "--json")
-    assert result.code == 0, result.stderr
-    return dict(json.loads(result.stdout))
+    return vehicle_status(cli, state_dir)
 
 
 def server_view(live: LiveServer, vehicle_id: str) -> dict[str, Any]:

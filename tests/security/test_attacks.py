@@ -46,6 +46,7 @@ from signing.keys import KeyDirectory
 from signing.repository import ImageRepository, to_bytes
 from tests.client.conftest import Car, LiveServer, provision
 from tests.conftest import Cli, Result, mutate
+from tests.live_server import run_once, start_campaign
 
 PAST = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
 DELTA_11 = "ecu-a/1.1/delta-from-1.0.bundle"
@@ -61,25 +62,6 @@ def iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def api(live: LiveServer, method: str, path: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        f"{live.url}/api/v1{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={"Authorization": f"Bearer {live.operator}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def start_campaign(live: LiveServer, version: str = "1.1", policy: Any = "immediate") -> str:
-    campaign = api(
-        live, "POST", "/campaigns", {"name": "t", "releases": {"ecu-a": version}, "policy": policy}
-    )
-    api(live, "POST", f"/campaigns/{campaign['id']}/start")
-    return str(campaign["id"])
-
-
 def closed_window_policy() -> dict[str, Any]:
     """A policy whose only maintenance window is a minute twelve hours from now (local time)."""
     opens = datetime.now().astimezone() + timedelta(hours=12)
@@ -93,10 +75,6 @@ def closed_window_policy() -> dict[str, Any]:
             }
         ],
     }
-
-
-def run_once(cli: Cli, car: Car) -> Result:
-    return cli("vehicle", "run", "--state-dir", car.state_dir, "--once")
 
 
 def status(cli: Cli, car: Car) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from signing.keys import KeyDirectory
 from signing.repository import ImageRepository
 from tests.bundle.conftest import chunk_entry, identity, raw_bundle
 from tests.conftest import Cli
-from tests.live_server import Car, LiveServer, provision
-from tests.security.test_attacks import Before, assert_stayed_put, run_once, start_campaign
+from tests.live_server import Car, LiveServer, provision, run_once, start_campaign
+from tests.security.test_attacks import Before, assert_stayed_put
 
 
 class HostileMirror(ThreadingHTTPServer):
