@@ -32,7 +32,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("overdrive.demo", "demo", "Run the whole system end to end on the embedded defaults."),
     "policy": ("rollout_policies.cli", "policy", "List, validate and show rollout policies."),
     "server": ("server.cli", "server", "Run and administer the rollout server."),
-    "simulate": ("rollout_policies.simulate_cli", "simulate", "Dry-run a rollout policy over a synthetic fleet."),
+    "simulate": (
+        "rollout_policies.simulate_cli",
+        "simulate",
+        "Dry-run a rollout policy over a synthetic fleet.",
+    ),
     "vehicle": ("client.cli", "vehicle", "Run a vehicle: provision, update daemon, boot, status."),
     "campaign": ("server.campaign_cli", "campaign", "Create and drive rollout campaigns."),
 }

@@ -127,9 +127,7 @@ class BundleInfo:
             raise LayoutError(f"{where}: kind must be 'full' or 'delta'")
         image = _image(info.get("image"), f"{where}: image")
         source = (
-            _image(info["source"], f"{where}: source")
-            if info.get("source") is not None
-            else None
+            _image(info["source"], f"{where}: source") if info.get("source") is not None else None
         )
         if (kind == "delta") != (source is not None):
             raise LayoutError(f"{where}: a delta needs a source, a full bundle has none")
