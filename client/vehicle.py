@@ -23,7 +23,13 @@ from client import bootchooser as bc
 from client.api import ServerApi
 from client.bootenv import BootEnv, open_boot_env
 from client.config import VehicleConfig
-from client.download import BundleCache, DownloadError, DownloadInterrupted, DownloadOptions
+from client.download import (
+    BundleCache,
+    DownloadError,
+    DownloadInterrupted,
+    DownloadOptions,
+    HashMismatch,
+)
 from client.errors import Refused, RepositoryUnreachable, ServerError
 from client.events import EventQueue, now_iso
 from client.identity import load_key
@@ -44,6 +50,8 @@ from overdrive.tuf_layout import BundleInfo
 
 KEY_FILE = "vehicle.key"
 HEALTH_TIMEOUT = 300
+#: Downloads whose bytes did not match the signed hash before the assignment is given up.
+MAX_CORRUPT_DOWNLOADS = 3
 
 
 @dataclass
@@ -245,6 +253,13 @@ class Vehicle:
             )
         except DownloadInterrupted as e:
             return CycleResult("interrupted", str(e), 60)
+        except HashMismatch as e:
+            # One corrupted transfer is not a bad release: retry a few times before giving up.
+            a["corrupt_downloads"] = a.get("corrupt_downloads", 0) + 1
+            if a["corrupt_downloads"] < MAX_CORRUPT_DOWNLOADS:
+                self.store.save(state)
+                return CycleResult("interrupted", f"{e} (will download again)", 60)
+            return self._abandon(state, "download_failed", str(e))
         except DownloadError as e:
             return self._abandon(state, "download_failed", str(e))
         if state.state == DOWNLOADING:

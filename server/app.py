@@ -14,7 +14,7 @@ from server.config import ServerConfig
 from server.context import EXTENSION, ReleaseCache, ServerContext
 from server.db import make_engine, make_sessionmaker
 from server.director import Director
-from server.errors import ApiError
+from server.errors import ApiError, BadRequest
 from server.metrics import Metrics
 
 log = logging.getLogger("overdrive.server")
@@ -47,6 +47,13 @@ def create_app(config: ServerConfig | None = None, *, start_ticker: bool = True)
     for blueprint in (vehicles.bp, campaigns.bp, admin.bp, meta.bp, dashboard):
         app.register_blueprint(blueprint)
     _register_error_handlers(app)
+
+    @app.before_request
+    def refuse_nul() -> None:
+        # NUL in a URL id or query value can never name anything (and PostgreSQL refuses it).
+        if "\x00" in request.path or any("\x00" in v for v in request.args.values()):
+            raise BadRequest("NUL character in the URL")
+
     if start_ticker and config.tick_interval > 0:
         _start_ticker(ctx)
     return app
@@ -70,7 +77,14 @@ def _register_error_handlers(app: Flask) -> None:
     def http_error(error: HTTPException) -> ResponseReturnValue:
         status = error.code or 500
         code = (error.name or "error").lower().replace(" ", "_")
-        return body(status, code, error.description or error.name)
+        response = jsonify(
+            {"error": {"status": status, "code": code, "message": error.description or error.name}}
+        )
+        response.status_code = status
+        for name, value in error.get_headers():  # e.g. Allow on a 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> ResponseReturnValue:

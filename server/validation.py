@@ -10,6 +10,8 @@ from flask import request
 from server.errors import BadRequest
 
 T = TypeVar("T")
+#: Integers the database stores in 32 bits; anything larger is refused before a query.
+MAX_INT32 = 2**31 - 1
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
@@ -17,12 +19,30 @@ def json_body() -> dict[str, Any]:
     """The request's JSON object (400 for anything else)."""
     if not request.is_json:
         raise BadRequest("expected a JSON body (Content-Type: application/json)")
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:
+        raise BadRequest("the JSON body is nested too deeply") from None
     if data is None:
         raise BadRequest("malformed JSON body")
     if not isinstance(data, dict):
         raise BadRequest("the JSON body must be an object")
+    if _has_nul(data):
+        raise BadRequest("the JSON body contains a NUL character")
     return data
+
+
+def _has_nul(value: Any, depth: int = 0) -> bool:
+    """NUL cannot be stored in PostgreSQL text (and is never meaningful here)."""
+    if depth > 64:
+        return False
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k, depth + 1) or _has_nul(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v, depth + 1) for v in value)
+    return False
 
 
 def field(
@@ -71,6 +91,6 @@ def paging() -> tuple[int, int]:
         offset = int(request.args.get("offset", "0"))
     except ValueError as e:
         raise BadRequest("limit and offset must be integers") from e
-    if not 1 <= limit <= 500 or offset < 0:
-        raise BadRequest("limit must be 1..500 and offset >= 0")
+    if not 1 <= limit <= 500 or not 0 <= offset <= MAX_INT32:
+        raise BadRequest(f"limit must be 1..500 and offset 0..{MAX_INT32}")
     return limit, offset

@@ -31,7 +31,7 @@ from server.models import (
     Membership,
     Vehicle,
 )
-from server.validation import field, identifier
+from server.validation import ID_PATTERN, MAX_INT32, field, identifier
 
 EVENT_TYPES = (
     "assigned",
@@ -81,15 +81,15 @@ def parse_images(raw: Any, label: str) -> dict[str, dict[str, Any]]:
             raise BadRequest(f"field '{label}.{hw}' must be an object")
         where = f"{label}.{hw}."
         sha = field(image, "sha256", str, where=where)
-        if len(sha) != 64:
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise BadRequest(f"field '{where}sha256' must be 64 hex characters")
-        images[hw] = {
-            "version": field(image, "version", str, where=where),
-            "sha256": sha,
-            "release_counter": field(
-                image, "release_counter", int, where=where, required=False, default=0
-            ),
-        }
+        version = field(image, "version", str, where=where)
+        if not 0 < len(version) <= 128:
+            raise BadRequest(f"field '{where}version' must be 1..128 characters")
+        counter = field(image, "release_counter", int, where=where, required=False, default=0)
+        if not 0 <= counter <= MAX_INT32:
+            raise BadRequest(f"field '{where}release_counter' must be 0..{MAX_INT32}")
+        images[hw] = {"version": version, "sha256": sha, "release_counter": counter}
     return images
 
 
@@ -184,6 +184,8 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
     with ctx.transaction() as session:
         vehicle, manifest = authenticate_message(session, vehicle_id, envelope, MANIFEST)
         counter = field(manifest, "counter", int, where="signed.")
+        if not 0 < counter <= MAX_INT32:
+            raise BadRequest(f"field 'signed.counter' must be 1..{MAX_INT32}")
         if counter <= vehicle.manifest_counter:
             raise Conflict(
                 f"replayed manifest: counter {counter} is not above {vehicle.manifest_counter}"
@@ -340,12 +342,19 @@ def _parse_event(raw: Any, index: int) -> dict[str, Any]:
     return {
         "event_id": event_id,
         "type": kind,
-        "campaign_id": field(raw, "campaign_id", str, where=where, required=False),
-        "hardware_id": field(raw, "hardware_id", str, where=where, required=False),
+        "campaign_id": _optional_id(raw, "campaign_id", where, 36),
+        "hardware_id": _optional_id(raw, "hardware_id", where, 128),
         "reason": field(raw, "reason", str, where=where, required=False),
         "details": details,
         "occurred_at": parse_time(raw.get("at"), f"{where}at"),
     }
+
+
+def _optional_id(raw: dict[str, Any], name: str, where: str, limit: int) -> str | None:
+    value = field(raw, name, str, where=where, required=False)
+    if value is not None and (len(value) > limit or not ID_PATTERN.match(value)):
+        raise BadRequest(f"field '{where}{name}' is not a valid id (max {limit} characters)")
+    return value
 
 
 def _apply_to_membership(

@@ -630,6 +630,9 @@ def release_add(
         stage_only=stage_only,
         options=options,
     )
+    if result.already:
+        click.echo(f"{hardware_id} {version} is already published with this image; nothing to do")
+        return
     verb = "staged" if result.staged else "published"
     click.echo(f"{verb} {hardware_id} {version} (release counter {result.release_counter})")
     for path, info, size in result.bundles:

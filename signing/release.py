@@ -49,6 +49,7 @@ class ReleaseResult:
     release_counter: int
     bundles: list[tuple[str, BundleInfo, int]] = field(default_factory=list)  # path, info, size
     staged: bool = False
+    already: bool = False  # this exact image was already published as this version
 
 
 def releases(targets: Targets) -> dict[str, dict[str, BundleInfo]]:
@@ -140,7 +141,16 @@ def add_release(
     targets = repo.targets.signed
     known = releases(targets).get(hardware_id, {})
     if version in known:
-        raise ReleaseError(f"version {version} of hardware id {hardware_id} already exists")
+        existing = known[version]
+        if (existing.image.length, existing.image.sha256) == (
+            image.stat().st_size,
+            image_sha256(image),
+        ):
+            # A re-run after a publish whose last answer was lost: it is already there.
+            return ReleaseResult(hardware_id, version, existing.release_counter, already=True)
+        raise ReleaseError(
+            f"version {version} of hardware id {hardware_id} already exists (with another image)"
+        )
     sources = list(
         dict.fromkeys(delta_from + recent_versions(targets, hardware_id, delta_from_recent))
     )

@@ -17,6 +17,7 @@ from server.models import AuditEntry
 from server.validation import field, json_body, paging
 
 bp = Blueprint("admin", __name__, url_prefix="/api/v1")
+MAX_ENROLL_SECONDS = 10 * 366 * 86400  # ten years
 
 
 @bp.post("/tokens")
@@ -37,7 +38,7 @@ def list_tokens() -> ResponseReturnValue:
         return jsonify({"items": [tokens.token_dict(t) for t in tokens.list_api_tokens(session)]})
 
 
-@bp.delete("/tokens/<int:token_id>")
+@bp.delete("/tokens/<int(max=2147483647):token_id>")
 @requires("admin")
 def revoke_token(token_id: int) -> ResponseReturnValue:
     with context().transaction() as session:
@@ -50,8 +51,8 @@ def create_enroll_token() -> ResponseReturnValue:
     body = json_body()
     expires = field(body, "expires_in_seconds", int, required=False)
     uses = field(body, "uses", int, required=False, default=1)
-    if expires is not None and expires <= 0:
-        raise BadRequest("field 'expires_in_seconds' must be positive")
+    if expires is not None and not 0 < expires <= MAX_ENROLL_SECONDS:
+        raise BadRequest(f"field 'expires_in_seconds' must be 1..{MAX_ENROLL_SECONDS}")
     with context().transaction() as session:
         token, secret = tokens.create_enroll_token(
             session, timedelta(seconds=expires) if expires else None, uses

@@ -340,6 +340,10 @@ def test_tampered_bundle_is_refused(cli: Cli, live_server: LiveServer, tmp_path:
     data[at : at + 16] = bytes(b ^ 0x5A for b in data[at : at + 16])
     stored.write_bytes(bytes(data))
 
+    for _ in range(2):  # a corrupted transfer is retried a couple of times before giving up
+        retry = run_once(cli, car)
+        assert retry.stdout.startswith("interrupted") and "will download again" in retry.stdout
+        assert not car.slot_b.read_bytes()
     run = run_once(cli, car)
     reason = assert_stayed_put(
         cli, live_server, before, "car-1", run, "download_failed", action="failed"

@@ -110,7 +110,12 @@ def test_release_add_rejects_bad_input_and_changes_nothing(
     image = make_image(tmp_path / "v1.img", 50_000)
     assert add(cli, repo, image, "1.0").code == 0
     before = snapshot_of(repo.storage)
-    assert_one_error(add(cli, repo, image, "1.0"), "already exists")
+    assert_one_error(
+        add(cli, repo, mutate(image, tmp_path / "other.img"), "1.0"),
+        "already exists (with another image)",
+    )
+    same = add(cli, repo, image, "1.0")  # re-running a publish whose answer was lost
+    assert same.code == 0 and "already published with this image" in same.stdout
     assert_one_error(add(cli, repo, tmp_path / "missing.img", "2.0"), "does not exist")
     assert_one_error(add(cli, repo, image, "2.0", hw="ecu/../x"), "invalid hardware id")
     assert_one_error(add(cli, repo, image, "2.0", hw="ecu a"), "invalid hardware id")
