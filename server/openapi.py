@@ -8,6 +8,7 @@ from overdrive import __version__
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _ENVELOPE = {"$ref": "#/components/schemas/SignedEnvelope"}
+_CREATES = ("/vehicles/register", "/campaigns", "/tokens", "/enroll-tokens")
 
 # (method, path, summary, minimum role or "vehicle"/"public", request schema or None, tag)
 ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, str]] = [
@@ -124,7 +125,7 @@ def openapi_document() -> dict[str, Any]:
             "summary": summary,
             "tags": [tag],
             "responses": {
-                "200": {"description": "OK"},
+                ("201" if method == "post" and path in _CREATES else "200"): {"description": "OK"},
                 "400": {
                     "description": "Bad input",
                     "content": {"application/json": {"schema": _ERROR}},
@@ -150,6 +151,18 @@ def openapi_document() -> dict[str, Any]:
         }
         if role not in ("public", "vehicle"):
             operation["security"] = [{"bearer": []}]
+        if method in ("post", "delete"):
+            operation["responses"]["405"] = {"description": "Method not allowed"}
+        if schema is not None or method == "post":
+            operation["responses"]["413"] = {
+                "description": "Body too large",
+                "content": {"application/json": {"schema": _ERROR}},
+            }
+        if path in ("/vehicles/{vehicle_id}/poll", "/campaigns", "/releases"):
+            operation["responses"]["503"] = {
+                "description": "Repository or director not configured",
+                "content": {"application/json": {"schema": _ERROR}},
+            }
         if schema is not None:
             operation["requestBody"] = {
                 "required": True,
