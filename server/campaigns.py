@@ -38,6 +38,8 @@ from server.vehicles import iso
 
 SUCCEEDED = ("committed",)
 FAILED = ("failed", "rolled_back")
+#: Ids per IN (...) list: PostgreSQL takes at most 65,535 bind parameters per statement.
+_ID_BATCH = 10_000
 FILTER_KEYS = ("model", "region", "hardware_id", "vehicles", "exclude", "installed_version")
 
 
@@ -213,7 +215,11 @@ def eligible_vehicles(
         ids = list(session.scalars(query))
         if attribute_filters:
             vehicles = {
-                v.id: v for v in session.scalars(select(Vehicle).where(Vehicle.id.in_(ids)))
+                v.id: v
+                for start_at in range(0, len(ids), _ID_BATCH)
+                for v in session.scalars(
+                    select(Vehicle).where(Vehicle.id.in_(ids[start_at : start_at + _ID_BATCH]))
+                )
             }
             ids = [
                 i
@@ -254,22 +260,26 @@ def start(ctx: ServerContext, session: Session, campaign_id: str) -> Campaign:
         raise Conflict(f"campaign {campaign.id} is {campaign.state}; only a draft can start")
     pairs = eligible_vehicles(ctx, session, campaign)
     hardware = {hw for _v, hw in pairs}
-    if pairs:
-        clash = session.execute(
+    clashes: dict[str, int] = {}
+    vehicle_ids = sorted({v for v, _hw in pairs})
+    for start_at in range(0, len(vehicle_ids), _ID_BATCH):  # bind parameters are limited
+        rows = session.execute(
             select(Membership.campaign_id, func.count())
             .where(
                 Membership.active.is_(True),
                 Membership.hardware_id.in_(hardware),
-                Membership.vehicle_id.in_({v for v, _hw in pairs}),
+                Membership.vehicle_id.in_(vehicle_ids[start_at : start_at + _ID_BATCH]),
             )
             .group_by(Membership.campaign_id)
         ).all()
-        if clash:
-            detail = ", ".join(f"{count} in campaign {cid}" for cid, count in clash)
-            raise Conflict(
-                f"vehicles already in a running or paused campaign for the same hardware id ({detail}); "
-                "finish or abort it first"
-            )
+        for cid, count in rows:
+            clashes[cid] = clashes.get(cid, 0) + count
+    if clashes:
+        detail = ", ".join(f"{count} in campaign {cid}" for cid, count in sorted(clashes.items()))
+        raise Conflict(
+            f"vehicles already in a running or paused campaign for the same hardware id ({detail}); "
+            "finish or abort it first"
+        )
     stamp = utcnow()
     if pairs:
         session.execute(
