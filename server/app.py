@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from server.config import ServerConfig
@@ -84,6 +85,23 @@ def _register_error_handlers(app: Flask) -> None:
         for name, value in error.get_headers():  # e.g. Allow on a 405
             if name.lower() != "content-type":
                 response.headers[name] = value
+        return response
+
+    @app.errorhandler(OperationalError)
+    def database_unavailable(error: OperationalError) -> ResponseReturnValue:
+        # A database restart or failover: tell clients to retry, don't log a traceback per request.
+        log.warning("database unavailable on %s %s: %s", request.method, request.path, error.orig)
+        response = jsonify(
+            {
+                "error": {
+                    "status": 503,
+                    "code": "database_unavailable",
+                    "message": "database temporarily unavailable; retry",
+                }
+            }
+        )
+        response.status_code = 503
+        response.headers["Retry-After"] = "2"
         return response
 
     @app.errorhandler(Exception)
