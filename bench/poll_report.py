@@ -1,0 +1,343 @@
+"""The Markdown report of the poll benchmark (``bench/results/poll.md``).
+
+Everything above the ``<!-- analysis -->`` marker is generated; everything below it (the
+hand-written analysis: profiles, experiments, recommended fixes) is kept when the file is
+regenerated, so a re-run refreshes the figures without losing the discussion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from poll_load import LoadResult
+
+MARKER = "<!-- analysis: everything below is kept when bench/poll.py rewrites this file -->"
+GOAL_RPS = 1000
+GOAL_P99_MS = 100.0
+
+
+@dataclass
+class Cpu:
+    """CPU seconds used during a run, by whom, and the run's wall time."""
+
+    wall: float
+    server: float
+    postgres: float
+    generator: float
+    machine: float
+
+    @property
+    def other(self) -> float:
+        return max(0.0, self.machine - self.server - self.postgres - self.generator)
+
+    def cores(self, what: str) -> float:
+        value: float = getattr(self, what)
+        return value / self.wall if self.wall else 0.0
+
+
+@dataclass
+class Run:
+    scenario: str
+    workers: int
+    result: LoadResult
+    cpu: Cpu | None = None
+
+    def ms_per_poll(self, what: str) -> float:
+        if self.cpu is None or not self.result.requests:
+            return float("nan")
+        value: float = getattr(self.cpu, what)
+        return value / self.result.requests * 1000
+
+
+@dataclass
+class QueryCount:
+    case: str
+    statements: list[str]
+    pings: int
+    status: int
+    assignments: int
+    plans: list[str] = field(default_factory=list)
+
+    @property
+    def round_trips(self) -> int:
+        # pool pre-ping + BEGIN + statements + COMMIT (psycopg sends BEGIN on its own)
+        return self.pings + 1 + len(self.statements) + 1
+
+
+@dataclass
+class Profile:
+    """In-process CPU per poll (WSGI app called directly) and where it goes (cProfile)."""
+
+    kind: str
+    cpu_ms: float
+    shares: dict[str, float]  # category → share of profiled CPU
+
+
+# ------------------------------------------------------------------------------ machine
+
+
+def machine_info() -> dict[str, str]:
+    info = {"nproc": str(os.cpu_count())}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            info["cpu"] = line.split(":", 1)[1].strip()
+            break
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal"):
+            info["ram"] = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    info["os"] = f"{platform.system()} {platform.release()} ({platform.machine()})"
+    info["python"] = platform.python_version()
+    versions = []
+    for package in (
+        "gunicorn",
+        "flask",
+        "sqlalchemy",
+        "psycopg",
+        "cryptography",
+        "securesystemslib",
+    ):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions.append(f"{package} {metadata.version(package)}")
+    info["packages"] = ", ".join(versions)
+    return info
+
+
+def postgres_info(conninfo: str) -> str:
+    import psycopg
+
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute(
+            "SELECT current_setting('server_version'), current_setting('synchronous_commit'),"
+            " current_setting('shared_buffers'), current_setting('max_connections')"
+        ).fetchone()
+    assert row is not None
+    return (
+        f"PostgreSQL {row[0]} on the same machine (synchronous_commit={row[1]}, "
+        f"shared_buffers={row[2]}, max_connections={row[3]})"
+    )
+
+
+def wrk_version() -> str | None:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    done = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
+    return (done.stdout or done.stderr).splitlines()[0].split("[")[0].strip()
+
+
+# ------------------------------------------------------------------------------- verdict
+
+
+def meets_goal(result: LoadResult) -> bool:
+    return result.rps >= GOAL_RPS * 0.98 and result.p99_ms < GOAL_P99_MS and result.errors == 0
+
+
+def verdict_line(label: str, result: LoadResult) -> str:
+    misses = []
+    if result.rps < GOAL_RPS * 0.98:
+        misses.append(
+            f"{result.rps:,.0f} polls/s, {(1 - result.rps / GOAL_RPS) * 100:.0f}% short of "
+            f"{GOAL_RPS:,}"
+        )
+    if result.p99_ms >= GOAL_P99_MS:
+        misses.append(f"p99 {ms(result.p99_ms)} ms, {result.p99_ms / GOAL_P99_MS:.1f}× the limit")
+    if result.errors:
+        misses.append(f"{result.errors} errors")
+    if not misses:
+        return (
+            f"- {label}: **PASS** ({result.rps:,.0f} polls/s, p99 {ms(result.p99_ms)} ms, 0 errors)"
+        )
+    return f"- {label}: **MISS** ({'; '.join(misses)})"
+
+
+def ms(value: float) -> str:
+    if value != value:  # NaN
+        return "–"
+    return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
+# -------------------------------------------------------------------------------- render
+
+LABELS = {
+    "nothing": "a. nothing to do",
+    "assignment": "b. assignment",
+    "mixed": "c. mixed fleet",
+    "goal": f"d. mixed, offered {GOAL_RPS:,}/s",
+}
+
+
+def render(data: dict[str, Any]) -> str:
+    info = machine_info()
+    setup_timings: dict[str, float] = data["timings"]
+    runs: list[Run] = data["runs"]
+    sweep: list[Run] = data["sweep"]
+    queries: list[QueryCount] = data["queries"]
+    profiles: list[Profile] = data["profiles"]
+    best = data["workers"]
+    lines = [
+        "## Poll throughput and latency (server)",
+        "",
+        f"`{data['command']}` — {data['date']}; setup {setup_timings['total setup']:.0f} s, "
+        f"load phase {data['load_time']:.0f} s.",
+        "",
+        f"- Machine: {info['nproc']} vCPUs ({info.get('cpu', '?')}), {info.get('ram', '?')} "
+        f"RAM, {info['os']}. Server, PostgreSQL and load generator share it.",
+        f"- Background load from other processes before the run: "
+        f"{data['background']:.2f} cores busy (of {info['nproc']}); see the “other” CPU column.",
+        f"- {data['postgres']}.",
+        f"- Python {info['python']}; {info['packages']}.",
+        "- Server: `overdrive server run --workers N` = gunicorn, gthread worker class, "
+        "4 threads per worker, `--tick-interval 0`.",
+        f"- Load generator: {data['generator']}. Pre-signed manifests (one ed25519 key per "
+        "vehicle, counters increasing), keep-alive connections, latency measured client-side.",
+        f"- Fleet: {data['vehicles']:,} vehicles on ecu-a 1.0. Campaign ecu-a → 1.1 running, "
+        f"first stage {data['share']}: {data['admitted']:,} vehicles admitted (their polls get "
+        "a director-signed assignment for the 1.0→1.1 delta), "
+        f"{data['vehicles'] - data['admitted']:,} not admitted.",
+    ]
+    for note in data.get("notes", []):
+        lines += ["", note]
+    lines += [
+        "",
+        "### Setup",
+        "",
+        "| step | time |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {seconds:.1f} s |" for name, seconds in setup_timings.items()]
+    if sweep:
+        r0 = sweep[0].result
+        lines += [
+            "",
+            f"### Gunicorn workers (scenario a, {r0.duration_s:.0f} s each)",
+            "",
+            "| workers | conns | polls/s | p50 ms | p99 ms | errors | server CPU ms/poll |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for run in sweep:
+            r = run.result
+            lines.append(
+                f"| {run.workers} | {r.concurrency} | {r.rps:,.0f} | {ms(r.p50_ms)} | "
+                f"{ms(r.p99_ms)} | {r.errors} | {ms(run.ms_per_poll('server'))} |"
+            )
+        lines += ["", f"Best: **{best} workers** (highest polls/s without errors), used below."]
+    lines += [
+        "",
+        f"### Results ({best} gunicorn workers, {data['duration']:.0f} s per scenario)",
+        "",
+        "| scenario | generator | conns | polls/s | p50 ms | p90 ms | p99 ms | max ms "
+        "| errors | with assignment |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        r = run.result
+        lines.append(
+            f"| {LABELS.get(run.scenario, run.scenario)} | {r.generator} | {r.concurrency} | "
+            f"{r.rps:,.0f} | {ms(r.p50_ms)} | {ms(r.p90_ms)} | {ms(r.p99_ms)} | "
+            f"{ms(r.max_ms)} | {r.errors} | {r.with_assignment:,} of {r.requests:,} |"
+        )
+    lines += [
+        "",
+        "CPU during each run, in cores busy (the machine has "
+        f"{info['nproc']}), and per poll. “other” is everything else on the machine "
+        "(other people's jobs, the kernel's softirq work not charged to a process).",
+        "",
+        "| scenario | server | PostgreSQL | generator | other | server ms/poll "
+        "| PostgreSQL ms/poll | polls/s if server + PostgreSQL had all cores |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    cores = int(info["nproc"])
+    for run in runs:
+        if run.cpu is None:
+            continue
+        c = run.cpu
+        per_poll = run.ms_per_poll("server") + run.ms_per_poll("postgres")
+        ceiling = cores * 1000 / per_poll if per_poll > 0 else float("nan")
+        lines.append(
+            f"| {LABELS.get(run.scenario, run.scenario)} | {c.cores('server'):.2f} | "
+            f"{c.cores('postgres'):.2f} | {c.cores('generator'):.2f} | {c.cores('other'):.2f} | "
+            f"{ms(run.ms_per_poll('server'))} | {ms(run.ms_per_poll('postgres'))} | "
+            f"{ceiling:,.0f} |"
+        )
+    lines += [
+        "",
+        "### Goal",
+        "",
+        f"≥ {GOAL_RPS:,} polls/s sustained with p99 < {GOAL_P99_MS:.0f} ms and no errors "
+        "(one machine for a million vehicles polling every 15 minutes):",
+        "",
+    ]
+    lines += [verdict_line(LABELS.get(run.scenario, run.scenario), run.result) for run in runs]
+    if data.get("goal_note"):
+        lines += ["", data["goal_note"]]
+    lines += [
+        "",
+        "### SQL per poll",
+        "",
+        "Counted in-process (the server's code, Flask test client) with a SQLAlchemy "
+        "`before_cursor_execute` listener; the pool's pre-ping (`pool_pre_ping=True`) is counted "
+        "apart. Round trips = pre-ping + BEGIN + statements + COMMIT.",
+        "",
+        "| poll | HTTP | assignments | SQL statements | round trips |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {q.case} | {q.status} | {q.assignments} | {len(q.statements)} | {q.round_trips} |"
+        for q in queries
+    ]
+    detail = max(queries, key=lambda q: len(q.statements))
+    lines += ["", f"The statements of “{detail.case}” and their plans (EXPLAIN):", ""]
+    for i, (statement, plan) in enumerate(zip(detail.statements, detail.plans, strict=False), 1):
+        short = statement if len(statement) <= 200 else statement[:199] + "…"
+        lines.append(f"{i}. `{short}` → {plan}")
+    if profiles:
+        categories = sorted({c for p in profiles for c in p.shares}, key=_category_order)
+        lines += [
+            "",
+            "### Where a poll's CPU goes (in-process)",
+            "",
+            "The WSGI app called directly in one thread (no HTTP server, no concurrency): CPU per "
+            "poll, then the split of a cProfile run (self time by package, CPU clock; builtins "
+            "charged to their caller's package; cProfile inflates pure-Python code somewhat).",
+            "",
+            "| poll | CPU ms/poll | " + " | ".join(categories) + " |",
+            "|---|---:|" + "---:|" * len(categories),
+        ]
+        for p in profiles:
+            cells = " | ".join(f"{p.shares.get(c, 0) * 100:.0f}%" for c in categories)
+            lines.append(f"| {p.kind} | {p.cpu_ms:.2f} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+CATEGORY_ORDER = (
+    "SQLAlchemy",
+    "psycopg",
+    "Flask/Werkzeug",
+    "crypto",
+    "JSON",
+    "overdrive",
+    "other",
+)
+
+
+def _category_order(name: str) -> int:
+    return CATEGORY_ORDER.index(name) if name in CATEGORY_ORDER else len(CATEGORY_ORDER)
+
+
+def write(path: Path, generated: str) -> None:
+    """Write ``generated``, keeping the hand-written part below the marker if there is one."""
+    kept = ""
+    if path.exists():
+        old = path.read_text()
+        if MARKER in old:
+            kept = old[old.index(MARKER) :]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(generated + ("\n" + kept if kept else "\n" + MARKER + "\n"))

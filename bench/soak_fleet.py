@@ -1,0 +1,239 @@
+"""The soak benchmark's simulated fleet: a tiny keep-alive HTTP/1.1 client on asyncio and the
+vehicle loop (signed polls, in-process "installs", signed event batches retried with the same ids)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.server.fleet import SimVehicle
+
+TIMEOUT = 30.0
+IDLE_MAX = 1.5  # seconds: reuse an idle connection only well within gunicorn's keepalive (2 s)
+
+
+class HttpError(Exception):
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+class Pool:
+    """Keep-alive connections to one server; a broken connection is dropped, never reused."""
+
+    def __init__(self, host: str, port: int, size: int) -> None:
+        self.host, self.port = host, port
+        #: (reader, writer, when it went idle); gunicorn drops keep-alive connections after 2 s
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+        self.slots = asyncio.Semaphore(size)
+
+    async def request(
+        self, method: str, path: str, body: Any, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else b""
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+            + "\r\n"
+        ).encode()
+        async with self.slots:
+            conn = None
+            while self.idle and conn is None:
+                reader, writer, since = self.idle.pop()
+                if time.monotonic() - since < IDLE_MAX and not reader.at_eof():
+                    conn = (reader, writer)
+                else:
+                    writer.close()
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn = await asyncio.wait_for(
+                        asyncio.open_connection(self.host, self.port), TIMEOUT
+                    )
+                status, payload, keep = await asyncio.wait_for(
+                    self._exchange(conn, head + data), TIMEOUT
+                )
+            except TimeoutError:
+                self._close(conn)
+                raise HttpError("timeout") from None
+            except (ConnectionError, asyncio.IncompleteReadError, OSError) as e:
+                self._close(conn)
+                if isinstance(e, ConnectionRefusedError):
+                    raise HttpError("connection refused") from None
+                raise HttpError(
+                    "connection reset (reused)" if reused else "connection reset"
+                ) from None
+            if keep:
+                self.idle.append((conn[0], conn[1], time.monotonic()))
+            else:
+                self._close(conn)
+            return status, payload
+
+    @staticmethod
+    def _close(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None) -> None:
+        if conn is not None:
+            conn[1].close()
+
+    @staticmethod
+    async def _exchange(
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], raw: bytes
+    ) -> tuple[int, Any, bool]:
+        reader, writer = conn
+        writer.write(raw)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+        length = int(headers.get("content-length", "0"))
+        body = await reader.readexactly(length) if length else b""
+        keep = headers.get("connection", "").lower() != "close" and lines[0].startswith("HTTP/1.1")
+        try:
+            payload = json.loads(body) if body else None
+        except ValueError:
+            payload = body[:200].decode("latin-1")
+        return status, payload, keep
+
+
+@dataclass
+class Stats:
+    started: float = field(default_factory=time.monotonic)
+    polls: int = 0
+    poll_latency: list[float] = field(default_factory=list)
+    assignments: int = 0
+    events_sent: int = 0  # unique event ids the fleet created and sent
+    events_acked: int = 0  # unique event ids a server acknowledged (200)
+    events_accepted: int = 0  # sum of the servers' "accepted"
+    events_duplicates: int = 0  # sum of the servers' "duplicates" (after a retry)
+    event_retries: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    error_times: list[tuple[float, str]] = field(default_factory=list)
+    unacked: int = 0  # event batches given up on (must stay 0)
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    def error(self, where: str, kind: str) -> None:
+        label = f"{where}: {kind}"
+        self.errors[label] += 1
+        self.error_times.append((time.monotonic() - self.started, label))
+
+
+@dataclass
+class Fleet:
+    pools: list[Pool]
+    image_old: dict[str, Any]
+    image_new: dict[str, Any]
+    failure_rate: float
+    install_seconds: tuple[float, float]
+    stats: Stats
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+
+    def pool(self) -> Pool:
+        return self.rng.choice(self.pools)
+
+    async def register(self, vehicle: SimVehicle, token: str) -> None:
+        for attempt in range(20):
+            try:
+                status, _body = await self.pool().request(
+                    "POST", "/api/v1/vehicles/register", vehicle.registration(token)
+                )
+            except HttpError as e:
+                self.stats.error("register", e.kind)
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+                continue
+            if status == 201 or status == 409:  # 409: an earlier try got through
+                return
+            self.stats.error("register", f"HTTP {status}")
+            await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+        raise RuntimeError(f"could not register {vehicle.vehicle_id}")
+
+    async def send_events(self, vehicle: SimVehicle, events: list[dict[str, Any]]) -> None:
+        """Send one batch until a server acknowledges it; retries keep the event ids."""
+        self.stats.events_sent += len(events)
+        delay = 0.5
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                status, body = await self.pool().request(
+                    "POST", f"/api/v1/vehicles/{vehicle.vehicle_id}/events", vehicle.events(*events)
+                )
+            except HttpError as e:
+                self.stats.error("events", e.kind)
+                status, body = 0, None
+            if status == 200 and isinstance(body, dict):
+                self.stats.events_acked += len(events)
+                self.stats.events_accepted += int(body.get("accepted", 0))
+                self.stats.events_duplicates += int(body.get("duplicates", 0))
+                return
+            if status:
+                self.stats.error("events", f"HTTP {status}")
+            self.stats.event_retries += 1
+            await asyncio.sleep(delay * (0.5 + self.rng.random()))
+            delay = min(delay * 2, 8.0)
+        self.stats.unacked += 1
+
+    async def install(self, vehicle: SimVehicle, assignment: dict[str, Any]) -> None:
+        ids = {"campaign_id": assignment["campaign_id"], "hardware_id": assignment["hardware_id"]}
+
+        def event(kind: str, **extra: Any) -> dict[str, Any]:
+            return {"id": uuid.uuid4().hex, "type": kind, **ids, **extra}
+
+        low, high = self.install_seconds
+        await self.send_events(vehicle, [event("downloading")])
+        await asyncio.sleep(self.rng.uniform(low, high))
+        if self.rng.random() < self.failure_rate:
+            await self.send_events(
+                vehicle, [event("installed"), event("rolled_back", reason="injected failure")]
+            )
+            self.stats.outcomes["rolled_back"] += 1
+            vehicle.failed = True  # type: ignore[attr-defined]
+            return
+        await self.send_events(vehicle, [event("installed"), event("committed")])
+        vehicle.image = dict(self.image_new)
+        self.stats.outcomes["committed"] += 1
+
+    async def run_vehicle(self, vehicle: SimVehicle, poll_interval: float) -> None:
+        await asyncio.sleep(self.rng.uniform(0, poll_interval))
+        failures = 0
+        while not self.stop.is_set():
+            pool = self.pool()
+            envelope = vehicle.manifest(slot="A", state="idle", last_result=None)
+            begin = time.perf_counter()
+            try:
+                status, body = await pool.request(
+                    "POST", f"/api/v1/vehicles/{vehicle.vehicle_id}/poll", envelope
+                )
+            except HttpError as e:
+                self.stats.error("poll", e.kind)
+                status, body = 0, None
+            if status != 200 or not isinstance(body, dict):
+                if status:
+                    self.stats.error("poll", f"HTTP {status}")
+                failures += 1
+                await asyncio.sleep(min(30.0, 0.5 * 2**failures) * (0.5 + self.rng.random()))
+                continue
+            failures = 0
+            self.stats.polls += 1
+            self.stats.poll_latency.append(time.perf_counter() - begin)
+            wait = float(body.get("next_poll_seconds", poll_interval))
+            assignments = body.get("assignments") or []
+            if assignments and not getattr(vehicle, "failed", False):
+                self.stats.assignments += 1
+                signed = assignments[0]["signed"]
+                if signed.get("vehicle_id") != vehicle.vehicle_id:
+                    self.stats.error("poll", "assignment for another vehicle")
+                else:
+                    await self.install(vehicle, signed)
+                    continue  # poll again right away, reporting the new image
+            await asyncio.sleep(wait * self.rng.uniform(0.8, 1.2))
