@@ -8,6 +8,7 @@ import shutil
 import threading
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,31 +34,42 @@ class LiveServer:
     published: Published
 
 
-@pytest.fixture
-def live_server(published: Published, tmp_path: Path) -> Iterator[LiveServer]:
+@contextmanager
+def serve_live(
+    published: Published, tmp_path: Path, *, storage_url: str | None = None, **overrides: Any
+) -> Iterator[LiveServer]:
+    """A migrated SQLite server over ``published`` (or ``storage_url``) on a loopback socket,
+    with an operator token and a 100-use enrollment token."""
     db = f"sqlite:///{tmp_path / 'server.db'}"
     upgrade(db)
-    config = ServerConfig(
-        db_url=db,
-        storage_url=str(published.storage),
-        director_key=published.director_key,
-        state_dir=tmp_path / "server-state",
-        tick_interval=0,
-        poll_interval=5,
-    )
-    app = create_app(config, start_ticker=False)
+    settings: dict[str, Any] = {
+        "db_url": db,
+        "storage_url": storage_url or str(published.storage),
+        "director_key": published.director_key,
+        "state_dir": tmp_path / "server-state",
+        "tick_interval": 0,
+        "poll_interval": 5,
+        **overrides,
+    }
+    app = create_app(ServerConfig(**settings), start_ticker=False)
     ctx: ServerContext = app.extensions[EXTENSION]
     with ctx.transaction() as session:
         _t, operator = create_api_token(session, "op", "operator")
         _e, enroll = create_enroll_token(session, None, uses=100)
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield LiveServer(f"http://127.0.0.1:{server.server_port}", ctx, operator, enroll, published)
     finally:
         server.shutdown()
         ctx.engine.dispose()
+
+
+@pytest.fixture
+def live_server(published: Published, tmp_path: Path) -> Iterator[LiveServer]:
+    with serve_live(published, tmp_path) as live:
+        yield live
 
 
 @dataclass

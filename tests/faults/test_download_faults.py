@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,16 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from werkzeug.serving import make_server
 
-from server.app import create_app
-from server.config import ServerConfig
-from server.context import EXTENSION, ServerContext
-from server.migrate import upgrade
-from server.tokens import create_api_token, create_enroll_token
+from server.context import ServerContext
 from tests.conftest import Cli, make_image
 from tests.faults.fault_proxy import FaultProxy, fault_proxy
 from tests.faults.s3util import upload_tree
+from tests.live_server import serve_live
 from tests.repo_fixtures import Published
 from tests.s3server import S3Env
 
@@ -57,40 +52,16 @@ class Fleet:
 @pytest.fixture
 def s3_fleet(published_template: Published, s3_env: S3Env, tmp_path: Path) -> Iterator[Fleet]:
     upload_tree(s3_env, published_template.storage)
-    db = f"sqlite:///{tmp_path / 'server.db'}"
-    upgrade(db)
-    config = ServerConfig(
-        db_url=db,
-        storage_url=s3_env.url,
-        director_key=published_template.director_key,
-        trusted_root=published_template.storage / "metadata" / "1.root.json",
-        state_dir=tmp_path / "server-state",
-        tick_interval=0,
-        poll_interval=5,
-    )
-    app = create_app(config, start_ticker=False)
-    ctx: ServerContext = app.extensions[EXTENSION]
-    with ctx.transaction() as session:
-        _t, operator = create_api_token(session, "op", "operator")
-        _e, enroll = create_enroll_token(session, None, uses=100)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        with fault_proxy(s3_env.endpoint) as proxy:
-            yield Fleet(
-                f"http://127.0.0.1:{server.server_port}",
-                ctx,
-                operator,
-                enroll,
-                published_template,
-                s3_env,
-                proxy,
-            )
-    finally:
-        server.shutdown()
-        server.server_close()
-        ctx.engine.dispose()
+    trusted = published_template.storage / "metadata" / "1.root.json"
+    with (
+        serve_live(
+            published_template, tmp_path, storage_url=s3_env.url, trusted_root=trusted
+        ) as live,
+        fault_proxy(s3_env.endpoint) as proxy,
+    ):
+        yield Fleet(
+            live.url, live.ctx, live.operator, live.enroll, published_template, s3_env, proxy
+        )
 
 
 def start_campaign(fleet: Fleet) -> str:
