@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click.testing
 import pytest
@@ -108,3 +109,22 @@ def repo(workspace: Workspace, cli: Cli) -> Workspace:
     result = cli("repo", "init", *workspace.repo_args)
     assert result.code == 0, result.stderr
     return workspace
+
+
+@pytest.fixture
+def summary(record_property: Callable[[str, object], None]) -> Callable[[str], None]:
+    """Add a line to the test run's closing summary (works under pytest-xdist too)."""
+    return lambda line: record_property("summary", line)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    lines = [
+        value
+        for report in terminalreporter.stats.get("passed", [])
+        for name, value in getattr(report, "user_properties", [])
+        if name == "summary"
+    ]
+    if lines:
+        terminalreporter.write_sep("-", "summary")
+        for line in sorted(lines):
+            terminalreporter.write_line(line)

@@ -100,7 +100,7 @@ def settle(car: Car, signed: set[str]) -> None:
 
 
 def run_harness(
-    cli: Cli, live: LiveServer, tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+    cli: Cli, live: LiveServer, tmp_path: Path, kind: str, summary: Callable[[str], None]
 ) -> int:
     images = live.published.images
     new_sha = images["ecu-a/1.1"]["sha256"]
@@ -152,16 +152,15 @@ def run_harness(
             assert status == "committed" and "committed" in types, (n, status, types)
         else:
             assert status in ("failed", "rolled_back"), (n, status, types)
-    with capsys.disabled():
-        print(
-            f"\npower-cut harness ({kind} update): {total} cut points exercised, "
-            f"{outcomes['completed']} completed, {outcomes['abandoned']} abandoned cleanly"
-        )
+    summary(
+        f"power-cut harness ({kind} update): {total} cut points exercised, "
+        f"{outcomes['completed']} completed, {outcomes['abandoned']} abandoned cleanly"
+    )
     return total
 
 
 @pytest.mark.parametrize("kind", ["full", "delta"])
 def test_power_cut_at_every_step(
-    cli: Cli, live_server: LiveServer, tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+    cli: Cli, live_server: LiveServer, tmp_path: Path, kind: str, summary: Callable[[str], None]
 ) -> None:
-    assert run_harness(cli, live_server, tmp_path, kind, capsys) > 10
+    assert run_harness(cli, live_server, tmp_path, kind, summary) > 10
