@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import click.testing
 import pytest
 
-import overdrive.cli
 from rollout_policies import PRESETS
 from rollout_policies.cli import policy
+from tests.conftest import Result, run_cli
 
 VALID = """\
 name: nightly
@@ -27,33 +26,16 @@ stages:
 """
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
+Run = Result
 
 
 Invoke = Callable[..., Run]
 
 
 @pytest.fixture
-def run(monkeypatch: pytest.MonkeyPatch) -> Invoke:
-    monkeypatch.setitem(
-        overdrive.cli.SUBCOMMANDS, "policy", ("rollout_policies.cli", "policy", "Rollout policies.")
-    )
-
-    def invoke(*args: str | Path) -> Run:
-        runner = click.testing.CliRunner()
-        with runner.isolation() as (out, err, _):
-            try:
-                overdrive.cli.main(["policy", *map(str, args)])
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            return Run(code, out.getvalue().decode(), err.getvalue().decode())
-
-    return invoke
+def run() -> Invoke:
+    """``overdrive policy ARGS`` through the real root command."""
+    return lambda *args: run_cli("policy", *args)
 
 
 def one_error(r: Run) -> str:

@@ -7,7 +7,6 @@ import json
 import random
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any
 import click.testing
 import pytest
 
-import overdrive.cli
 from overdrive.maintenance import MaintenanceWindow, in_maintenance_window
 from rollout_policies import admission_target, parse_policy, preset
 from rollout_policies.simulate import (
@@ -31,6 +29,7 @@ from rollout_policies.simulate import (
 )
 from rollout_policies.simulate_cli import simulate as simulate_command
 from rollout_policies.simulate_parse import parse_fleet, parse_size, parse_spread
+from tests.conftest import Result, run_cli
 
 HOUR = 3600
 SPLIT = (("ecu-a", Fraction(9, 10)), ("ecu-b", Fraction(1, 10)))
@@ -44,35 +43,16 @@ def run_sim(policy: str = "canary", vehicles: int = 2000, **options: Any) -> Sim
     return simulate(SimulationConfig(policy=preset(policy), vehicles=vehicles, **options))
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
+Run = Result
 
 
 Invoke = Callable[..., Run]
 
 
 @pytest.fixture
-def run(monkeypatch: pytest.MonkeyPatch) -> Invoke:
-    monkeypatch.setitem(
-        overdrive.cli.SUBCOMMANDS,
-        "simulate",
-        ("rollout_policies.simulate_cli", "simulate", "Dry-run a rollout policy."),
-    )
-
-    def invoke(*args: str | Path) -> Run:
-        runner = click.testing.CliRunner()
-        with runner.isolation() as (out, err, _):
-            try:
-                overdrive.cli.main(["simulate", *map(str, args)])
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            return Run(code, out.getvalue().decode(), err.getvalue().decode())
-
-    return invoke
+def run() -> Invoke:
+    """``overdrive simulate ARGS`` through the real root command."""
+    return lambda *args: run_cli("simulate", *args)
 
 
 def one_error(r: Run) -> str:
