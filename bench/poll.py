@@ -253,9 +253,10 @@ def start_campaign(setup: Setup, fleet: Fleet) -> list[str]:
     """Create and start the campaign through the operator API (in-process, Flask test client).
 
     Returns notes for the report. If the server cannot start one campaign over the whole fleet
-    (PostgreSQL takes at most 65,535 bind parameters and ``campaigns.start`` checks for clashes
-    with one ``IN (…)`` list of all eligible vehicles), the failed draft is aborted and the fleet
-    is covered by one campaign per vehicle model instead (same policy, same share admitted).
+    (before 1681d64, ``campaigns.start`` checked for clashes with one ``IN (…)`` list of all
+    eligible vehicles, and PostgreSQL takes at most 65,535 bind parameters), the failed draft is
+    aborted and the fleet is covered by one campaign per vehicle model instead (same policy, same
+    share admitted), and the report says so.
     """
     from sqlalchemy import select
 
@@ -282,7 +283,7 @@ def start_campaign(setup: Setup, fleet: Fleet) -> list[str]:
                 response = http.post("/api/v1/campaigns", json=body, headers=headers)
             if response.status_code != 201:
                 raise RuntimeError(f"campaign create: {response.status_code} {response.json}")
-            campaign_id = response.json["id"]  # type: ignore[index]
+            campaign_id = response.json["id"]
             step = f"campaign start (API){label}"
             with timed(setup, step):
                 response = http.post(f"/api/v1/campaigns/{campaign_id}/start", headers=headers)
@@ -291,8 +292,8 @@ def start_campaign(setup: Setup, fleet: Fleet) -> list[str]:
                     step
                 )
                 http.post(f"/api/v1/campaigns/{campaign_id}/abort", headers=headers)
-                return response.status_code
-            log(f"campaign {campaign_id}: {response.json['counts']}")  # type: ignore[index]
+                return int(response.status_code)
+            log(f"campaign {campaign_id}: {response.json['counts']}")
             return 200
 
         status = campaign("ecu-a to 1.1", None, f": {fleet.size:,} vehicles eligible")
@@ -808,6 +809,8 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.vehicles = min(args.vehicles, 10_000)
         args.duration = min(args.duration, 5.0)
+    if args.workers is not None and args.workers < 2:
+        parser.error("--workers must be at least 2 (1 runs the development server, not gunicorn)")
     if not 100 <= args.vehicles <= 1_000_000:
         parser.error("--vehicles must be between 100 and 1,000,000")
     if not 1 <= args.duration <= 200:

@@ -136,10 +136,6 @@ def wrk_version() -> str | None:
 # ------------------------------------------------------------------------------- verdict
 
 
-def meets_goal(result: LoadResult) -> bool:
-    return result.rps >= GOAL_RPS * 0.98 and result.p99_ms < GOAL_P99_MS and result.errors == 0
-
-
 def verdict_line(label: str, result: LoadResult) -> str:
     misses = []
     if result.rps < GOAL_RPS * 0.98:
@@ -272,7 +268,7 @@ def render(data: dict[str, Any]) -> str:
         "### Goal",
         "",
         f"≥ {GOAL_RPS:,} polls/s sustained with p99 < {GOAL_P99_MS:.0f} ms and no errors "
-        "(one machine for a million vehicles polling every 15 minutes):",
+        "(one machine for a million vehicles polling every 15 minutes; 2% tolerance on the rate):",
         "",
     ]
     lines += [verdict_line(LABELS.get(run.scenario, run.scenario), run.result) for run in runs]
