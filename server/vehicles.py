@@ -1,4 +1,5 @@
-"""The vehicle side of the API: registration, signed polls (manifests) and signed event reports.
+"""The vehicle side of the API: registration, message authentication and signed event reports
+(polls are in :mod:`server.poll`).
 
 A vehicle proves every message with the ed25519 key it registered. A manifest carries a counter
 that must grow and a timestamp close to ours, so a replayed poll is refused; events carry their own
@@ -8,23 +9,18 @@ ids, so a re-sent batch (after a timeout, say) is stored exactly once.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from securesystemslib.signer import Key, SSlibKey
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from overdrive.envelope import EVENTS, MANIFEST, EnvelopeError, verify_envelope
-from overdrive.errors import OverdriveError
+from overdrive.envelope import EVENTS, EnvelopeError, verify_envelope
 from server.auth import hash_secret
 from server.context import ServerContext
 from server.errors import BadRequest, Conflict, NotFoundError, Unauthorized
 from server.models import (
-    RUNNING,
-    Campaign,
-    CampaignRelease,
     EnrollToken,
     Event,
     InstalledImage,
@@ -93,8 +89,9 @@ def parse_images(raw: Any, label: str) -> dict[str, dict[str, Any]]:
     return images
 
 
-def vehicle_key(vehicle: Vehicle) -> dict[str, Key]:
-    key = SSlibKey.from_dict(*_split_key(json.loads(vehicle.public_key)))
+def vehicle_key_from_text(public_key: str) -> dict[str, Key]:
+    """The verification keys (key id → key) of a vehicle, from its stored ``public_key``."""
+    key = SSlibKey.from_dict(*_split_key(json.loads(public_key)))
     return {key.keyid: key}
 
 
@@ -155,13 +152,7 @@ def register(ctx: ServerContext, body: dict[str, Any]) -> dict[str, Any]:
     return {"vehicle_id": vehicle_id, "poll_interval": ctx.config.poll_interval}
 
 
-# ------------------------------------------------------------------------------ poll
-
-
-@dataclass
-class PollResult:
-    assignments: list[dict[str, Any]]
-    next_poll: int
+# ------------------------------------------------------------------------------ messages
 
 
 def authenticate_message(
@@ -171,126 +162,12 @@ def authenticate_message(
     if vehicle is None:
         raise NotFoundError(f"unknown vehicle {vehicle_id}")
     try:
-        payload = verify_envelope(envelope, vehicle_key(vehicle), kind)
+        payload = verify_envelope(envelope, vehicle_key_from_text(vehicle.public_key), kind)
     except EnvelopeError as e:
         raise Unauthorized(f"{e} (vehicle {vehicle_id})") from e
     if payload.get("vehicle_id") != vehicle_id:
         raise Unauthorized("message is signed for another vehicle")
     return vehicle, payload
-
-
-def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
-    stamp = utcnow()
-    with ctx.transaction() as session:
-        vehicle, manifest = authenticate_message(session, vehicle_id, envelope, MANIFEST)
-        counter = field(manifest, "counter", int, where="signed.")
-        if not 0 < counter <= MAX_INT32:
-            raise BadRequest(f"field 'signed.counter' must be 1..{MAX_INT32}")
-        if counter <= vehicle.manifest_counter:
-            raise Conflict(
-                f"replayed manifest: counter {counter} is not above {vehicle.manifest_counter}"
-            )
-        sent_at = parse_time(manifest.get("timestamp"), "signed.timestamp")
-        if abs((sent_at - stamp).total_seconds()) > ctx.config.clock_skew:
-            raise BadRequest(
-                f"manifest timestamp {iso(sent_at)} is too far from server time {iso(stamp)}"
-            )
-        nonce = field(manifest, "nonce", str, where="signed.")
-        if not 8 <= len(nonce) <= 128:
-            raise BadRequest("field 'signed.nonce' must be 8..128 characters")
-        images = parse_images(manifest.get("images", {}), "signed.images")
-        vehicle.manifest_counter = counter
-        vehicle.last_seen_at = stamp
-        status: dict[str, Any] = {
-            k: manifest[k] for k in ("slot", "state", "last_result") if k in manifest
-        }
-        if status != vehicle.status:
-            vehicle.status = status
-        _store_images(session, vehicle_id, images)
-        assignments = _assignments(ctx, session, vehicle_id, nonce, images, stamp)
-    return PollResult(assignments, ctx.config.poll_interval)
-
-
-def _store_images(session: Session, vehicle_id: str, images: dict[str, dict[str, Any]]) -> None:
-    stored = {
-        row.hardware_id: row
-        for row in session.scalars(
-            select(InstalledImage).where(InstalledImage.vehicle_id == vehicle_id)
-        )
-    }
-    for hw, image in images.items():
-        row = stored.get(hw)
-        if row is None:
-            session.add(InstalledImage(vehicle_id=vehicle_id, hardware_id=hw, **image))
-        elif (row.version, row.sha256, row.release_counter) != (
-            image["version"],
-            image["sha256"],
-            image["release_counter"],
-        ):
-            row.version, row.sha256, row.release_counter = (
-                image["version"],
-                image["sha256"],
-                image["release_counter"],
-            )
-
-
-def _assignments(
-    ctx: ServerContext,
-    session: Session,
-    vehicle_id: str,
-    nonce: str,
-    images: dict[str, dict[str, Any]],
-    stamp: datetime,
-) -> list[dict[str, Any]]:
-    rows = session.execute(
-        select(Membership, Campaign, CampaignRelease)
-        .join(Campaign, Campaign.id == Membership.campaign_id)
-        .join(
-            CampaignRelease,
-            (CampaignRelease.campaign_id == Membership.campaign_id)
-            & (CampaignRelease.hardware_id == Membership.hardware_id),
-        )
-        .where(
-            Membership.vehicle_id == vehicle_id,
-            Membership.active.is_(True),
-            Membership.admitted.is_(True),
-            Campaign.state == RUNNING,
-        )
-    ).all()
-    assignments = []
-    for membership, campaign, release in rows:
-        if membership.status in FINAL:
-            continue
-        installed = images.get(release.hardware_id)
-        if installed is not None and installed["sha256"] == release.image_sha256:
-            continue  # already there; the vehicle reports "committed" itself
-        try:
-            bundle = (
-                ctx.releases.index()
-                .get(release.hardware_id, release.version)
-                .best_for(installed["sha256"] if installed else None)
-            )
-        except OverdriveError:
-            continue  # the release vanished from the verified repository: offer nothing
-        payload = {
-            "_type": "assignment",
-            "vehicle_id": vehicle_id,
-            "nonce": nonce,
-            "issued": iso(stamp),
-            "expires": iso(stamp + timedelta(seconds=ctx.config.assignment_ttl)),
-            "campaign_id": campaign.id,
-            "hardware_id": release.hardware_id,
-            "version": release.version,
-            "release_counter": release.release_counter,
-            "target": {"path": bundle.path, "sha256": bundle.sha256, "length": bundle.length},
-            "kind": bundle.info.kind,
-            "maintenance_windows": campaign.policy.get("maintenance_windows", []),
-        }
-        assignments.append(ctx.require_director().sign(payload))
-        if membership.status == "pending":
-            membership.status = "assigned"
-            membership.updated_at = stamp
-    return assignments
 
 
 # ------------------------------------------------------------------------------ events

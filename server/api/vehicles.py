@@ -9,6 +9,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
+from server import poll as polling
 from server import vehicles
 from server.auth import requires
 from server.context import context
@@ -27,7 +28,7 @@ def register() -> ResponseReturnValue:
 @bp.post("/<vehicle_id>/poll")
 def poll(vehicle_id: str) -> ResponseReturnValue:
     ctx = context()
-    result = vehicles.poll(ctx, vehicle_id, json_body())
+    result = polling.poll(ctx, vehicle_id, json_body())
     ctx.metrics.polls.labels("assignment" if result.assignments else "nothing").inc()
     ctx.metrics.assignments.inc(len(result.assignments))
     return jsonify({"assignments": result.assignments, "next_poll_seconds": result.next_poll})
