@@ -87,7 +87,8 @@ POLICY = {
         },
     ],
 }
-SWEEP_WORKERS = (2, 3, 4)
+#: (gunicorn workers, threads per worker) tried in scenario a; the best is used for the rest.
+SWEEP = ((2, 4), (2, 2), (2, 1), (3, 1), (4, 1))
 WARM_UP_S = 3.0
 
 
@@ -389,6 +390,14 @@ def count_queries(setup: Setup, fleet: Fleet) -> list[QueryCount]:
         return bool(original_ping(dbapi_connection))
 
     engine.dialect.do_ping = ping
+    direct = []  # statements on the poll path's own connections
+
+    def traced(statement: str, params: Any) -> None:
+        captured.append((statement, params))
+        direct.append(statement)
+
+    if ctx.direct is not None:
+        ctx.direct.trace = traced
     http = app.test_client()
     results = []
     try:
@@ -403,6 +412,7 @@ def count_queries(setup: Setup, fleet: Fleet) -> list[QueryCount]:
         event.listen(engine, "before_cursor_execute", before)
         for case, index in cases:
             captured.clear()
+            direct.clear()
             pings[0] = 0
             path, body = sign_one(fleet, index)
             response = http.post(path, data=body, content_type="application/json")
@@ -416,6 +426,7 @@ def count_queries(setup: Setup, fleet: Fleet) -> list[QueryCount]:
                     status=response.status_code,
                     assignments=len(answer.get("assignments", [])),
                     plans=explain(engine, statements),
+                    autocommit=bool(direct) and len(direct) == len(statements),
                 )
             )
         event.remove(engine, "before_cursor_execute", before)
@@ -554,11 +565,11 @@ def free_port() -> int:
 class Server:
     """``overdrive server run --workers N`` (gunicorn) in its own process group."""
 
-    def __init__(self, setup: Setup, workers: int) -> None:
-        self.setup, self.workers = setup, workers
+    def __init__(self, setup: Setup, workers: int, threads: int) -> None:
+        self.setup, self.workers, self.threads = setup, workers, threads
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = setup.workdir / f"server-{workers}w.log"
+        self.log = setup.workdir / f"server-{workers}w{threads}t.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -575,9 +586,11 @@ class Server:
             "--director-key",
             str(self.setup.director_key),
             "--state-dir",
-            str(self.setup.workdir / f"server-state-{self.workers}"),
+            str(self.setup.workdir / f"server-state-{self.workers}-{self.threads}"),
             "--workers",
             str(self.workers),
+            "--threads",
+            str(self.threads),
             "--port",
             str(self.port),
             "--tick-interval",
@@ -621,10 +634,10 @@ class Server:
 
 
 @contextlib.contextmanager
-def running(setup: Setup, workers: int) -> Iterator[Server]:
-    server = Server(setup, workers)
+def running(setup: Setup, workers: int, threads: int) -> Iterator[Server]:
+    server = Server(setup, workers, threads)
     try:
-        log(f"starting the server: {workers} gunicorn workers")
+        log(f"starting the server: {workers} gunicorn workers × {threads} threads")
         server.start()
         yield server
     finally:
@@ -762,10 +775,10 @@ class Bench:
         result, cpu = self.load(server, scenario, duration, concurrency, rate)
         if rate is None:
             self.rate_estimate = max(500.0, result.rps * 1.3)
-        run = Run(scenario, server.workers, result, cpu)
+        run = Run(scenario, server.workers, result, cpu, server.threads)
         r = result
         log(
-            f"{scenario:10s} workers={server.workers} conns={concurrency} {r.generator}: "
+            f"{scenario:10s} workers={server.workers}×{server.threads} conns={concurrency} {r.generator}: "
             f"{r.rps:,.0f} polls/s, p50 {r.p50_ms:.1f} p90 {r.p90_ms:.1f} p99 {r.p99_ms:.1f} "
             f"max {r.max_ms:.1f} ms, errors {r.errors}, with assignment {r.with_assignment:,} "
             f"of {r.requests:,}; CPU cores: server {cpu.cores('server'):.2f}, PostgreSQL "
@@ -794,7 +807,10 @@ def parse_args() -> argparse.Namespace:
         "--workers",
         type=int,
         default=None,
-        help=f"gunicorn workers (default: try {', '.join(map(str, SWEEP_WORKERS))}, keep the best)",
+        help="gunicorn workers (default: try the configurations in SWEEP, keep the best)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=4, help="threads per gunicorn worker (with --workers)"
     )
     parser.add_argument(
         "--concurrency", type=int, default=None, help="client connections (default: 4 × workers)"
@@ -894,18 +910,19 @@ def run_all(args: argparse.Namespace, setup: Setup, pool: multiprocessing.pool.P
     t_load = time.perf_counter()
     sweep: list[Run] = []
     if args.workers is None:
-        for workers in SWEEP_WORKERS:
+        for workers, threads in SWEEP:
             conns = args.concurrency or 4 * workers
-            with running(setup, workers) as server:
+            with running(setup, workers, threads) as server:
                 bench.warm_up(server, conns)
                 sweep.append(bench.measure(server, "nothing", max(3.0, args.duration / 2), conns))
-        best = max(sweep, key=lambda run: (run.result.errors == 0, run.result.rps)).workers
+        winner = max(sweep, key=lambda run: (run.result.errors == 0, run.result.rps))
+        best, threads = winner.workers, winner.threads
     else:
-        best = args.workers
+        best, threads = args.workers, args.threads
     conns = args.concurrency or 4 * best
     runs: list[Run] = []
     goal_note = ""
-    with running(setup, best) as server:
+    with running(setup, best, threads) as server:
         bench.warm_up(server, conns)
         for scenario in ("nothing", "assignment", "mixed"):
             runs.append(bench.measure(server, scenario, args.duration, conns))
@@ -939,6 +956,7 @@ def run_all(args: argparse.Namespace, setup: Setup, pool: multiprocessing.pool.P
         "share": ADMITTED_SHARE,
         "duration": args.duration,
         "workers": best,
+        "threads": threads,
         "sweep": sweep,
         "runs": runs,
         "queries": queries,

@@ -49,6 +49,7 @@ class Run:
     workers: int
     result: LoadResult
     cpu: Cpu | None = None
+    threads: int = 4
 
     def ms_per_poll(self, what: str) -> float:
         if self.cpu is None or not self.result.requests:
@@ -65,11 +66,12 @@ class QueryCount:
     status: int
     assignments: int
     plans: list[str] = field(default_factory=list)
+    autocommit: bool = False
 
     @property
     def round_trips(self) -> int:
-        # pool pre-ping + BEGIN + statements + COMMIT (psycopg sends BEGIN on its own)
-        return self.pings + 1 + len(self.statements) + 1
+        # [pool pre-ping + BEGIN +] statements [+ COMMIT] (psycopg sends BEGIN on its own)
+        return self.pings + len(self.statements) + (0 if self.autocommit else 2)
 
 
 @dataclass
@@ -178,6 +180,7 @@ def render(data: dict[str, Any]) -> str:
     queries: list[QueryCount] = data["queries"]
     profiles: list[Profile] = data["profiles"]
     best = data["workers"]
+    threads = data.get("threads", 4)
     lines = [
         "## Poll throughput and latency (server)",
         "",
@@ -190,8 +193,8 @@ def render(data: dict[str, Any]) -> str:
         f"{data['background']:.2f} cores busy (of {info['nproc']}); see the “other” CPU column.",
         f"- {data['postgres']}.",
         f"- Python {info['python']}; {info['packages']}.",
-        "- Server: `overdrive server run --workers N` = gunicorn, gthread worker class, "
-        "4 threads per worker, `--tick-interval 0`.",
+        "- Server: `overdrive server run --workers N --threads T` = gunicorn, gthread worker "
+        "class, `--tick-interval 0`.",
         f"- Load generator: {data['generator']}. Pre-signed manifests (one ed25519 key per "
         "vehicle, counters increasing), keep-alive connections, latency measured client-side.",
         f"- Fleet: {data['vehicles']:,} vehicles on ecu-a 1.0. Campaign ecu-a → 1.1 running, "
@@ -213,21 +216,26 @@ def render(data: dict[str, Any]) -> str:
         r0 = sweep[0].result
         lines += [
             "",
-            f"### Gunicorn workers (scenario a, {r0.duration_s:.0f} s each)",
+            f"### Gunicorn workers × threads (scenario a, {r0.duration_s:.0f} s each)",
             "",
-            "| workers | conns | polls/s | p50 ms | p99 ms | errors | server CPU ms/poll |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "| workers | threads | conns | polls/s | p50 ms | p99 ms | errors | server CPU ms/poll |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for run in sweep:
             r = run.result
             lines.append(
-                f"| {run.workers} | {r.concurrency} | {r.rps:,.0f} | {ms(r.p50_ms)} | "
+                f"| {run.workers} | {run.threads} | {r.concurrency} | {r.rps:,.0f} | {ms(r.p50_ms)} | "
                 f"{ms(r.p99_ms)} | {r.errors} | {ms(run.ms_per_poll('server'))} |"
             )
-        lines += ["", f"Best: **{best} workers** (highest polls/s without errors), used below."]
+        lines += [
+            "",
+            f"Best: **{best} workers × {threads} threads** (highest polls/s without errors), "
+            "used below.",
+        ]
     lines += [
         "",
-        f"### Results ({best} gunicorn workers, {data['duration']:.0f} s per scenario)",
+        f"### Results ({best} gunicorn workers × {threads} threads, {data['duration']:.0f} s per "
+        "scenario)",
         "",
         "| scenario | generator | conns | polls/s | p50 ms | p90 ms | p99 ms | max ms "
         "| errors | with assignment |",
@@ -280,7 +288,8 @@ def render(data: dict[str, Any]) -> str:
         "",
         "Counted in-process (the server's code, Flask test client) with a SQLAlchemy "
         "`before_cursor_execute` listener; the pool's pre-ping (`pool_pre_ping=True`) is counted "
-        "apart. Round trips = pre-ping + BEGIN + statements + COMMIT.",
+        "apart. The poll runs on the worker thread's own autocommit connection (no pool checkout, "
+        "no pre-ping, no BEGIN/COMMIT): round trips = statements.",
         "",
         "| poll | HTTP | assignments | SQL statements | round trips |",
         "|---|---:|---:|---:|---:|",

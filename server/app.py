@@ -6,6 +6,7 @@ import logging
 import threading
 from typing import Any
 
+import psycopg
 from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import OperationalError
@@ -13,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from server.config import ServerConfig
 from server.context import EXTENSION, ReleaseCache, ServerContext
-from server.db import make_engine, make_sessionmaker
+from server.db import DirectConnections, make_engine, make_sessionmaker
 from server.director import Director
 from server.errors import ApiError, BadRequest
 from server.metrics import Metrics
@@ -39,6 +40,7 @@ def create_app(config: ServerConfig | None = None, *, start_ticker: bool = True)
         director=director,
         releases=ReleaseCache(config),
         metrics=Metrics(lambda: campaign_rows(ctx)),
+        direct=DirectConnections(config.db_url) if engine.dialect.name == "postgresql" else None,
     )
     app.extensions[EXTENSION] = ctx
 
@@ -88,9 +90,11 @@ def _register_error_handlers(app: Flask) -> None:
         return response
 
     @app.errorhandler(OperationalError)
-    def database_unavailable(error: OperationalError) -> ResponseReturnValue:
+    @app.errorhandler(psycopg.OperationalError)
+    def database_unavailable(error: Exception) -> ResponseReturnValue:
         # A database restart or failover: tell clients to retry, don't log a traceback per request.
-        log.warning("database unavailable on %s %s: %s", request.method, request.path, error.orig)
+        reason = getattr(error, "orig", None) or error
+        log.warning("database unavailable on %s %s: %s", request.method, request.path, reason)
         response = jsonify(
             {
                 "error": {

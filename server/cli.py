@@ -63,6 +63,13 @@ def server() -> None:
     help="1: development server (threaded); N>1: gunicorn with N worker processes.",
 )
 @click.option(
+    "--threads",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Threads per gunicorn worker (gthread): requests one worker serves at once.",
+)
+@click.option(
     "--poll-interval",
     type=click.IntRange(1),
     default=900,
@@ -86,6 +93,7 @@ def run(
     host: str,
     port: int,
     workers: int,
+    threads: int,
     poll_interval: int,
     tick_interval: int,
 ) -> None:
@@ -115,10 +123,12 @@ def run(
         )
         run_simple(host, port, app, threaded=True, use_reloader=False)
         return
-    serve_gunicorn(config, host, port, workers)
+    serve_gunicorn(config, host, port, workers, threads)
 
 
-def serve_gunicorn(config: ServerConfig, host: str, port: int, workers: int) -> None:
+def serve_gunicorn(
+    config: ServerConfig, host: str, port: int, workers: int, threads: int = 4
+) -> None:
     import os
     import secrets
 
@@ -133,7 +143,7 @@ def serve_gunicorn(config: ServerConfig, host: str, port: int, workers: int) -> 
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
             self.cfg.set("worker_class", "gthread")
-            self.cfg.set("threads", 4)
+            self.cfg.set("threads", threads)
             self.cfg.set("accesslog", None)
             self.cfg.set("timeout", 60)
 

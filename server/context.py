@@ -18,6 +18,7 @@ from overdrive.releases import ReleaseIndex
 from overdrive.repository_view import verified_targets
 from overdrive.storage import NotFound, Storage, open_storage
 from server.config import ServerConfig
+from server.db import DirectConnections
 from server.director import Director
 from server.errors import Unavailable
 from server.metrics import Metrics
@@ -72,6 +73,8 @@ class ServerContext:
     director: Director | None
     releases: ReleaseCache
     metrics: Metrics
+    #: The poll path's own per-thread connections (PostgreSQL only; see server.poll).
+    direct: DirectConnections | None = None
     started_at: float = field(default_factory=time.time)
 
     @contextmanager

@@ -6,11 +6,13 @@ foreign keys so that several threads (and the evaluator) can use one file safely
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+import psycopg
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 
@@ -66,3 +68,39 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose work commits at the end of the block or rolls back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+class DirectConnections:
+    """One autocommit psycopg connection per thread, for the poll path on PostgreSQL.
+
+    The hot path runs a few prepared statements per request; going through the engine costs a
+    pool checkout, a pre-ping round trip and a reset on return each time. A thread keeps its own
+    connection instead (gunicorn's thread count bounds how many there are), checks it is not
+    broken before use, and drops it after a connection error so the next request reconnects:
+    after a database restart one request per thread fails (503, retried by the vehicle).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.conninfo = (
+            make_url(normalise_url(url))
+            .set(drivername="postgresql")
+            .render_as_string(hide_password=False)
+        )
+        self._local = threading.local()
+        #: Called with each statement's SQL and parameters when set (tests and benchmarks).
+        self.trace: Callable[[str, Any], None] | None = None
+
+    def get(self) -> psycopg.Connection[Any]:
+        """This thread's connection, (re)connecting if it has none or it broke."""
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            conn = psycopg.connect(self.conninfo, autocommit=True)
+            self._local.conn = conn
+        return conn
+
+    def discard(self) -> None:
+        """Drop this thread's connection (after an error): the next :meth:`get` reconnects."""
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()

@@ -29,8 +29,8 @@ from functools import wraps
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import Flask, flash, g, has_request_context, redirect, request, session, url_for
-from flask.sessions import SecureCookieSessionInterface
+from flask import Flask, Request, flash, g, has_request_context, redirect, request, session, url_for
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from sqlalchemy import select
 
 from server.auth import ROLES, hash_secret
@@ -75,7 +75,16 @@ class CsrfError(Forbidden):
 
 
 class _SessionInterface(SecureCookieSessionInterface):
-    """Flask's signed-cookie sessions, with a Secure cookie whenever the request used HTTPS."""
+    """Flask's signed-cookie sessions, with a Secure cookie whenever the request used HTTPS.
+
+    A request without the session cookie (every vehicle and API call) gets a fresh empty session
+    without building the cookie signer: that is most of the cost of a session on the poll path.
+    """
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if not request.cookies.get(self.get_cookie_name(app)):
+            return None if not app.secret_key else self.session_class()
+        return super().open_session(app, request)
 
     def get_cookie_secure(self, app: Flask) -> bool:
         configured = bool(super().get_cookie_secure(app))

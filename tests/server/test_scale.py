@@ -31,10 +31,14 @@ def count_queries(ctx: ServerContext) -> Iterator[list[str]]:
             statements.append(statement)
 
     event.listen(ctx.engine, "before_cursor_execute", record)
+    if ctx.direct is not None:  # the poll path's own connections (PostgreSQL)
+        ctx.direct.trace = lambda sql, _params: statements.append(sql)
     try:
         yield statements
     finally:
         event.remove(ctx.engine, "before_cursor_execute", record)
+        if ctx.direct is not None:
+            ctx.direct.trace = None
 
 
 def test_poll_costs_constant_queries(
