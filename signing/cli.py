@@ -599,7 +599,7 @@ def release() -> None:
 @click.option(
     "--level", type=click.IntRange(1, 22), default=19, show_default=True, help="zstd level."
 )
-@click.option("--jobs", type=click.IntRange(min=1), help="Encoder processes (default: all cores).")
+@click.option("--jobs", type=click.IntRange(min=1), help="Encoder threads (default: all cores).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @passphrase_option
 def release_add(

@@ -155,7 +155,7 @@ def bundle() -> None:
     show_default=True,
     help="zstd level.",
 )
-@click.option("--jobs", type=click.IntRange(min=1), help="Worker processes [default: CPUs].")
+@click.option("--jobs", type=click.IntRange(min=1), help="Encoder threads [default: CPUs].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.option(
     "-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Bundle to write."

@@ -1,12 +1,13 @@
 """Build bundles: full (each chunk zstd or raw) or delta (each chunk the cheapest op that fits).
 
 The image is cut into ``chunk_size`` chunks that are encoded independently, in parallel worker
-processes. A worker is handed paths and offsets, never image bytes, and reads its chunk and source
-window itself, so memory stays bounded per worker (chunk + a window of at most twice the chunk +
-bsdiff's suffix array over that window) whatever the image size. The parent keeps only the source
-index and a bounded number of finished payloads, which it appends in chunk order to an anonymous
-temp file next to the output; the bundle appears at ``out`` only once complete (header + payloads
-written to a temp file, fsynced and renamed).
+threads (the heavy parts, numpy, zstd and bsdiff4, release the GIL; threads share one
+interpreter). A worker is handed offsets, never image bytes, and reads its chunk and source window
+itself, so memory stays bounded per worker (chunk + a window of at most twice the chunk + the
+matcher's arrays, about ten times the chunk at the default sampling) whatever the image size. The
+parent keeps only the source index and a bounded number of finished payloads, which it appends in
+chunk order to an anonymous temp file next to the output; the bundle appears at ``out`` only once
+complete (header + payloads written to a temp file, fsynced and renamed).
 
 For a delta, each chunk tries, in order:
 
@@ -14,18 +15,21 @@ For a delta, each chunk tries, in order:
    offset, or anywhere in its window): zero payload bytes.
 2. Aligned BSDIFF: a single-tuple bsdiff against the source at the best alignment (or the same
    offset), i.e. the bytewise difference, computed in linear time. In-place edits (bit flips,
-   patched constants, relocated pointers) end here when it is under 1/512 of the chunk: no
-   suffix sort, no large-dictionary zstd.
-3. BSDIFF: bsdiff4 against the window, the three streams zstd-compressed. Its cost is a
-   predictable suffix sort of the window; it is the clear winner for "same code, shifted
-   addresses" changes (measured on a 4 MiB chunk at level 19: 459 bytes where ZSTD_DICT needed
-   15.6 KB, in a fifth of the time).
-4. ZSTD_DICT: zstd with the chunk's source window as a raw-content dictionary; skipped when BSDIFF
-   already shrank the chunk below 1/512 of its size, since at high levels zstd over a large
-   dictionary can take several times longer than bsdiff and could win only a few bytes.
+   patched constants, relocated pointers) end here when it is under 1/512 of the chunk.
+3. BSDIFF against the window. The streams come from :mod:`overdrive.bundle.matcher` (linear
+   time: sampled k-gram anchors, diagonals, bsdiff's own extension rules), or from bsdiff4's
+   suffix sort when numpy is not installed; the decoder cannot tell them apart. It is the clear
+   winner for "same code, shifted addresses" changes.
+4. ZSTD_DICT: zstd with the chunk's source window as a raw-content dictionary. At high levels it
+   costs several seconds per chunk and rarely wins, so it is skipped when BSDIFF already shrank
+   the chunk below 1/512 of its size, and otherwise run at ``level`` only if trials at levels 9
+   and 12 come close enough to the BSDIFF payload (``_DICT_TRIALS``).
 5. ZSTD, only when there is no window (empty source): with a window, the dictionary variant is
    never meaningfully worse.
 6. RAW: always a candidate. The smallest payload wins; ties go to the cheaper op to decode.
+
+BSDIFF candidates are first sized at zstd level 9 (a few percent of the cost of level 19, and
+ranking them the same way); only the best, and any within 2% of it, is compressed at ``level``.
 """
 
 from __future__ import annotations
@@ -69,13 +73,21 @@ DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 DEFAULT_LEVEL = 19
 _GOOD_ENOUGH_RATIO = 512  # BSDIFF payload <= chunk/512: ZSTD_DICT cannot win anything worth it
 _COPY_CANDIDATES = 3
+# Candidates are first sized at this (cheap) zstd level; the final level only encodes the best.
+# Measured on executables, level 9 sizes rank BSDIFF and ZSTD_DICT payloads as level 19 does to
+# within ~10%, at 1/20 to 1/40 of the cost.
+_ESTIMATE_LEVEL = 9
+_NEAR = 1.02  # BSDIFF trials within 2% of the best estimate are all encoded for real
+# ZSTD_DICT ladder: (trial level, how close to the BSDIFF size it must come to go on). Measured
+# level-19/level-9 size ratios were 0.67-0.87, level-19/level-12 0.74-0.93.
+_DICT_TRIALS = ((9, 1.5), (12, 1.1))
 # Tie-break among equal payload sizes: the cheapest op to decode wins.
 _OP_RANK = {Op.COPY: 0, Op.RAW: 1, Op.ZSTD: 2, Op.ZSTD_DICT: 3, Op.BSDIFF: 4}
 
 
 @dataclass(frozen=True)
 class EncodeContext:
-    """What every chunk encoding needs besides its offset: shared with worker processes."""
+    """What every chunk encoding needs besides its offset: shared by the worker threads."""
 
     image: str
     source: str | None
@@ -83,19 +95,6 @@ class EncodeContext:
     chunk_size: int
     level: int
     index: SourceIndex | None
-
-
-_WORKER_CONTEXT: EncodeContext | None = None
-
-
-def _init_worker(ctx: EncodeContext) -> None:
-    global _WORKER_CONTEXT
-    _WORKER_CONTEXT = ctx
-
-
-def _encode_in_worker(job: tuple[int, int]) -> tuple[Chunk, bytes]:
-    assert _WORKER_CONTEXT is not None
-    return encode_chunk(_WORKER_CONTEXT, *job)
 
 
 def _open(path: str, what: str) -> int:
@@ -177,12 +176,21 @@ def _encode(
             return replace(base, op=Op.COPY, payload_length=0, source_offset=so), b""
         if aligned is None:
             aligned = (so, old)
+
+    # BSDIFF trials: (estimated size, extents, streams, window). Each is sized at a cheap zstd
+    # level first; only the best (and any within _NEAR of it) is compressed at ctx.level.
+    trials: list[tuple[int, tuple[tuple[int, int], ...], codec.BsdiffStreams, bytes]] = []
     if aligned is not None:
         so, old = aligned
-        ab = codec.encode_aligned_bsdiff(old, data, ctx.level)
-        candidates.append((_bsdiff_chunk(base, ((so, length),), ab), ab.payload, old))
-        if len(ab.payload) <= good_enough:
-            return _choose(candidates, data)
+        streams = codec.aligned_streams(old, data)
+        estimate = codec.estimate_bsdiff(streams, min(ctx.level, _ESTIMATE_LEVEL))
+        if estimate <= good_enough:
+            ab = codec.pack_bsdiff(streams, ctx.level)
+            candidates.append((_bsdiff_chunk(base, ((so, length),), ab), ab.payload, old))
+            if len(ab.payload) <= good_enough:
+                return _choose(candidates, data)
+        else:
+            trials.append((estimate, ((so, length),), streams, old))
 
     extents = plan_window(
         chunk_offset=offset,
@@ -196,14 +204,43 @@ def _encode(
     found = _find_in_window(window, extents, data)
     if found is not None:
         return replace(base, op=Op.COPY, payload_length=0, source_offset=found), b""
-    bs = codec.encode_bsdiff(window, data, ctx.level)
-    if bs is not None:
-        candidates.append((_bsdiff_chunk(base, tuple(extents), bs), bs.payload, window))
-    if bs is None or len(bs.payload) > good_enough:
-        frame = codec.encode_zstd(data, ctx.level, window)
-        chunk = replace(base, op=Op.ZSTD_DICT, window=tuple(extents), payload_length=len(frame))
-        candidates.append((chunk, frame, window))
+    streams_or_none = codec.bsdiff_streams(window, data)
+    if streams_or_none is not None:
+        estimate = codec.estimate_bsdiff(streams_or_none, min(ctx.level, _ESTIMATE_LEVEL))
+        trials.append((estimate, tuple(extents), streams_or_none, window))
+    best = min((t[0] for t in trials), default=None)
+    for estimate, ext, streams, win in trials:
+        if best is not None and estimate <= best * _NEAR:
+            bs = codec.pack_bsdiff(streams, ctx.level)
+            candidates.append((_bsdiff_chunk(base, ext, bs), bs.payload, win))
+    del trials
+    bsdiff_size = min((len(c[1]) for c in candidates if c[0].op is Op.BSDIFF), default=None)
+    if bsdiff_size is None or bsdiff_size > good_enough:
+        dict_frame = _zstd_dict_if_smaller(data, window, ctx.level, bsdiff_size)
+        if dict_frame is not None:
+            chunk = replace(
+                base, op=Op.ZSTD_DICT, window=tuple(extents), payload_length=len(dict_frame)
+            )
+            candidates.append((chunk, dict_frame, window))
     return _choose(candidates, data)
+
+
+def _zstd_dict_if_smaller(
+    data: bytes, window: bytes, level: int, rival: int | None
+) -> bytes | None:
+    """The ZSTD_DICT frame at ``level`` if cheap trials say it may beat ``rival`` bytes.
+
+    At high levels zstd over a window-sized dictionary takes several seconds per chunk (its
+    optimal parser) and rarely wins against BSDIFF, so cheaper levels go first: each trial must
+    come within its margin of the rival (the most a higher level has been seen to gain) for the
+    next one to run.
+    """
+    for trial, margin in _DICT_TRIALS:
+        if rival is None or trial >= level:
+            break
+        if len(codec.encode_zstd_dict(data, trial, window)) > margin * rival:
+            return None
+    return codec.encode_zstd_dict(data, level, window)
 
 
 def _choose(candidates: list[tuple[Chunk, bytes, bytes]], data: bytes) -> tuple[Chunk, bytes]:
@@ -270,23 +307,25 @@ def _length(path: Path, what: str) -> int:
 def _run(
     ctx: EncodeContext, jobs: list[tuple[int, int]], workers: int
 ) -> Iterator[tuple[Chunk, bytes]]:
-    """Encode ``jobs`` in order, in-process or over a pool with a bounded number in flight."""
+    """Encode ``jobs`` in order, in-process or over worker threads, a bounded number in flight.
+
+    Threads, not processes: the heavy parts (numpy, zstd, bsdiff4) release the GIL, and threads
+    share one interpreter, so each extra worker costs only its chunk's working memory.
+    """
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             yield encode_chunk(ctx, *job)
         return
-    from concurrent.futures import ProcessPoolExecutor  # lazily: keeps the package import light
+    from concurrent.futures import ThreadPoolExecutor  # lazily: keeps the package import light
 
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)), initializer=_init_worker, initargs=(ctx,)
-    )
+    pool = ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="encode")
     pending: deque[Future[tuple[Chunk, bytes]]] = deque()
     todo = iter(jobs)
     try:
-        pending.extend(pool.submit(_encode_in_worker, job) for job in islice(todo, 2 * workers))
+        pending.extend(pool.submit(encode_chunk, ctx, *job) for job in islice(todo, workers + 1))
         while pending:
             result = pending.popleft().result()
-            pending.extend(pool.submit(_encode_in_worker, job) for job in islice(todo, 1))
+            pending.extend(pool.submit(encode_chunk, ctx, *job) for job in islice(todo, 1))
             yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -307,7 +346,7 @@ def encode_bundle(
 ) -> Manifest:
     """Encode ``image`` into a bundle at ``out``: full, or a delta from ``source`` if given.
 
-    ``level`` is the zstd level (1-22), ``jobs`` the number of worker processes (default: CPU
+    ``level`` is the zstd level (1-22), ``jobs`` the number of worker threads (default: CPU
     count), ``progress`` shows a progress bar on stderr when it is a terminal. Returns the
     manifest written. ``out`` is replaced atomically; on any error it is left untouched.
     """
