@@ -58,6 +58,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import benchmarks_md
 import poll_fleet
 import poll_load
 import poll_report
@@ -675,10 +676,19 @@ def _postgres_cpu(db_name: str) -> float:
     return total
 
 
-def _machine_busy() -> float:
+def _stat_ticks() -> list[int]:
     with open("/proc/stat") as f:
-        ticks = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal guest guest_nice
+        return [int(x) for x in f.readline().split()[1:9]]
+
+
+def _machine_busy() -> float:
+    ticks = _stat_ticks()
     return (sum(ticks) - ticks[3] - ticks[4]) / TICKS  # all but idle and iowait
+
+
+def _steal() -> float:
+    return _stat_ticks()[7] / TICKS
 
 
 def _children_cpu() -> float:
@@ -694,6 +704,7 @@ def cpu_snapshot(server: Server, db_name: str) -> Cpu:
         postgres=_postgres_cpu(db_name),
         generator=_children_cpu(),
         machine=_machine_busy(),
+        steal=_steal(),
     )
 
 
@@ -704,6 +715,7 @@ def cpu_delta(before: Cpu, after: Cpu) -> Cpu:
         postgres=after.postgres - before.postgres,
         generator=after.generator - before.generator,
         machine=after.machine - before.machine,
+        steal=after.steal - before.steal,
     )
 
 
@@ -783,7 +795,7 @@ class Bench:
             f"max {r.max_ms:.1f} ms, errors {r.errors}, with assignment {r.with_assignment:,} "
             f"of {r.requests:,}; CPU cores: server {cpu.cores('server'):.2f}, PostgreSQL "
             f"{cpu.cores('postgres'):.2f}, generator {cpu.cores('generator'):.2f}, other "
-            f"{cpu.cores('other'):.2f}"
+            f"{cpu.cores('other'):.2f}, steal {cpu.cores('steal'):.2f}"
         )
         for sample in r.samples:
             log(f"  error: {sample}")
@@ -966,6 +978,8 @@ def run_all(args: argparse.Namespace, setup: Setup, pool: multiprocessing.pool.P
     }
     poll_report.write(args.out, poll_report.render(data))
     log(f"wrote {args.out}")
+    if args.out.resolve() == RESULTS.resolve():
+        log(f"wrote {benchmarks_md.assemble()}")
     for run in runs:
         print(poll_report.verdict_line(poll_report.LABELS[run.scenario], run.result))
     return 1 if any(run.result.errors for run in sweep + runs) else 0

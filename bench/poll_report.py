@@ -33,10 +33,11 @@ class Cpu:
     postgres: float
     generator: float
     machine: float
+    steal: float = 0.0  # time the hypervisor ran other guests while ours wanted the CPU
 
     @property
     def other(self) -> float:
-        return max(0.0, self.machine - self.server - self.postgres - self.generator)
+        return max(0.0, self.machine - self.steal - self.server - self.postgres - self.generator)
 
     def cores(self, what: str) -> float:
         value: float = getattr(self, what)
@@ -252,11 +253,12 @@ def render(data: dict[str, Any]) -> str:
         "",
         "CPU during each run, in cores busy (the machine has "
         f"{info['nproc']}), and per poll. “other” is everything else on the machine "
-        "(other people's jobs, the kernel's softirq work not charged to a process).",
+        "(other people's jobs, the kernel's softirq work for loopback TCP not charged to a "
+        "process); “steal” is time the hypervisor gave our vCPUs to other guests (lost capacity).",
         "",
-        "| scenario | server | PostgreSQL | generator | other | server ms/poll "
+        "| scenario | server | PostgreSQL | generator | other | steal | server ms/poll "
         "| PostgreSQL ms/poll | polls/s if server + PostgreSQL had all cores |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     cores = int(info["nproc"])
     for run in runs:
@@ -268,7 +270,7 @@ def render(data: dict[str, Any]) -> str:
         lines.append(
             f"| {LABELS.get(run.scenario, run.scenario)} | {c.cores('server'):.2f} | "
             f"{c.cores('postgres'):.2f} | {c.cores('generator'):.2f} | {c.cores('other'):.2f} | "
-            f"{ms(run.ms_per_poll('server'))} | {ms(run.ms_per_poll('postgres'))} | "
+            f"{c.cores('steal'):.2f} | {ms(run.ms_per_poll('server'))} | {ms(run.ms_per_poll('postgres'))} | "
             f"{ceiling:,.0f} |"
         )
     lines += [

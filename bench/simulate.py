@@ -154,6 +154,10 @@ def main() -> None:
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(report(measurements, options.reps), encoding="utf-8")
     print(f"wrote {options.out}")
+    if options.out.resolve() == RESULTS.resolve():
+        import benchmarks_md
+
+        print(f"wrote {benchmarks_md.assemble()}")
 
 
 if __name__ == "__main__":

@@ -443,6 +443,10 @@ def main() -> None:
         args.output.write_text(text)
         print(text)
         print(f"written to {args.output}")
+        if args.output.resolve() == RESULTS.resolve():
+            import benchmarks_md
+
+            print(f"wrote {benchmarks_md.assemble()}")
     finally:
         soak.cleanup()
         for server in soak.servers:
