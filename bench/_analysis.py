@@ -218,31 +218,16 @@ def _ops_line(pairs: Sequence[PairResult]) -> str:
     return "; ".join(parts)
 
 
-# Measured once, ad hoc, on this machine (not by this script): the same 8 MiB windows the encoder
-# plans for ruff chunks 1 and 5, diffed by other libraries available on PyPI.
-ALTERNATIVES = (
-    "Alternatives measured ad hoc on this machine (same windows the encoder plans for ruff chunks "
-    "1 and 5; not part of this script's run): `bsdiff4.core.diff` + zstd-19 of its 3 streams "
-    "took 3.6 s and 3.7 s for 301,570 and 592,119 bytes; **HDiffPatch** (`hdiffpatch` on PyPI, "
-    "`hdiffpatch.diff(window, chunk, ZStdConfig(level=19))`) took 0.77 s and 0.73 s for "
-    "**268,721 and 531,811 bytes (11% and 10% smaller)**, adding 16 MiB of RSS where bsdiff4 "
-    "adds 111 MiB; libdivsufsort (`pydivsufsort`) builds the 8 MiB window's suffix array in "
-    "0.3 s where bsdiff4's qsufsort needs ~2.4 s; zstd_dict at level 12 takes 0.26 s (+72 MiB) "
-    "where level 19 takes 4.9 s (+153 MiB), for 9-12% more bytes. Whole-file HDiffPatch "
-    "(zstd-19) gives 2,108,430 bytes on ruff (0.87× BSDIFF40) in 4.3 s and 456,641 bytes on "
-    "numpy (0.82×) in 1.1 s."
+# Measured ad hoc on this machine while the matcher was built (not by this script).
+MATCHER_NOTE = (
+    "The BSDIFF op's streams come from `overdrive.bundle.matcher` (sampled 12-byte anchors, "
+    "diagonals, bsdiff's own extension rules; linear time, ~43 MiB of arrays for a 4 MiB chunk "
+    "and an 8 MiB window) instead of `bsdiff4.core.diff` (kept as the fallback without numpy). "
+    "Measured ad hoc on the same chunks and windows, streams at zstd-19: ruff 0.973× the size "
+    "of bsdiff4's streams at 0.29× the CPU, numpy 0.912× at ~0.4×, rootfs within ±2% per chunk. "
+    "Before it (2026-11-25), the encoder took 72.7 s of CPU for ruff (bsdiff4's qsufsort per "
+    "8 MiB window, then ZSTD_DICT at level 19 on nearly every chunk)."
 )
-
-BSDIFF_PATHOLOGY = (
-    "bsdiff4 1.3.2 (and so the codec's BSDIFF op) is super-linear on long runs of one byte "
-    "value: its qsufsort partitions with a middle-element pivot and degrades towards quadratic "
-    "on large groups of suffixes of zero runs, and its match search rescans a zero run that "
-    "moved between old and new at every position. Measured ad hoc: `codec.encode_bsdiff` on a "
-    "4 MiB chunk and an 8 MiB window that both end in 1 MiB of zeros takes 82 s, with 2 MiB "
-    "of zeros 264 s (a chunk without the run: ~3.5 s). Any image whose free space or padding "
-    "moves between versions can hit this on the encoder."
-)
-
 
 INPUT_NOTES = (
     "- **Why the rootfs pair is a read-only-style image.** The first version of this benchmark "
@@ -259,19 +244,19 @@ INPUT_NOTES = (
 )
 
 CODEC_NOTES = (
-    "- **Encoder blow-up on moved zero runs (BSDIFF op).** "
-    + BSDIFF_PATHOLOGY
-    + " On the 1 GiB pair, chunk 223 (1.8 MiB of zeros in the chunk, a 6 MiB run in its "
-    "window) did not finish within 200 s when encoded alone with `encode_chunk`. Guard: "
-    "before BSDIFF, measure the longest run of one byte value in the chunk and in the window "
-    "(a `bytes.find` of a 64 KiB run is cheap) and skip BSDIFF above ~64 KiB (ZSTD_DICT "
-    "handles runs in microseconds), or switch to a diff core without the pathology "
-    "(HDiffPatch, or a divsufsort/SA-IS suffix array with a bounded match search).\n"
-    "- **ZSTD_DICT at level 19 is tried on nearly every chunk** (it is skipped only when "
-    "BSDIFF already produced ≤ chunk/512 bytes) and is the single largest encode cost and "
-    "the largest per-worker allocation (see the diagnostic table under ruff).\n"
-    "- The encoder's payload choice is sound: COPY detection via the index finds unchanged "
-    "chunks cheaply, and every apply in this run verified (sha256 of the output = new image)."
+    "- **Matcher instead of bsdiff4's suffix sort.** "
+    + MATCHER_NOTE
+    + " It ignores substrings repeated more than 8 times in the source and caps its extension "
+    "work at a multiple of the input size, so long runs of one byte value stay linear (bsdiff4 "
+    "1.3.2's qsufsort degrades towards quadratic on them: a 4 MiB chunk and an 8 MiB window "
+    "ending in 1 MiB of zeros took it 82 s).\n"
+    "- **Cheap trials before level 19.** BSDIFF candidates are sized at zstd level 9 and only "
+    "the best is compressed at the final level; ZSTD_DICT runs at level 19 only when trials at "
+    "levels 9 and 12 come close to the BSDIFF payload (it costs several seconds per chunk and "
+    "rarely wins). Chunks are encoded in threads (numpy, zstd and bsdiff4 release the GIL), so "
+    "a second worker costs its working memory, not another interpreter.\n"
+    "- The encoder's payload choice is verified: every payload is decoded again before it is "
+    "written, and every apply in this run verified (sha256 of the output = new image)."
 )
 
 
@@ -283,12 +268,12 @@ def _analysis_size(pairs: Sequence[PairResult]) -> str:
         "shared across chunks). The BSDIFF op then pays bsdiff's weaknesses: 24-byte control "
         "tuples and a diff stream as long as the matched bytes, compressed separately. "
         f"Op mix: {_ops_line(pairs)}.\n\n"
-        "What would close it: (1) replace or complement BSDIFF with an HDiffPatch-style "
-        "covering diff (see below: ~10% smaller per chunk at a fraction of the time); "
-        "(2) grow the window where the votes are spread (more extents, or 3 × chunk for chunks "
-        "whose best alignment has few votes); (3) compress the three bsdiff streams of all "
-        "chunks with a shared trained zstd dictionary, or interleave control/extra streams "
-        "per chunk, to stop paying cold-start cost per 4 MiB.\n\n" + ALTERNATIVES
+        "What would close it: (1) grow the window where the votes are spread (more extents, "
+        "or 3 × chunk for chunks whose best alignment has few votes); (2) denser anchor "
+        "sampling in the matcher for symbol and string tables, where the useful matches are "
+        "heavily repeated substrings; (3) compress the three bsdiff streams of all chunks with "
+        "a shared trained zstd dictionary, to stop paying cold-start cost per 4 MiB.\n\n"
+        + MATCHER_NOTE
     )
 
 
@@ -299,33 +284,24 @@ def _analysis_time(pairs: Sequence[PairResult]) -> str:
         b = prof.get("bsdiff", (0.0, 0.0))[0]
         core = prof.get("bsdiff-core", (0.0, 0.0))[0]
         z19 = prof.get("zstd_dict-19", (0.0, 0.0))[0]
-        z12 = prof.get("zstd_dict-12", (0.0, 0.0))[0]
         detail = (
-            f" In this run's per-chunk diagnostic (ruff), the BSDIFF op took {b:.1f} s "
-            f"({core:.1f} s of it bsdiff4's suffix sort and search, the rest zstd-19 of the "
-            f"three streams) and ZSTD_DICT at level 19 {z19:.1f} s (level 12: {z12:.2f} s): "
-            f"~{b + z19:.1f} s of one core per 4 MiB chunk, i.e. at best "
-            f"~{(b + z19) / 2:.1f} s of wall time per chunk on 2 cores before any overhead."
+            f" In this run's per-chunk diagnostic (ruff), the BSDIFF op took {b:.1f} s per "
+            f"chunk (matcher + zstd-19 of the three streams; `bsdiff4.core.diff` alone took "
+            f"{core:.1f} s) and ZSTD_DICT at level 19 {z19:.1f} s when it runs."
         )
     return (
-        "Why: whole-file bsdiff4 sorts the old file once; the encoder sorts every chunk's "
-        "8 MiB window, so each source byte goes through bsdiff4's qsufsort about twice, and the "
-        "second core only halves that. On top of it, ZSTD_DICT at level 19 with an 8 MiB "
-        "dictionary is tried for every chunk whose BSDIFF payload exceeds chunk/512 (almost all "
-        "of them), although BSDIFF wins most chunks, and zstd-19 of the three bsdiff streams "
-        f"costs another ~1 s per chunk.{detail}\n\n"
-        "What would close it (in order of payoff): (1) a faster diff core: HDiffPatch "
-        "(0.7 s per chunk including zstd-19, see below) or a bsdiff search over a suffix array "
-        "from libdivsufsort/SA-IS (0.3 s for the window instead of ~2.4 s); (2) only run the "
-        "level-19 ZSTD_DICT trial when a cheap level-12 trial (0.26 s) comes within ~12% of the "
-        "best payload so far (level 19 gained 8-11% over level 12 on these chunks); (3) stop "
-        "when a chunk's best payload is already tiny relative to the chunk, as today, but also "
-        "reuse one suffix array for neighbouring chunks whose windows overlap (plan windows per "
-        "group of chunks). With (1)+(2) the per-chunk cost drops from ~7 s to ~1 s of CPU, "
-        "which puts the encoder near 0.2× of whole-file bsdiff4 on ruff.\n\n"
-        + ALTERNATIVES
-        + "\n\n"
-        + BSDIFF_PATHOLOGY
+        "Why: whole-file bsdiff4 is one sort and one scan in C; the encoder does, per 4 MiB "
+        "chunk, an index probe (Python, holding the GIL), the matcher (~1 s of numpy), zstd-19 "
+        "of the three streams (~1.1 s: half the cost, and what keeps the deltas small) and, "
+        "rarely, a level-19 ZSTD_DICT (~4.4 s). On a small image the source index is built "
+        "serially first and 7 chunks do not divide evenly over 2 workers. On the 204 MiB rootfs "
+        "pair, whole-file bsdiff4's sort is the slow part and the encoder is well under the "
+        f"target; on the small executables it is not.{detail}\n\n"
+        "What would close it on small images: a cheaper entropy stage for the diff stream at "
+        "equal size (level 17 was 2.5× faster but 6.4% bigger; a match length cap of 64 was "
+        "45% faster but 3.1% bigger, measured ad hoc), a numpy source index (today pure-Python "
+        "BLAKE2b over every sampled position: 1-5 s before the workers start), and smaller "
+        "chunks for small images so that the two cores stay busy to the end.\n\n" + MATCHER_NOTE
     )
 
 
@@ -335,27 +311,21 @@ def _analysis_rss(pairs: Sequence[PairResult]) -> str:
     if prof:
         b = prof.get("bsdiff", (0.0, 0.0))[1] / MiB
         z19 = prof.get("zstd_dict-19", (0.0, 0.0))[1] / MiB
-        z12 = prof.get("zstd_dict-12", (0.0, 0.0))[1] / MiB
         detail = (
-            f" This run's diagnostic: above the worker's baseline, the BSDIFF op needs "
-            f"{b:.0f} MiB and ZSTD_DICT level 19 {z19:.0f} MiB (level 12: {z12:.0f} MiB)."
+            f" This run's diagnostic: above the process's baseline, the BSDIFF op needs "
+            f"{b:.0f} MiB and ZSTD_DICT level 19 {z19:.0f} MiB."
         )
     return (
-        "Why: the encoder runs one worker per core plus the parent, and each worker peaks at "
-        "bsdiff4's two 8-byte-per-byte suffix arrays over the 8 MiB window (~128 MiB) or, "
-        "later, zstd-19's match-finder tables sized for an 8 MiB dictionary plus the chunk "
-        f"(~150 MiB); on a 2-core machine that is ~3 × 150-220 MiB whatever the image size.{detail} "
-        "Whole-file bsdiff4 needs ~18 bytes per input byte, so the ratio is good on large "
-        "images and poor on small ones: the 0.25× target is only reachable on the small pairs "
-        "if the whole tree stays under a quarter of an 18-bytes-per-byte budget (numpy: "
-        "~44 MiB, less than two Python interpreters).\n\n"
-        "What would close it: (1) HDiffPatch (+16 MiB per chunk instead of +111 MiB) or a "
-        "32-bit suffix array (4 bytes per window byte: 32 MiB); (2) cap zstd's parameters for "
-        "ZSTD_DICT (e.g. `ZstdCompressionParameters` with windowLog 24, chainLog ≤ 22, "
-        "hashLog ≤ 21) or use the level-12 trial above, which needs ~half the memory; "
-        "(3) for images of a few chunks, fewer workers (jobs = min(cores, chunks / 4)) since "
-        "a second interpreter costs more memory than it saves time; (4) free the window and "
-        "suffix array before compressing the streams."
+        "Why: the encoder is one interpreter (~35 MiB with numpy and zstandard) with one thread "
+        "per core, each holding a chunk, its window (up to 2 × the chunk) and the matcher's "
+        "arrays (~43 MiB at 4 MiB chunks), plus zstd's match tables at level 19 and the source "
+        "index (~8 bytes per sample). That is ~200-320 MiB whatever the image size, while "
+        "whole-file bsdiff4 needs ~18 bytes per input byte: the ratio is excellent on large "
+        "images (rootfs) and poor on small ones, where a quarter of bsdiff4's budget is less "
+        f"than the interpreter plus one chunk's working set (numpy: ~44 MiB).{detail}\n\n"
+        "What would close it on small images: one worker when the image has only a few chunks "
+        "(a second one costs a whole working set for a few seconds saved), a numpy source index, "
+        "and letting only one thread at a time run the level-19 ZSTD_DICT encode."
     )
 
 

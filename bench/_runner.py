@@ -76,8 +76,8 @@ def _chunk_op(spec: dict[str, Any]) -> float:
 
     Builds the source index, votes the chunk's alignments and reads its source window the way
     ``overdrive.bundle.encoder`` does, then times only ``spec["op"]``: ``none`` (setup only, the
-    memory baseline), ``bsdiff`` (the BSDIFF op: bsdiff4 + zstd of its three streams),
-    ``bsdiff-core`` (bsdiff4 alone) or ``zstd_dict-N`` (zstd level N, window as dictionary).
+    memory baseline), ``bsdiff`` (the BSDIFF op: the encoder's matcher + zstd of the three streams),
+    ``bsdiff-core`` (``bsdiff4.core.diff`` alone, the fallback without numpy) or ``zstd_dict-N`` (zstd level N, window as dictionary).
     Uses codec internals, so it may break when they change; the benchmark then says so.
     """
     from overdrive.bundle import codec

@@ -16,7 +16,7 @@ from server.config import ServerConfig
 from server.context import EXTENSION, ReleaseCache, ServerContext
 from server.db import DirectConnections, make_engine, make_sessionmaker
 from server.director import Director
-from server.errors import ApiError, BadRequest
+from server.errors import ApiError, BadRequest, error_body
 from server.metrics import Metrics
 
 log = logging.getLogger("overdrive.server")
@@ -57,6 +57,9 @@ def create_app(config: ServerConfig | None = None, *, start_ticker: bool = True)
         if "\x00" in request.path or any("\x00" in v for v in request.args.values()):
             raise BadRequest("NUL character in the URL")
 
+    from server.fastpath import PollFastPath
+
+    app.wsgi_app = PollFastPath(app.wsgi_app, ctx)  # type: ignore[method-assign]
     if start_ticker and config.tick_interval > 0:
         _start_ticker(ctx)
     return app
@@ -70,7 +73,7 @@ def campaign_rows(ctx: ServerContext) -> list[dict[str, Any]]:
 
 def _register_error_handlers(app: Flask) -> None:
     def body(status: int, code: str, message: str) -> ResponseReturnValue:
-        return jsonify({"error": {"status": status, "code": code, "message": message}}), status
+        return jsonify(error_body(status, code, message)), status
 
     @app.errorhandler(ApiError)
     def api_error(error: ApiError) -> ResponseReturnValue:
@@ -80,9 +83,7 @@ def _register_error_handlers(app: Flask) -> None:
     def http_error(error: HTTPException) -> ResponseReturnValue:
         status = error.code or 500
         code = (error.name or "error").lower().replace(" ", "_")
-        response = jsonify(
-            {"error": {"status": status, "code": code, "message": error.description or error.name}}
-        )
+        response = jsonify(error_body(status, code, error.description or error.name))
         response.status_code = status
         for name, value in error.get_headers():  # e.g. Allow on a 405
             if name.lower() != "content-type":
@@ -96,13 +97,7 @@ def _register_error_handlers(app: Flask) -> None:
         reason = getattr(error, "orig", None) or error
         log.warning("database unavailable on %s %s: %s", request.method, request.path, reason)
         response = jsonify(
-            {
-                "error": {
-                    "status": 503,
-                    "code": "database_unavailable",
-                    "message": "database temporarily unavailable; retry",
-                }
-            }
+            error_body(503, "database_unavailable", "database temporarily unavailable; retry")
         )
         response.status_code = 503
         response.headers["Retry-After"] = "2"

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from overdrive.errors import OverdriveError
+
+
+def error_body(status: int, code: str, message: str) -> dict[str, Any]:
+    """The JSON body of every error answer."""
+    return {"error": {"status": status, "code": code, "message": message}}
 
 
 class ApiError(OverdriveError):

@@ -41,7 +41,7 @@ from server.models import RUNNING, Campaign, CampaignRelease, InstalledImage, Me
 from server.validation import MAX_INT32, field
 from server.vehicles import FINAL, iso, parse_images, parse_time, utcnow, vehicle_key_from_text
 
-__all__ = ["PollResult", "poll"]
+__all__ = ["PollResult", "poll", "record_poll"]
 
 _OPEN = and_(
     Membership.vehicle_id == bindparam("vid"),
@@ -130,6 +130,17 @@ _UPSERT_IMAGE = {"postgresql": _upsert_image(postgresql), "sqlite": _upsert_imag
 class PollResult:
     assignments: list[dict[str, Any]]
     next_poll: int
+
+    def body(self) -> dict[str, Any]:
+        """The answer's JSON body."""
+        return {"assignments": self.assignments, "next_poll_seconds": self.next_poll}
+
+
+def record_poll(ctx: ServerContext, result: PollResult) -> None:
+    """Count an answered poll in the metrics."""
+    ctx.metrics.polls.labels("assignment" if result.assignments else "nothing").inc()
+    if result.assignments:
+        ctx.metrics.assignments.inc(len(result.assignments))
 
 
 class _Statements(Protocol):

@@ -27,11 +27,12 @@ def register() -> ResponseReturnValue:
 
 @bp.post("/<vehicle_id>/poll")
 def poll(vehicle_id: str) -> ResponseReturnValue:
+    # Well-formed polls are answered by server.fastpath before they reach Flask; this route
+    # serves the rest (and gives their errors).
     ctx = context()
     result = polling.poll(ctx, vehicle_id, json_body())
-    ctx.metrics.polls.labels("assignment" if result.assignments else "nothing").inc()
-    ctx.metrics.assignments.inc(len(result.assignments))
-    return jsonify({"assignments": result.assignments, "next_poll_seconds": result.next_poll})
+    polling.record_poll(ctx, result)
+    return jsonify(result.body())
 
 
 @bp.post("/<vehicle_id>/events")
