@@ -40,7 +40,11 @@ def create_app(config: ServerConfig | None = None, *, start_ticker: bool = True)
         director=director,
         releases=ReleaseCache(config),
         metrics=Metrics(lambda: campaign_rows(ctx)),
-        direct=DirectConnections(config.db_url) if engine.dialect.name == "postgresql" else None,
+        direct=(
+            DirectConnections(config.db_url, synchronous_commit=config.durable_polls)
+            if engine.dialect.name == "postgresql"
+            else None
+        ),
     )
     app.extensions[EXTENSION] = ctx
 

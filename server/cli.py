@@ -77,6 +77,12 @@ def server() -> None:
     help="Seconds between vehicle polls when there is nothing to do.",
 )
 @click.option(
+    "--durable-polls",
+    is_flag=True,
+    help="PostgreSQL: commit every poll synchronously (slower; by default a database crash "
+    "can forget its last fraction of a second of polls, never an event).",
+)
+@click.option(
     "--tick-interval",
     type=click.IntRange(0),
     default=30,
@@ -95,6 +101,7 @@ def run(
     workers: int,
     threads: int,
     poll_interval: int,
+    durable_polls: bool,
     tick_interval: int,
 ) -> None:
     """Serve the operator and vehicle APIs (migrating the database first)."""
@@ -109,6 +116,7 @@ def run(
         state_dir=state_dir,
         poll_interval=poll_interval,
         tick_interval=tick_interval,
+        durable_polls=durable_polls,
     )
     upgrade(db_url)
     if workers == 1:

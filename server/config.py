@@ -42,6 +42,9 @@ class ServerConfig:
     clock_skew: int = 300
     #: Signs the dashboard's session cookies; every worker of a deployment needs the same one.
     secret_key: str | None = field(default=None, repr=False)
+    #: Commit each poll synchronously (PostgreSQL). Off (default): a crash of the database
+    #: server can forget its last fraction of a second of polls (see docs/deployment.md).
+    durable_polls: bool = False
 
     @classmethod
     def from_env(cls) -> ServerConfig:
@@ -60,6 +63,7 @@ class ServerConfig:
             tick_interval=_env_int("OVERDRIVE_TICK_INTERVAL", cls.tick_interval),
             repository_refresh=_env_int("OVERDRIVE_REPOSITORY_REFRESH", cls.repository_refresh),
             secret_key=env.get("OVERDRIVE_SECRET_KEY") or None,
+            durable_polls=env.get("OVERDRIVE_DURABLE_POLLS", "").lower() in ("1", "true", "yes"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -82,4 +86,6 @@ class ServerConfig:
             env["OVERDRIVE_TRUSTED_ROOT"] = str(self.trusted_root)
         if self.secret_key:
             env["OVERDRIVE_SECRET_KEY"] = self.secret_key
+        if self.durable_polls:
+            env["OVERDRIVE_DURABLE_POLLS"] = "1"
         return env

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -80,12 +81,19 @@ class DirectConnections:
     after a database restart one request per thread fails (503, retried by the vehicle).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, synchronous_commit: bool = False) -> None:
         self.conninfo = (
             make_url(normalise_url(url))
             .set(drivername="postgresql")
             .render_as_string(hide_password=False)
         )
+        # A poll's writes (counter, last seen, reported images) are restated by the vehicle's
+        # next poll, so by default they need not wait for the WAL flush: that wait, not CPU,
+        # is what bounds polls/s. Events and operator changes use the engine: always durable.
+        options = conninfo_to_dict(self.conninfo).get("options") or ""
+        if not synchronous_commit:
+            options = f"{options} -c synchronous_commit=off".strip()
+        self.options = str(options)
         self._local = threading.local()
         #: Called with each statement's SQL and parameters when set (tests and benchmarks).
         self.trace: Callable[[str, Any], None] | None = None
@@ -94,7 +102,7 @@ class DirectConnections:
         """This thread's connection, (re)connecting if it has none or it broke."""
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
-            conn = psycopg.connect(self.conninfo, autocommit=True)
+            conn = psycopg.connect(self.conninfo, autocommit=True, options=self.options)
             self._local.conn = conn
         return conn
 
