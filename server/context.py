@@ -4,6 +4,7 @@ release index, and its configuration. Kept on the Flask app (``app.extensions``)
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -24,10 +25,17 @@ from server.errors import Unavailable
 from server.metrics import Metrics
 
 EXTENSION = "overdrive"
+log = logging.getLogger("overdrive.server")
 
 
 class ReleaseCache:
-    """The release index from the verified repository, re-read at most every ``ttl`` seconds."""
+    """The release index from the verified repository, re-read every ``repository_refresh`` s.
+
+    Re-reading means a TUF refresh against storage (round trips to S3 in production), so a stale
+    index is refreshed in a background thread while requests keep using the one they have
+    (assignment polls never wait for it); only the first load, and ``force=True`` (a campaign
+    being created needs what was just published), wait.
+    """
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -35,7 +43,9 @@ class ReleaseCache:
         self._index: ReleaseIndex | None = None
         self.versions: dict[str, int] = {}
         self._loaded_at = 0.0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one load at a time
+        self._flag = threading.Lock()  # guards _refreshing; never held while loading
+        self._refreshing = False
 
     def storage(self) -> Storage:
         if self.config.storage_url is None:
@@ -53,16 +63,42 @@ class ReleaseCache:
             raise Unavailable(f"no image repository at {storage.url}") from e
 
     def index(self, *, force: bool = False) -> ReleaseIndex:
-        with self._lock:
-            stale = time.monotonic() - self._loaded_at > self.config.repository_refresh
-            if self._index is None or stale or force:
-                storage = self.storage()
-                targets, versions = verified_targets(
-                    storage, self.trusted_root(storage), self.config.state_dir / "tuf"
-                )
-                self._index, self.versions = ReleaseIndex(targets), versions
+        index = self._index
+        if index is None or force:
+            with self._lock:
+                if self._index is None or force:
+                    self._load()
+                assert self._index is not None
+                return self._index
+        if time.monotonic() - self._loaded_at > self.config.repository_refresh:
+            self._refresh_in_background()
+        return index
+
+    def _load(self) -> None:
+        storage = self.storage()
+        targets, versions = verified_targets(
+            storage, self.trusted_root(storage), self.config.state_dir / "tuf"
+        )
+        self._index, self.versions = ReleaseIndex(targets), versions
+        self._loaded_at = time.monotonic()
+
+    def _refresh_in_background(self) -> None:
+        with self._flag:
+            if self._refreshing:
+                return
+            self._refreshing = True
+
+        def refresh() -> None:
+            try:
+                with self._lock:
+                    self._load()
+            except Exception:  # keep serving the last verified index; retried on next use
+                log.warning("refreshing the release index failed", exc_info=True)
                 self._loaded_at = time.monotonic()
-            return self._index
+            finally:
+                self._refreshing = False
+
+        threading.Thread(target=refresh, name="overdrive-release-refresh", daemon=True).start()
 
 
 @dataclass
