@@ -34,15 +34,21 @@ class ReleaseCache:
     Re-reading means a TUF refresh against storage (round trips to S3 in production), so a stale
     index is refreshed in a background thread while requests keep using the one they have
     (assignment polls never wait for it); only the first load, and ``force=True`` (a campaign
-    being created needs what was just published), wait.
+    being created needs what was just published), wait. If refreshes keep failing, the last
+    verified index is served for at most :data:`MAX_STALE_REFRESHES` refresh periods; after
+    that requests load it themselves and get the error (polls then offer nothing), so an
+    unreachable or no-longer-verifying repository (expired, rolled back) stops rollouts.
     """
+
+    MAX_STALE_REFRESHES = 10
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self._storage: Storage | None = None
         self._index: ReleaseIndex | None = None
         self.versions: dict[str, int] = {}
-        self._loaded_at = 0.0
+        self._loaded_at = 0.0  # last successful load
+        self._tried_at = 0.0  # last load attempt
         self._lock = threading.Lock()  # one load at a time
         self._flag = threading.Lock()  # guards _refreshing; never held while loading
         self._refreshing = False
@@ -70,11 +76,20 @@ class ReleaseCache:
                     self._load()
                 assert self._index is not None
                 return self._index
-        if time.monotonic() - self._loaded_at > self.config.repository_refresh:
+        now = time.monotonic()
+        refresh = self.config.repository_refresh
+        if now - self._loaded_at > max(refresh, 1) * self.MAX_STALE_REFRESHES:
+            with self._lock:  # too old to trust: load it here, or fail this request
+                if time.monotonic() - self._loaded_at > max(refresh, 1) * self.MAX_STALE_REFRESHES:
+                    self._load()
+                assert self._index is not None
+                return self._index
+        if now - max(self._loaded_at, self._tried_at) > refresh:
             self._refresh_in_background()
         return index
 
     def _load(self) -> None:
+        self._tried_at = time.monotonic()
         storage = self.storage()
         targets, versions = verified_targets(
             storage, self.trusted_root(storage), self.config.state_dir / "tuf"
@@ -92,13 +107,15 @@ class ReleaseCache:
             try:
                 with self._lock:
                     self._load()
-            except Exception:  # keep serving the last verified index; retried on next use
+            except Exception:  # keep serving the last verified index for now; retried later
                 log.warning("refreshing the release index failed", exc_info=True)
-                self._loaded_at = time.monotonic()
             finally:
                 self._refreshing = False
 
-        threading.Thread(target=refresh, name="overdrive-release-refresh", daemon=True).start()
+        try:
+            threading.Thread(target=refresh, name="overdrive-release-refresh", daemon=True).start()
+        except RuntimeError:  # no thread to be had (interpreter shutting down): try next time
+            self._refreshing = False
 
 
 @dataclass

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -76,10 +75,14 @@ class DirectConnections:
 
     The hot path runs a few prepared statements per request; going through the engine costs a
     pool checkout, a pre-ping round trip and a reset on return each time. A thread keeps its own
-    connection instead (gunicorn's thread count bounds how many there are), checks it is not
-    broken before use, and drops it after a connection error so the next request reconnects:
-    after a database restart one request per thread fails (503, retried by the vehicle).
+    connection instead (the server's thread count bounds how many there are; connections of
+    threads that ended are closed when the next one is opened, and :meth:`close_all` closes
+    the rest), and reconnects when it broke. Callers retry a read once on a fresh connection
+    after a connection failure, so a database restart costs no failed request once the
+    database is back.
     """
+
+    CONNECT_TIMEOUT_S = 5
 
     def __init__(self, url: str, *, synchronous_commit: bool = False) -> None:
         self.conninfo = (
@@ -90,11 +93,11 @@ class DirectConnections:
         # A poll's writes (counter, last seen, reported images) are restated by the vehicle's
         # next poll, so by default they need not wait for the WAL flush: that wait, not CPU,
         # is what bounds polls/s. Events and operator changes use the engine: always durable.
-        options = conninfo_to_dict(self.conninfo).get("options") or ""
-        if not synchronous_commit:
-            options = f"{options} -c synchronous_commit=off".strip()
-        self.options = str(options)
+        # Set after connecting, not as a startup option, which PgBouncer refuses.
+        self.synchronous_commit = synchronous_commit
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: dict[int, tuple[threading.Thread, psycopg.Connection[Any]]] = {}
         #: Called with each statement's SQL and parameters when set (tests and benchmarks).
         self.trace: Callable[[str, Any], None] | None = None
 
@@ -102,13 +105,43 @@ class DirectConnections:
         """This thread's connection, (re)connecting if it has none or it broke."""
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
-            conn = psycopg.connect(self.conninfo, autocommit=True, options=self.options)
+            conn = psycopg.connect(
+                self.conninfo, autocommit=True, connect_timeout=self.CONNECT_TIMEOUT_S
+            )
+            if not self.synchronous_commit:
+                conn.execute("SET synchronous_commit TO off")
             self._local.conn = conn
+            self._register(conn)
         return conn
+
+    def current(self) -> psycopg.Connection[Any] | None:
+        """This thread's connection as it is (None if it has none), without reconnecting."""
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        return conn
+
+    def _register(self, conn: psycopg.Connection[Any]) -> None:
+        current = threading.current_thread()
+        with self._lock:
+            ended = [k for k, (thread, _) in self._open.items() if not thread.is_alive()]
+            stale = [self._open.pop(k)[1] for k in ended]
+            old = self._open.get(current.ident or 0)
+            self._open[current.ident or 0] = (current, conn)
+        for c in [*stale, *([old[1]] if old and old[1] is not conn else [])]:
+            c.close()
 
     def discard(self) -> None:
         """Drop this thread's connection (after an error): the next :meth:`get` reconnects."""
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         self._local.conn = None
+        with self._lock:
+            self._open.pop(threading.get_ident(), None)
         if conn is not None:
+            conn.close()
+
+    def close_all(self) -> None:
+        """Close every thread's connection (at shutdown; a thread that uses it again reconnects)."""
+        with self._lock:
+            conns = [conn for _, conn in self._open.values()]
+            self._open.clear()
+        for conn in conns:
             conn.close()

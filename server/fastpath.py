@@ -43,7 +43,9 @@ class PollFastPath:
         if vehicle_id is None:
             return self.app(environ, start_response)
         length = environ.get("CONTENT_LENGTH") or ""
-        if not length.isdigit() or not 0 < int(length) <= self.ctx.config.max_body_bytes:
+        if not (length.isascii() and length.isdigit() and len(length) <= 12) or not (
+            0 < int(length) <= self.ctx.config.max_body_bytes
+        ):
             return self.app(environ, start_response)
         body = environ["wsgi.input"].read(int(length))
         data = _json_object(body)

@@ -186,6 +186,9 @@ def _compile_for_psycopg() -> dict[str, tuple[str, dict[str, Any]]]:
 
 _PSYCOPG_SQL = _compile_for_psycopg()
 _READS = frozenset({"read_vehicle", "open_assignments"})
+#: SQLSTATEs after which a session must be replaced: feature_not_supported (a cached plan whose
+#: result type changed), read_only_sql_transaction (connected to a demoted primary).
+_NEEDS_NEW_SESSION = frozenset({"0A000", "25006"})
 
 
 class _PsycopgStatements:
@@ -199,12 +202,25 @@ class _PsycopgStatements:
             self.direct.trace(sql, values)
         try:
             return self.direct.get().execute(sql.encode(), values, prepare=True)
-        except psycopg.OperationalError:
-            self.direct.discard()
-            if name not in _READS:
+        except psycopg.Error as e:
+            if not self._dropped(e) or name not in _READS:
                 raise  # a write may or may not have happened: the vehicle polls again
             # A stale connection (the database restarted since its last use): once more.
             return self.direct.get().execute(sql.encode(), values, prepare=True)
+
+    def _dropped(self, error: psycopg.Error) -> bool:
+        """Drop this thread's connection if ``error`` left it unusable; say whether it did.
+
+        A broken connection (server gone, restarted), a demoted primary (read-only) and a
+        prepared statement whose plan no longer fits (schema migrated underneath) all need a
+        fresh session; a statement timeout or a lock conflict do not.
+        """
+        conn = self.direct.current()
+        gone = conn is None or conn.broken or conn.closed
+        if gone or error.sqlstate in _NEEDS_NEW_SESSION:
+            self.direct.discard()
+            return True
+        return False
 
     def rows(self, name: str, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
         return self._execute(name, params).fetchall()
@@ -220,8 +236,8 @@ class _PsycopgStatements:
             with self.direct.get().cursor() as cursor:
                 cursor.executemany(sql.encode(), many)
                 return cursor.rowcount
-        except psycopg.OperationalError:
-            self.direct.discard()
+        except psycopg.Error as e:
+            self._dropped(e)
             raise
 
 

@@ -68,7 +68,10 @@ def config(db_url: str, published: Published, tmp_path: Path) -> ServerConfig:
 def app(config: ServerConfig) -> Iterator[Flask]:
     app = create_app(config, start_ticker=False)
     yield app
-    app.extensions[EXTENSION].engine.dispose()
+    ctx = app.extensions[EXTENSION]
+    if ctx.direct is not None:
+        ctx.direct.close_all()
+    ctx.engine.dispose()
 
 
 @pytest.fixture

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -43,6 +45,23 @@ def test_commit_mode_and_the_urls_own_options(
         assert path is not None and path[0].startswith("t_")
         assert direct.get() is conn  # one per thread, reused
         direct.discard()
-        assert direct.get() is not conn
+        assert conn.closed and direct.get() is not conn
     finally:
-        direct.discard()
+        direct.close_all()
+
+
+def test_connections_of_ended_threads_are_closed(url_with_options: str) -> None:
+    direct = DirectConnections(url_with_options)
+    opened: list[Any] = []
+    try:
+        for _ in range(3):  # like the development server: a thread per HTTP connection
+            thread = threading.Thread(target=lambda: opened.append(direct.get()))
+            thread.start()
+            thread.join()
+        assert [c.closed for c in opened] == [True, True, False]  # closed when the next opened
+        mine = direct.get()
+        assert opened[2].closed  # its thread has ended too
+        direct.close_all()
+        assert mine.closed
+    finally:
+        direct.close_all()

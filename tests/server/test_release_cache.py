@@ -6,6 +6,9 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
+from overdrive.errors import OverdriveError
 from server.config import ServerConfig
 from server.context import ReleaseCache
 from tests.repo_fixtures import Published
@@ -42,7 +45,20 @@ def test_a_failed_refresh_keeps_the_last_verified_index(
     cache = cache_for(published, tmp_path, storage)
     first = cache.index()
     shutil.rmtree(storage / "metadata")  # the repository becomes unreadable
-    loaded = cache._loaded_at
+    tried = cache._tried_at
     assert cache.index() is first
-    wait_for(lambda: cache._loaded_at > loaded and not cache._refreshing)
+    wait_for(lambda: cache._tried_at > tried and not cache._refreshing)
     assert cache.index() is first
+
+
+def test_an_index_that_cannot_be_refreshed_for_too_long_is_not_served(
+    published: Published, tmp_path: Path
+) -> None:
+    storage = tmp_path / "repository-copy"
+    shutil.copytree(published.storage, storage)
+    cache = cache_for(published, tmp_path, storage)
+    cache.index()
+    shutil.rmtree(storage / "metadata")
+    cache.MAX_STALE_REFRESHES = 0  # any age is too old now
+    with pytest.raises(OverdriveError):
+        cache.index()
