@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from server.db import DirectConnections
+from tests.server.conftest import postgres_schema
 
 POSTGRES = os.environ.get("OVERDRIVE_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(not POSTGRES, reason="OVERDRIVE_TEST_POSTGRES_URL not set")
@@ -20,17 +19,8 @@ pytestmark = pytest.mark.skipif(not POSTGRES, reason="OVERDRIVE_TEST_POSTGRES_UR
 @pytest.fixture
 def url_with_options() -> Iterator[str]:
     """A URL that already carries libpq options (a search path), as deployments may."""
-    assert POSTGRES
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1))
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.mark.parametrize(("durable", "expected"), [(False, "off"), (True, "on")])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from overdrive.errors import OverdriveError
+from overdrive.releases import ReleaseIndex
 from server.config import ServerConfig
 from server.context import ReleaseCache
 from tests.repo_fixtures import Published
@@ -37,14 +38,20 @@ def test_a_stale_index_is_served_while_it_refreshes(published: Published, tmp_pa
     assert cache.index() is not first  # the refreshed index, verified again
 
 
-def test_a_failed_refresh_keeps_the_last_verified_index(
-    published: Published, tmp_path: Path
-) -> None:
+def loaded_then_broken(published: Published, tmp_path: Path) -> tuple[ReleaseCache, ReleaseIndex]:
+    """A cache that loaded a copy of the repository (and that index), then the copy broke."""
     storage = tmp_path / "repository-copy"
     shutil.copytree(published.storage, storage)
     cache = cache_for(published, tmp_path, storage)
-    first = cache.index()
-    shutil.rmtree(storage / "metadata")  # the repository becomes unreadable
+    index = cache.index()
+    shutil.rmtree(storage / "metadata")
+    return cache, index
+
+
+def test_a_failed_refresh_keeps_the_last_verified_index(
+    published: Published, tmp_path: Path
+) -> None:
+    cache, first = loaded_then_broken(published, tmp_path)
     tried = cache._tried_at
     assert cache.index() is first
     wait_for(lambda: cache._tried_at > tried and not cache._refreshing)
@@ -54,11 +61,7 @@ def test_a_failed_refresh_keeps_the_last_verified_index(
 def test_an_index_that_cannot_be_refreshed_for_too_long_is_not_served(
     published: Published, tmp_path: Path
 ) -> None:
-    storage = tmp_path / "repository-copy"
-    shutil.copytree(published.storage, storage)
-    cache = cache_for(published, tmp_path, storage)
-    cache.index()
-    shutil.rmtree(storage / "metadata")
+    cache, _ = loaded_then_broken(published, tmp_path)
     cache.MAX_STALE_REFRESHES = 0  # any age is too old now
     with pytest.raises(OverdriveError):
         cache.index()
