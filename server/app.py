@@ -16,7 +16,7 @@ from server.config import ServerConfig
 from server.context import EXTENSION, ReleaseCache, ServerContext
 from server.db import DirectConnections, make_engine, make_sessionmaker
 from server.director import Director
-from server.errors import ApiError, BadRequest, error_body
+from server.errors import RETRY_AFTER, ApiError, BadRequest, database_down_body, error_body
 from server.metrics import Metrics
 
 log = logging.getLogger("overdrive.server")
@@ -100,11 +100,9 @@ def _register_error_handlers(app: Flask) -> None:
         # A database restart or failover: tell clients to retry, don't log a traceback per request.
         reason = getattr(error, "orig", None) or error
         log.warning("database unavailable on %s %s: %s", request.method, request.path, reason)
-        response = jsonify(
-            error_body(503, "database_unavailable", "database temporarily unavailable; retry")
-        )
+        response = jsonify(database_down_body())
         response.status_code = 503
-        response.headers["Retry-After"] = "2"
+        response.headers[RETRY_AFTER[0]] = RETRY_AFTER[1]
         return response
 
     @app.errorhandler(Exception)

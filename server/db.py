@@ -124,10 +124,12 @@ class DirectConnections:
         with self._lock:
             ended = [k for k, (thread, _) in self._open.items() if not thread.is_alive()]
             stale = [self._open.pop(k)[1] for k in ended]
-            old = self._open.get(current.ident or 0)
+            replaced = self._open.pop(current.ident or 0, None)  # this thread's broken one
             self._open[current.ident or 0] = (current, conn)
-        for c in [*stale, *([old[1]] if old and old[1] is not conn else [])]:
-            c.close()
+        if replaced is not None:
+            stale.append(replaced[1])
+        for old in stale:
+            old.close()
 
     def discard(self) -> None:
         """Drop this thread's connection (after an error): the next :meth:`get` reconnects."""

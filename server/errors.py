@@ -12,6 +12,15 @@ def error_body(status: int, code: str, message: str) -> dict[str, Any]:
     return {"error": {"status": status, "code": code, "message": message}}
 
 
+#: Told to clients while the database is down or failing over: retry after that many seconds.
+RETRY_AFTER = ("Retry-After", "2")
+
+
+def database_down_body() -> dict[str, Any]:
+    """The body of the 503 answered while the database is unreachable."""
+    return error_body(503, "database_unavailable", "database temporarily unavailable; retry")
+
+
 class ApiError(OverdriveError):
     """An error answered to the client with ``status`` (4xx) and a stable ``code``."""
 

@@ -20,10 +20,12 @@ from typing import Any
 
 import psycopg
 from sqlalchemy.exc import OperationalError
+from werkzeug.http import HTTP_STATUS_CODES
 
 from server.context import ServerContext
-from server.errors import ApiError, error_body
+from server.errors import RETRY_AFTER, ApiError, database_down_body, error_body
 from server.poll import poll, record_poll
+from server.validation import may_hold_nul
 
 log = logging.getLogger("overdrive.server")
 
@@ -89,21 +91,17 @@ class PollFastPath:
             return _status(e.status), error_body(e.status, e.code, str(e)), []
         except (OperationalError, psycopg.OperationalError) as e:
             log.warning("database unavailable on POST %s/poll: %s", vehicle_id, e)
-            return (
-                _status(503),
-                error_body(503, "database_unavailable", "database temporarily unavailable; retry"),
-                [("Retry-After", "2")],
-            )
+            return _status(503), database_down_body(), [RETRY_AFTER]
         except Exception:
             log.exception("unhandled error on POST /api/v1/vehicles/%s/poll", vehicle_id)
             return _status(500), error_body(500, "internal_error", "internal server error"), []
         record_poll(self.ctx, result)
-        return "200 OK", result.body(), []
+        return _status(200), result.body(), []
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
     """``body`` as a JSON object, if it is plainly one (UTF-8, no NUL anywhere), else None."""
-    if b"\x00" in body or b"\\u0000" in body:
+    if may_hold_nul(body):
         return None
     try:
         data = json.loads(body)
@@ -112,9 +110,5 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-_REASONS = {200: "OK", 400: "BAD REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT FOUND"}
-_REASONS |= {409: "CONFLICT", 500: "INTERNAL SERVER ERROR", 503: "SERVICE UNAVAILABLE"}
-
-
 def _status(code: int) -> str:
-    return f"{code} {_REASONS.get(code, 'ERROR')}"
+    return f"{code} {HTTP_STATUS_CODES.get(code, 'Unknown').upper()}"

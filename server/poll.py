@@ -32,14 +32,14 @@ from psycopg.types.json import Json
 from sqlalchemy import Connection, Executable, and_, bindparam, exists, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from overdrive.envelope import MANIFEST, EnvelopeError, verify_envelope
+from overdrive.envelope import MANIFEST
 from overdrive.errors import OverdriveError
 from server.context import ServerContext
 from server.db import DirectConnections
-from server.errors import BadRequest, Conflict, NotFoundError, Unauthorized
+from server.errors import BadRequest, Conflict, NotFoundError
 from server.models import RUNNING, Campaign, CampaignRelease, InstalledImage, Membership, Vehicle
 from server.validation import MAX_INT32, field
-from server.vehicles import FINAL, iso, parse_images, parse_time, utcnow, vehicle_key_from_text
+from server.vehicles import FINAL, iso, parse_images, parse_time, utcnow, verify_message
 
 __all__ = ["PollResult", "poll", "record_poll"]
 
@@ -195,18 +195,32 @@ class _PsycopgStatements:
     def __init__(self, direct: DirectConnections) -> None:
         self.direct = direct
 
-    def _execute(self, name: str, params: dict[str, Any]) -> psycopg.Cursor[Any]:
+    def _execute(
+        self, name: str, params: dict[str, Any] | list[dict[str, Any]]
+    ) -> psycopg.Cursor[Any]:
+        """Run statement ``name`` (once per parameter set if ``params`` is a list)."""
         sql, constants = _PSYCOPG_SQL[name]
-        values = _adapt(constants, params)
+        values: dict[str, Any] | list[dict[str, Any]]
+        if isinstance(params, list):
+            values = [_adapt(constants, p) for p in params]
+        else:
+            values = _adapt(constants, params)
         if self.direct.trace is not None:
             self.direct.trace(sql, values)
         try:
-            return self.direct.get().execute(sql.encode(), values, prepare=True)
+            return self._send(sql, values)
         except psycopg.Error as e:
             if not self._dropped(e) or name not in _READS:
                 raise  # a write may or may not have happened: the vehicle polls again
             # A stale connection (the database restarted since its last use): once more.
-            return self.direct.get().execute(sql.encode(), values, prepare=True)
+            return self._send(sql, values)
+
+    def _send(self, sql: str, values: Any) -> psycopg.Cursor[Any]:
+        if isinstance(values, list):
+            cursor = self.direct.get().cursor()
+            cursor.executemany(sql.encode(), values)
+            return cursor
+        return self.direct.get().execute(sql.encode(), values, prepare=True)
 
     def _dropped(self, error: psycopg.Error) -> bool:
         """Drop this thread's connection if ``error`` left it unusable; say whether it did.
@@ -226,19 +240,7 @@ class _PsycopgStatements:
         return self._execute(name, params).fetchall()
 
     def count(self, name: str, params: dict[str, Any] | list[dict[str, Any]]) -> int:
-        if isinstance(params, dict):
-            return self._execute(name, params).rowcount
-        sql, constants = _PSYCOPG_SQL[name]
-        many = [_adapt(constants, p) for p in params]
-        if self.direct.trace is not None:
-            self.direct.trace(sql, many)
-        try:
-            with self.direct.get().cursor() as cursor:
-                cursor.executemany(sql.encode(), many)
-                return cursor.rowcount
-        except psycopg.Error as e:
-            self._dropped(e)
-            raise
+        return self._execute(name, params).rowcount
 
 
 def _adapt(constants: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -267,12 +269,7 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
         if not rows:
             raise NotFoundError(f"unknown vehicle {vehicle_id}")
         public_key, stored_counter, *_image, has_work = rows[0]
-        try:
-            manifest = verify_envelope(envelope, vehicle_key_from_text(public_key), MANIFEST)
-        except EnvelopeError as e:
-            raise Unauthorized(f"{e} (vehicle {vehicle_id})") from e
-        if manifest.get("vehicle_id") != vehicle_id:
-            raise Unauthorized("message is signed for another vehicle")
+        manifest = verify_message(public_key, vehicle_id, envelope, MANIFEST)
         counter = field(manifest, "counter", int, where="signed.")
         if not 0 < counter <= MAX_INT32:
             raise BadRequest(f"field 'signed.counter' must be 1..{MAX_INT32}")

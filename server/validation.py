@@ -27,12 +27,15 @@ def json_body() -> dict[str, Any]:
         raise BadRequest("malformed JSON body")
     if not isinstance(data, dict):
         raise BadRequest("the JSON body must be an object")
-    # UTF-8 JSON can carry NUL only as the escape \u0000 (a UTF-16/32 body has zero bytes):
-    # without either in the body, the walk is skipped.
-    raw = request.get_data(cache=True)
-    if (b"\\u0000" in raw or b"\x00" in raw) and _has_nul(data):
+    if may_hold_nul(request.get_data(cache=True)) and _has_nul(data):
         raise BadRequest("the JSON body contains a NUL character")
     return data
+
+
+def may_hold_nul(body: bytes) -> bool:
+    """Could this JSON body decode to a NUL anywhere? UTF-8 JSON carries NUL only as the escape
+    ``\\u0000``, and a UTF-16/32 body has zero bytes: without either, no walk is needed."""
+    return b"\\u0000" in body or b"\x00" in body
 
 
 def _has_nul(value: Any, depth: int = 0) -> bool:

@@ -155,19 +155,24 @@ def register(ctx: ServerContext, body: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ messages
 
 
+def verify_message(public_key: str, vehicle_id: str, envelope: Any, kind: str) -> dict[str, Any]:
+    """The payload of a ``kind`` message if the vehicle's stored key signed it for itself."""
+    try:
+        payload = verify_envelope(envelope, vehicle_key_from_text(public_key), kind)
+    except EnvelopeError as e:
+        raise Unauthorized(f"{e} (vehicle {vehicle_id})") from e
+    if payload.get("vehicle_id") != vehicle_id:
+        raise Unauthorized("message is signed for another vehicle")
+    return payload
+
+
 def authenticate_message(
     session: Session, vehicle_id: str, envelope: Any, kind: str
 ) -> tuple[Vehicle, dict[str, Any]]:
     vehicle = session.get(Vehicle, vehicle_id, with_for_update=True)
     if vehicle is None:
         raise NotFoundError(f"unknown vehicle {vehicle_id}")
-    try:
-        payload = verify_envelope(envelope, vehicle_key_from_text(vehicle.public_key), kind)
-    except EnvelopeError as e:
-        raise Unauthorized(f"{e} (vehicle {vehicle_id})") from e
-    if payload.get("vehicle_id") != vehicle_id:
-        raise Unauthorized("message is signed for another vehicle")
-    return vehicle, payload
+    return vehicle, verify_message(vehicle.public_key, vehicle_id, envelope, kind)
 
 
 # ------------------------------------------------------------------------------ events
