@@ -17,20 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from overdrive.bundle import BundleError, apply_bundle, read_manifest
 
-from .conftest import binary_like, canonical, evolve, raw_bundle, roundtrip, split_bundle
-
-FUZZ = settings(
-    max_examples=400,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+from .conftest import (
+    binary_like,
+    canonical,
+    evolve,
+    raw_bundle,
+    reproducible,
+    roundtrip,
+    split_bundle,
 )
+
+FUZZ = reproducible(400)
 
 
 @dataclass

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import bsdiff4.core
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from overdrive.bundle import Op, codec
 from overdrive.bundle.format import max_control_size
 
-from .conftest import binary_like, evolve, roundtrip
+from .conftest import binary_like, evolve, reproducible, roundtrip
 
 matcher = pytest.importorskip("overdrive.bundle.matcher")
 
@@ -162,13 +162,7 @@ def test_matcher_refuses_inputs_beyond_the_format_limits() -> None:
         matcher.diff(b"", bytes(matcher.MAX_NEW + 1))
 
 
-MATCHER = settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+MATCHER = reproducible(300)
 
 
 @st.composite
