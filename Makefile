@@ -8,11 +8,16 @@ PYTEST_ARGS ?=
 .PHONY: demo test lint bench-deltas clean system-deps
 
 # Debian tools some tests and benchmarks use for real (the U-Boot and GRUB env tools, zstd,
-# e2fsprogs). Installed when missing and we are root with apt; otherwise those tests skip.
-SYSTEM_TOOLS := fw_printenv:libubootenv-tool grub-editenv:grub-common zstd:zstd mke2fs:e2fsprogs chromium:chromium
+# e2fsprogs, the real GRUB and U-Boot that run our boot scripts in QEMU). Installed when missing
+# and we are root with apt; otherwise those tests skip. A tool is a command or a file path.
+SYSTEM_TOOLS := fw_printenv:libubootenv-tool grub-editenv:grub-common zstd:zstd mke2fs:e2fsprogs \
+	chromium:chromium mkimage:u-boot-tools mcopy:mtools mkfs.vfat:dosfstools \
+	qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm \
+	/usr/lib/grub/i386-pc/lnxboot.img:grub-pc-bin /usr/lib/u-boot/qemu_arm64/u-boot.bin:u-boot-qemu
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
-		PATH="$$PATH:/usr/sbin:/sbin" command -v $$tool >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+		case $$tool in /*) test -e $$tool ;; *) PATH="$$PATH:/usr/sbin:/sbin" command -v $$tool >/dev/null 2>&1 ;; esac \
+			|| missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "installing$$missing (Debian packages)"; \

@@ -1,32 +1,41 @@
 """Which A/B slot to boot: the bootloader's decision and the updater's marks, as pure functions.
 
-The semantics follow RAUC's bootchooser with U-Boot's ``BOOT_ORDER``/``BOOT_x_LEFT`` scheme, so the
-same rules can run in a real bootloader script (see ``docs/boot-control.md``) and here, in Python,
-for the simulated bootloader (``overdrive vehicle boot``) and for the updater's own bookkeeping:
+The same rules run in the real bootloaders' scripts (``client/bootscripts/``, see
+``docs/boot-control.md``), here in Python for the simulated bootloader (``overdrive vehicle
+boot``), and in the updater's own bookkeeping. The variables are RAUC's (``BOOT_ORDER``,
+``BOOT_x_LEFT``), the semantics differ on one point that matters in a car:
 
 * **boot order** -- every slot, highest priority first;
-* **tries left** per slot -- how many more times the bootloader may start it without the updater
-  confirming it; each boot of a slot costs one try;
-* **good** per slot -- the slot holds a committed image that booted healthy once: the fallback.
+* **good** per slot -- the slot holds a committed image that came up healthy;
+* **tries left** per slot -- only for a slot *on trial*: how many more times the bootloader may
+  start it before the updater commits it. Tries are spent on a trial and nowhere else.
 
-Lifecycle of an update into the inactive slot ``B`` while ``A`` is good:
+RAUC's scripts spend a try on every boot and rely on ``mark-good`` to refill it, so a few quick
+power cycles of a healthy, committed slot (an ignition switched off before init ran) used up its
+tries and fell back to the older version (rauc#490). Here the bootloader never counts a committed
+slot's boots: switching the ignition off mid-boot any number of times cannot roll back a
+committed slot. A committed slot that later fails is demoted by the updater only on evidence —
+its health check failing on several boots in a row (see :mod:`client.postboot`).
+
+The bootloader's decision (:func:`choose_boot`):
+
+1. if the first slot in the order is on trial (not good) and has tries left, boot it and spend a
+   try;
+2. otherwise boot the first good slot in the order, spending nothing;
+3. otherwise nothing is bootable (:class:`NoBootableSlot`): the bootloader's rescue path.
+
+It records the slot it started (:attr:`BootState.booted`), so that init can tell a trial boot
+from a fallback even when the kernel command line does not say. Lifecycle of an update into the
+inactive slot ``B`` while ``A`` is good:
 
 1. :func:`mark_bad` (B) before writing into it, so a half-written slot is never booted;
-2. :func:`mark_try_once` (B) once the image is written and verified: B goes first in the order
-   with one try and is not good;
-3. the bootloader runs :func:`choose_boot`: B has a try, so it boots B and spends the try;
-4. healthy: :func:`mark_good` (B) -- commit. Unhealthy: :func:`mark_bad` (B) and reboot, which
-   boots A. A crash or hang before either: the next :func:`choose_boot` finds B without tries
-   and boots A, the updater sees that the slot under trial (:func:`trial_slot`) is not the one
-   that booted and marks it bad.
+2. :func:`mark_trial` (B) once the image is written and verified: B first, N tries, not good;
+3. the bootloader boots B and spends a try; an ignition cut before init costs one try, no more;
+4. healthy: :func:`mark_good` (B), committed. Unhealthy: :func:`mark_bad` (B) and reboot, which
+   boots A. A crash or hang on every try: once B has no tries left the bootloader boots A, and the
+   updater sees the trial slot is not the one that booted.
 
-A slot is never started more often than it has tries, so a bad image cannot boot-loop. When no
-slot has tries left (a good slot whose tries ran out because nobody re-confirmed it), the
-bootloader falls back to the first good slot in the order rather than to nothing.
-
-U-Boot's bootcount feature (``upgrade_available``/``bootcount``/``bootlimit``) is the same idea
-with a single counter; its ``upgrade_available`` flag corresponds to ``trial_slot(state) is not
-None`` here. This module does no I/O: ``client.bootenv`` loads and saves a :class:`BootState`.
+This module does no I/O: ``client.bootenv`` loads and saves a :class:`BootState`.
 """
 
 from __future__ import annotations
@@ -37,11 +46,10 @@ from dataclasses import dataclass, replace
 
 from overdrive.errors import OverdriveError
 
-DEFAULT_TRIES = 3
-"""Tries a slot gets when it is committed (RAUC's and U-Boot's usual default)."""
-
-TRY_ONCE = 1
-"""Tries a freshly installed slot gets: one boot, then it must be committed or it is skipped."""
+DEFAULT_TRIAL_TRIES = 3
+"""Boots a freshly installed slot gets before it must be committed: enough that an ignition cut
+during the first boot does not roll back a good update, few enough that a broken image is
+abandoned quickly."""
 
 _SLOT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
@@ -51,7 +59,7 @@ class BootError(OverdriveError):
 
 
 class NoBootableSlot(BootError):
-    """No slot has tries left and none is good: the bootloader has nothing it may start."""
+    """No slot is on trial with tries left and none is good: nothing the bootloader may start."""
 
 
 @dataclass(frozen=True)
@@ -80,12 +88,15 @@ class SlotState:
 
 @dataclass(frozen=True)
 class BootState:
-    """All slots, in boot order (highest priority first); immutable and comparable.
+    """All slots, in boot order (highest priority first), and the slot last booted.
 
     The order of :attr:`slots` *is* the boot order, so there is nothing to keep in sync.
+    :attr:`booted` is the bootloader's record of the slot it started last (``None`` when it keeps
+    none); immutable and comparable.
     """
 
     slots: tuple[SlotState, ...]
+    booted: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.slots, tuple):
@@ -99,6 +110,8 @@ class BootState:
         for name in names:
             if names.count(name) > 1:
                 raise BootError(f"slot {name} appears twice in the boot order")
+        if self.booted is not None and self.booted not in names:
+            raise BootError(f"booted slot {self.booted!r} is not one of {' '.join(names)}")
 
     @classmethod
     def initial(
@@ -106,12 +119,12 @@ class BootState:
         slots: Iterable[str] = ("A", "B"),
         *,
         good: str | None = "A",
-        tries: int = DEFAULT_TRIES,
+        booted: str | None = None,
     ) -> BootState:
-        """A factory-fresh state: ``good`` is committed with ``tries`` and first, the rest empty.
+        """A factory-fresh state: ``good`` is committed and first, the rest empty.
 
-        ``good=None`` describes a device where no slot has been confirmed yet (nothing to fall
-        back to).
+        ``good=None`` describes a device where no slot has been confirmed yet (nothing to boot
+        until a slot is tried or committed).
         """
         names = list(slots)
         if good is not None:
@@ -119,7 +132,7 @@ class BootState:
                 raise BootError(f"good slot {good} is not one of {' '.join(names)}")
             names.remove(good)
             names.insert(0, good)
-        return cls(tuple(SlotState(n, tries if n == good else 0, n == good) for n in names))
+        return cls(tuple(SlotState(n, 0, n == good) for n in names), booted)
 
     @property
     def order(self) -> tuple[str, ...]:
@@ -138,13 +151,16 @@ class BootState:
         return tuple(s.name for s in self.slots if s.good)
 
     def describe(self) -> str:
-        """One line for logs and ``status`` output, e.g. ``B(tries=1) A(tries=3,good)``."""
-        return " ".join(
-            f"{s.name}(tries={s.tries_left}{',good' if s.good else ''})" for s in self.slots
-        )
+        """One line for logs and ``status`` output, e.g. ``B(tries=1) A(good) booted=A``."""
+        parts = []
+        for s in self.slots:
+            marks = [f"tries={s.tries_left}"] if s.tries_left or not s.good else []
+            marks += ["good"] if s.good else []
+            parts.append(f"{s.name}({','.join(marks)})")
+        return " ".join(parts) + (f" booted={self.booted}" if self.booted else "")
 
     def _with(self, new: SlotState) -> BootState:
-        return BootState(tuple(new if s.name == new.name else s for s in self.slots))
+        return replace(self, slots=tuple(new if s.name == new.name else s for s in self.slots))
 
 
 def _check_tries(tries: int, what: str) -> None:
@@ -152,7 +168,7 @@ def _check_tries(tries: int, what: str) -> None:
         raise BootError(f"{what}: tries must be an integer >= 1, not {tries!r}")
 
 
-def mark_try_once(state: BootState, slot: str, *, tries: int = TRY_ONCE) -> BootState:
+def mark_trial(state: BootState, slot: str, *, tries: int = DEFAULT_TRIAL_TRIES) -> BootState:
     """After installing into ``slot``: boot it next, ``tries`` times at most, not yet good.
 
     ``slot`` moves to the front of the order. Any other slot that was waiting for a trial (not
@@ -171,24 +187,26 @@ def mark_try_once(state: BootState, slot: str, *, tries: int = TRY_ONCE) -> Boot
         for s in state.slots
         if s.name != slot
     )
-    return BootState((SlotState(slot, tries, False), *rest))
+    return replace(state, slots=(SlotState(slot, tries, False), *rest))
 
 
 def choose_boot(state: BootState) -> tuple[str, BootState]:
     """The bootloader's decision: which slot to start now, and the state to save before that.
 
-    The first slot in the order with tries left is chosen and loses one try. If no slot has
-    tries left, the first good slot is chosen and nothing changes (no try is spent on it).
-    :class:`NoBootableSlot` if no slot has tries and none is good. Deterministic.
+    The first slot in the order, if it is on trial with tries left, is chosen and loses one try.
+    Otherwise the first good slot is chosen and no try is spent. Either way the chosen slot is
+    recorded as :attr:`BootState.booted`. :class:`NoBootableSlot` if neither exists.
+    Deterministic; it changes at most one slot's tries and the record.
     """
-    for s in state.slots:
-        if s.tries_left > 0:
-            return s.name, state._with(replace(s, tries_left=s.tries_left - 1))
+    first = state.slots[0]
+    if not first.good and first.tries_left > 0:
+        spent = state._with(replace(first, tries_left=first.tries_left - 1))
+        return first.name, replace(spent, booted=first.name)
     for s in state.slots:
         if s.good:
-            return s.name, state
+            return s.name, replace(state, booted=s.name)
     raise NoBootableSlot(
-        f"no bootable slot: none of {' '.join(state.order)} has tries left or is marked good"
+        f"no bootable slot: none of {' '.join(state.order)} is good or on trial with tries left"
     )
 
 
@@ -197,15 +215,14 @@ def next_boot(state: BootState) -> str:
     return choose_boot(state)[0]
 
 
-def mark_good(state: BootState, slot: str, *, tries: int = DEFAULT_TRIES) -> BootState:
-    """Commit ``slot`` after a healthy boot: good, tries reset to ``tries``; order unchanged.
+def mark_good(state: BootState, slot: str) -> BootState:
+    """Commit ``slot`` after a healthy boot: good, no tries (a committed slot needs none).
 
-    A committed trial slot is already first. Committing the running fallback slot while another
-    slot waits for its trial leaves that trial in place (as RAUC's ``mark-good`` does); calling
-    this on every healthy boot keeps the running slot's tries topped up.
+    The order is unchanged: a committed trial slot is already first, and committing the running
+    fallback slot while another slot waits for its trial leaves that trial in place (as RAUC's
+    ``mark-good`` does). Idempotent, so it can run on every healthy boot.
     """
-    _check_tries(tries, f"mark slot {slot} good")
-    return state._with(replace(state.slot(slot), tries_left=tries, good=True))
+    return state._with(replace(state.slot(slot), tries_left=0, good=True))
 
 
 def mark_bad(state: BootState, slot: str) -> BootState:
@@ -216,7 +233,7 @@ def mark_bad(state: BootState, slot: str) -> BootState:
     """
     target = state.slot(slot)
     rest = tuple(s for s in state.slots if s.name != slot)
-    return BootState((*rest, replace(target, tries_left=0, good=False)))
+    return replace(state, slots=(*rest, replace(target, tries_left=0, good=False)))
 
 
 def active_good_slot(state: BootState) -> str | None:
@@ -228,7 +245,7 @@ def active_good_slot(state: BootState) -> str | None:
 def trial_slot(state: BootState) -> str | None:
     """The slot under trial: first in the order and not (yet) good; None when nothing is on trial.
 
-    It stays the trial slot after its boot has spent its tries, until :func:`mark_good` or
+    It stays the trial slot after its boots have spent its tries, until :func:`mark_good` or
     :func:`mark_bad`. If the slot that actually booted differs, the trial failed. This is U-Boot's
     ``upgrade_available``.
     """
@@ -247,10 +264,11 @@ def other_slot(state: BootState, slot: str) -> str:
 
 
 def cap_tries(state: BootState, limit: int) -> BootState:
-    """The same state with every slot's tries capped at ``limit``.
-
-    For bootloaders that cannot count (GRUB's one-shot ``x_TRY`` flag can only say 0 or 1).
-    """
+    """The same state with every slot's tries capped at ``limit`` (for a bootloader that can
+    count only so far: the GRUB script counts down from 9)."""
     if limit < 0:
         raise BootError(f"tries limit must be >= 0, not {limit}")
-    return BootState(tuple(replace(s, tries_left=min(s.tries_left, limit)) for s in state.slots))
+    return replace(
+        state,
+        slots=tuple(replace(s, tries_left=min(s.tries_left, limit)) for s in state.slots),
+    )

@@ -8,9 +8,14 @@ boot scripts keep working; Overdrive adds one "good" flag per slot (see ``docs/b
 * :class:`FileBootEnv` -- a JSON file written atomically; for ``overdrive vehicle boot`` and tests.
 * :class:`UBootEnv` -- ``fw_printenv``/``fw_setenv`` (libubootenv or U-Boot's own tools):
   ``BOOT_ORDER="A B"``, ``BOOT_<slot>_LEFT`` (hex, as RAUC and U-Boot's ``setexpr`` write it),
-  ``BOOT_<slot>_GOOD``; optionally ``upgrade_available``/``bootcount``.
-* :class:`GrubEnv` -- ``grub-editenv``: ``ORDER="A B"``, ``<slot>_OK``, ``<slot>_TRY``,
-  ``<slot>_GOOD``. GRUB cannot count, so a slot has at most one try there.
+  ``BOOT_<slot>_GOOD``, ``BOOTED_SLOT``; optionally ``upgrade_available``/``bootcount``.
+* :class:`GrubEnv` -- ``grub-editenv``: ``ORDER="A B"``, ``<slot>_LEFT`` (decimal, at most
+  :data:`GRUB_MAX_TRIES`: GRUB's script counts down with a chain of comparisons),
+  ``<slot>_GOOD``, ``BOOTED_SLOT``.
+
+``BOOTED_SLOT`` is written by the boot scripts (``client/bootscripts/``), only when it changes:
+the record of which slot the bootloader started last. The updater never writes it, except
+through the simulated bootloader of the file backend.
 
 Backends that call tools write all variables of one save in one tool run (one environment
 write), skip the write when nothing changed (flash wear), and read the result back: a tool that
@@ -35,8 +40,13 @@ from overdrive.storage.local import atomic_write
 
 _TOOL_TIMEOUT = 30.0
 _FILE_FORMAT = "overdrive-boot-env"
-_FILE_VERSION = 1
+_FILE_VERSION = 2  # 2 added "booted"; version 1 files are still read
 _HEX = re.compile(r"(0[xX])?[0-9a-fA-F]+")
+_DECIMAL = re.compile(r"[0-9]")
+#: The most tries the GRUB script can count down from (one comparison per value).
+GRUB_MAX_TRIES = 9
+#: The boot scripts' record of the slot they started last.
+BOOTED_VAR = "BOOTED_SLOT"
 
 
 class BootEnvError(BootError):
@@ -157,6 +167,21 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
         raise BootEnvError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+def _changes(current: Mapping[str, str], wanted: Mapping[str, str]) -> dict[str, str]:
+    """The variables to write (an empty value means "unset", the same as a missing one)."""
+    return {k: v for k, v in wanted.items() if current.get(k, "") != v}
+
+
+def _check_written(
+    after: Mapping[str, str], changes: Mapping[str, str], tool: str, hint: str = ""
+) -> None:
+    """Read-back check: a tool that exits 0 but skipped a line is an error."""
+    for k, v in changes.items():
+        if after.get(k, "") != v:
+            got = "missing" if k not in after else repr(after[k])
+            raise BootEnvError(f"{tool} reported success but {k} is {got}, not {v!r}{hint}")
+
+
 def _check_slot_set(state: BootState, slots: tuple[str, ...], where: str) -> None:
     if sorted(state.order) != sorted(slots):
         raise BootEnvError(
@@ -175,8 +200,29 @@ def _order_from(raw: str, var: str, slots: tuple[str, ...], where: str) -> list[
             )
         if tokens.count(t) > 1:
             raise BootEnvError(f"{where}: {var}={raw!r} lists slot {t} twice")
-    # RAUC's mark-bad removes a slot from the order; such a slot goes last.
+    # The boot scripts never start a slot missing from the order (RAUC's mark-bad removes it):
+    # such a slot goes last, and the loaders read it as bad.
     return tokens + [s for s in slots if s not in tokens]
+
+
+def _flag_var(env: Mapping[str, str], name: str, where: str) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        raise BootEnvError(
+            f"{where} has no {name}: initialise the boot state first ('overdrive vehicle "
+            "provision' writes it; a plain RAUC environment is not read, its counting differs)"
+        )
+    return _flag(raw, name, where)
+
+
+def _booted_from(env: Mapping[str, str], slots: tuple[str, ...], where: str) -> str | None:
+    """The ``BOOTED_SLOT`` record: ``None`` if absent or empty; an error if it names no slot."""
+    raw = env.get(BOOTED_VAR, "")
+    if not raw:
+        return None
+    if raw not in slots:
+        raise BootEnvError(f"{where}: {BOOTED_VAR}={raw!r} is not one of {' '.join(slots)}")
+    return raw
 
 
 def _slots_option(slots: Iterable[str]) -> tuple[str, ...]:
@@ -241,18 +287,22 @@ def _state_to_json(state: BootState) -> dict[str, object]:
         "slots": [
             {"name": s.name, "tries_left": s.tries_left, "good": s.good} for s in state.slots
         ],
+        "booted": state.booted,
     }
 
 
 def _state_from_json(doc: object) -> BootState:
     if not isinstance(doc, dict) or doc.get("format") != _FILE_FORMAT:
         raise ValueError(f"not an {_FILE_FORMAT} document")
-    if doc.get("version") != _FILE_VERSION:
+    if doc.get("version") not in (1, _FILE_VERSION):
         raise ValueError(f"unsupported version {doc.get('version')!r}")
     slots = doc["slots"]
     if not isinstance(slots, list):
         raise ValueError("'slots' must be a list")
-    return BootState(tuple(SlotState(s["name"], s["tries_left"], s["good"]) for s in slots))
+    booted = doc.get("booted")
+    if booted is not None and not isinstance(booted, str):
+        raise ValueError("'booted' must be a slot name or null")
+    return BootState(tuple(SlotState(s["name"], s["tries_left"], s["good"]) for s in slots), booted)
 
 
 # --- U-Boot ---------------------------------------------------------------------------------------
@@ -263,14 +313,15 @@ ScriptSyntax = Literal["key=value", "key value"]
 class UBootEnv(BootEnv):
     """The boot state in the U-Boot environment, via ``fw_printenv``/``fw_setenv``.
 
-    Variables (RAUC's U-Boot integration, plus one Overdrive flag per slot):
+    Variables (RAUC's U-Boot integration, plus one Overdrive flag per slot and the record):
 
     * ``BOOT_ORDER`` -- slot names, space-separated, highest priority first;
-    * ``BOOT_<slot>_LEFT`` -- tries left, in hex (RAUC writes ``%x``, U-Boot's ``setexpr``
-      computes in hex);
-    * ``BOOT_<slot>_GOOD`` -- ``1`` for a committed slot, else ``0``. If absent (an environment
-      set up for plain RAUC), a slot counts as good when it is in ``BOOT_ORDER`` with tries left,
-      which is RAUC's own notion of "good";
+    * ``BOOT_<slot>_LEFT`` -- tries left of a slot on trial, in hex (RAUC writes ``%x``, U-Boot's
+      ``setexpr`` computes in hex);
+    * ``BOOT_<slot>_GOOD`` -- ``1`` for a committed slot, else ``0``. Required: a plain RAUC
+      environment (without it) is refused rather than guessed at, since RAUC's script counts
+      every boot and ours does not; provisioning writes the full state;
+    * ``BOOTED_SLOT`` -- the slot the boot script started last (it writes it when it changes);
     * with ``bootcount=True`` also U-Boot's bootcount feature: ``upgrade_available`` is ``1``
       while a slot is on trial, else ``0``, and ``bootcount`` is reset to ``0`` whenever
       ``upgrade_available`` is set or cleared. These two are written, never read.
@@ -324,7 +375,7 @@ class UBootEnv(BootEnv):
         raw_order = env.get("BOOT_ORDER")
         if raw_order is None:
             raise BootEnvError(f"{where} has no BOOT_ORDER: initialise the boot state first")
-        tokens = raw_order.split()
+        listed = raw_order.split()
         slots = []
         for name in _order_from(raw_order, "BOOT_ORDER", self.slots, where):
             left_var = f"BOOT_{name}_LEFT"
@@ -333,20 +384,19 @@ class UBootEnv(BootEnv):
                 raise BootEnvError(f"{where} has no {left_var}: initialise the boot state first")
             if not _HEX.fullmatch(left_raw):
                 raise BootEnvError(f"{where}: {left_var}={left_raw!r} is not a hex number")
-            left = int(left_raw, 16)
-            good_raw = env.get(f"BOOT_{name}_GOOD")
-            if good_raw is None:
-                good = name in tokens and left > 0
+            good = _flag_var(env, f"BOOT_{name}_GOOD", where)
+            if name not in listed:
+                slots.append(SlotState(name))  # the script never starts it: bad
             else:
-                good = _flag(good_raw, f"BOOT_{name}_GOOD", where)
-            slots.append(SlotState(name, left, good))
-        return BootState(tuple(slots))
+                slots.append(SlotState(name, int(left_raw, 16), good))
+        return BootState(tuple(slots), _booted_from(env, self.slots, where))
 
     def _vars_for(self, state: BootState) -> dict[str, str]:
         wanted = {"BOOT_ORDER": " ".join(state.order)}
         for s in state.slots:
             wanted[f"BOOT_{s.name}_LEFT"] = format(s.tries_left, "x")
             wanted[f"BOOT_{s.name}_GOOD"] = "1" if s.good else "0"
+        wanted[BOOTED_VAR] = state.booted or ""
         if self.bootcount:
             wanted["upgrade_available"] = "0" if trial_slot(state) is None else "1"
         return wanted
@@ -355,7 +405,7 @@ class UBootEnv(BootEnv):
         _check_slot_set(state, self.slots, self.describe())
         current = self.read_vars()
         wanted = self._vars_for(state)
-        changes = {k: v for k, v in wanted.items() if current.get(k) != v}
+        changes = _changes(current, wanted)
         if "upgrade_available" in changes:
             changes["bootcount"] = "0"
         if not changes:
@@ -369,14 +419,12 @@ class UBootEnv(BootEnv):
                 _run([self.fw_setenv, *self._config_args(), "--script", str(path)])
         except OSError as e:
             raise BootEnvError(f"cannot write the fw_setenv script: {e.strerror or e}") from None
-        after = self.read_vars()
-        for k, v in changes.items():
-            if after.get(k) != v:
-                got = "missing" if k not in after else repr(after[k])
-                raise BootEnvError(
-                    f"{self.fw_setenv} reported success but {k} is {got}, not {v!r}"
-                    f" (script_syntax is {self.script_syntax!r}; check it matches this fw_setenv)"
-                )
+        _check_written(
+            self.read_vars(),
+            changes,
+            self.fw_setenv,
+            f" (script_syntax is {self.script_syntax!r}; check it matches this fw_setenv)",
+        )
 
 
 # --- GRUB -----------------------------------------------------------------------------------------
@@ -385,17 +433,17 @@ class UBootEnv(BootEnv):
 class GrubEnv(BootEnv):
     """The boot state in a GRUB environment block, via ``grub-editenv``.
 
-    Variables (RAUC's GRUB integration, plus one Overdrive flag per slot):
+    Variables (read and written by ``client/bootscripts/grub.cfg``):
 
     * ``ORDER`` -- slot names, space-separated, highest priority first;
-    * ``<slot>_OK`` -- ``1`` if GRUB may boot the slot (it has a try, or it is good), else ``0``;
-    * ``<slot>_TRY`` -- ``1`` once GRUB has started the slot and nobody reset the flag since;
-      GRUB boots the first slot in ``ORDER`` with ``OK=1`` and ``TRY=0`` and sets its ``TRY=1``;
-    * ``<slot>_GOOD`` -- ``1`` for a committed slot (GRUB's fallback when no slot has a try).
-      If absent, a slot counts as good when ``OK=1`` and ``TRY=0``, as RAUC reads it.
+    * ``<slot>_LEFT`` -- tries left of a slot on trial, decimal ``0`` to :data:`GRUB_MAX_TRIES`
+      (GRUB's script language has no arithmetic: the script counts down with one comparison
+      per value, so a state with more tries is stored capped);
+    * ``<slot>_GOOD`` -- ``1`` for a committed slot, else ``0``;
+    * ``BOOTED_SLOT`` -- the slot the script started last (it writes it when it changes).
 
-    GRUB's script has no arithmetic, so a slot has one try at most: tries left is 1 when
-    ``OK=1`` and ``TRY=0``, else 0, and saving a state with more tries stores 1.
+    RAUC's GRUB variables (``<slot>_OK``/``<slot>_TRY``) are not used: RAUC's script spends a
+    try on every boot of every slot, which is what lets power cycles roll back a committed slot.
 
     The file is edited on a scratch copy and then replaced atomically (temp, fsync, rename), so
     a power cut leaves the old or the new block whatever the grub-editenv version does.
@@ -436,32 +484,38 @@ class GrubEnv(BootEnv):
         raw_order = env.get("ORDER")
         if raw_order is None:
             raise BootEnvError(f"{where} has no ORDER: initialise the boot state first")
+        listed = raw_order.split()
         slots = []
         for name in _order_from(raw_order, "ORDER", self.slots, where):
-            ok = _flag(env.get(f"{name}_OK", "0"), f"{name}_OK", where)
-            tried = _flag(env.get(f"{name}_TRY", "0"), f"{name}_TRY", where)
-            good_raw = env.get(f"{name}_GOOD")
-            bootable = ok and not tried
-            good = bootable if good_raw is None else _flag(good_raw, f"{name}_GOOD", where)
-            slots.append(SlotState(name, 1 if bootable else 0, good))
-        return BootState(tuple(slots))
+            left_var = f"{name}_LEFT"
+            left_raw = env.get(left_var)
+            if left_raw is None:
+                raise BootEnvError(f"{where} has no {left_var}: initialise the boot state first")
+            if not _DECIMAL.fullmatch(left_raw):
+                raise BootEnvError(
+                    f"{where}: {left_var}={left_raw!r} is not a number 0-{GRUB_MAX_TRIES}"
+                )
+            good = _flag_var(env, f"{name}_GOOD", where)
+            if name not in listed:
+                slots.append(SlotState(name))  # the script never starts it: bad
+            else:
+                slots.append(SlotState(name, int(left_raw), good))
+        return BootState(tuple(slots), _booted_from(env, self.slots, where))
 
     @staticmethod
     def _vars_for(state: BootState) -> dict[str, str]:
         wanted = {"ORDER": " ".join(state.order)}
-        for s in cap_tries(state, 1).slots:
-            ok = s.tries_left > 0 or s.good
-            wanted[f"{s.name}_OK"] = "1" if ok else "0"
-            wanted[f"{s.name}_TRY"] = "1" if ok and s.tries_left == 0 else "0"
+        for s in cap_tries(state, GRUB_MAX_TRIES).slots:
+            wanted[f"{s.name}_LEFT"] = str(s.tries_left)
             wanted[f"{s.name}_GOOD"] = "1" if s.good else "0"
+        wanted[BOOTED_VAR] = state.booted or ""
         return wanted
 
     def save(self, state: BootState) -> None:
         _check_slot_set(state, self.slots, f"GRUB env {self.env_file}")
         exists = self.env_file.is_file()
         current = self._list(self.env_file) if exists else {}
-        wanted = self._vars_for(state)
-        changes = {k: v for k, v in wanted.items() if current.get(k) != v}
+        changes = _changes(current, self._vars_for(state))
         if not changes:
             return
         target = Path(os.path.realpath(self.env_file))  # keep a symlinked grubenv a symlink
@@ -479,11 +533,5 @@ class GrubEnv(BootEnv):
         else:
             _run([self.grub_editenv, str(scratch), "create"])
         _run([self.grub_editenv, str(scratch), "set", *(f"{k}={v}" for k, v in changes.items())])
-        after = self._list(scratch)
-        for k, v in changes.items():
-            if after.get(k) != v:
-                got = "missing" if k not in after else repr(after[k])
-                raise BootEnvError(
-                    f"{self.grub_editenv} reported success but {k} is {got}, not {v!r}"
-                )
+        _check_written(self._list(scratch), changes, self.grub_editenv)
         return scratch.read_bytes()

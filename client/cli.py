@@ -1,21 +1,23 @@
-"""``overdrive vehicle …``: provision a vehicle, run its update daemon, boot it (simulation),
-and show its status. Runs on the base install (no Flask, SQLAlchemy or boto3)."""
+"""``overdrive vehicle …``: provision a vehicle, run its update daemon, handle each boot
+(``post-boot``, run by init), simulate a boot, and show its status. Runs on the base install (no
+Flask, SQLAlchemy or boto3). Exit codes are documented in ``docs/vehicles.md``."""
 
 from __future__ import annotations
 
 import json
-import random
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 
 from client.api import ServerApi
+from client.boot import current_boot_id, post_boot, simulate_boot
 from client.bootchooser import BootState
 from client.bootenv import FileBootEnv
+from client.bootslot import CMDLINE, read_text, slot_from_cmdline
 from client.config import BOOT_BACKENDS, VehicleConfig
+from client.daemon import run_daemon, run_once
 from client.errors import ConfigError
 from client.events import EventQueue
 from client.identity import create_key
@@ -36,7 +38,7 @@ state_dir_option = click.option(
 
 @click.group()
 def vehicle() -> None:
-    """Run a vehicle: provision, update daemon, boot, status."""
+    """Run a vehicle: provision, update daemon, post-boot commit, status."""
 
 
 @vehicle.command("provision")
@@ -68,7 +70,39 @@ def vehicle() -> None:
 @click.option("--boot-backend", type=click.Choice(BOOT_BACKENDS), default="file", show_default=True)
 @click.option("--boot-env", default="", help="Boot env file (file/grub) or fw_env.config (uboot).")
 @click.option(
-    "--health-check", default="", help="Command run after a trial boot; exit 0 = healthy."
+    "--health-check", default="", help="Command run by post-boot at every boot; exit 0 = healthy."
+)
+@click.option(
+    "--health-timeout",
+    type=click.FloatRange(min=1),
+    default=300,
+    show_default=True,
+    help="Seconds the health check may take (longer: unhealthy).",
+)
+@click.option(
+    "--trial-boots",
+    type=click.IntRange(1, 9),
+    default=3,
+    show_default=True,
+    help="Boots a new slot gets to come up healthy before the bootloader falls back.",
+)
+@click.option(
+    "--late-fallback-boots",
+    type=click.IntRange(0, 1000),
+    default=3,
+    show_default=True,
+    help="Unhealthy boots in a row after which a committed slot falls back (0: never).",
+)
+@click.option(
+    "--reboot-command",
+    default="systemctl reboot",
+    show_default=True,
+    help="How post-boot (and --reboot-after-install) reboots.",
+)
+@click.option(
+    "--reboot-after-install",
+    is_flag=True,
+    help="Reboot into the new slot as soon as it is installed.",
 )
 @click.option("--attr", "attrs", multiple=True, help="key=value attributes (model, region, …).")
 @click.option("--poll-interval", type=click.IntRange(1), default=900, show_default=True)
@@ -90,6 +124,11 @@ def provision(
     boot_backend: str,
     boot_env: str,
     health_check: str,
+    health_timeout: float,
+    trial_boots: int,
+    late_fallback_boots: int,
+    reboot_command: str,
+    reboot_after_install: bool,
     attrs: tuple[str, ...],
     poll_interval: int,
     max_bytes_per_s: int,
@@ -105,6 +144,14 @@ def provision(
         raise ConfigError(f"slot A {slot_a} must hold the factory image")
     if (state_dir / KEY_FILE).exists():
         raise ConfigError(f"{state_dir} already holds a provisioned vehicle")
+    running = "A"  # the simulated device runs its factory slot
+    if boot_backend != "file":
+        said = slot_from_cmdline(read_text(CMDLINE, "kernel command line"))
+        if said not in (None, "A"):
+            raise ConfigError(
+                f"the kernel command line says this system runs slot {said}: provision from "
+                "slot A, which holds the factory image"
+            )
     state_dir.mkdir(parents=True, exist_ok=True)
     config = VehicleConfig(
         vehicle_id=vehicle_id,
@@ -116,6 +163,11 @@ def provision(
         boot_backend=boot_backend,
         boot_env=boot_env,
         health_check=health_check,
+        health_timeout_s=health_timeout,
+        trial_boots=trial_boots,
+        late_fallback_boots=late_fallback_boots,
+        reboot_command=reboot_command,
+        reboot_after_install=reboot_after_install,
         poll_interval=poll_interval,
         max_bytes_per_s=max_bytes_per_s,
         attributes=attributes,
@@ -151,9 +203,9 @@ def provision(
     )
     env = boot_env_for(config, state_dir)
     if isinstance(env, FileBootEnv):
-        env.init(BootState.initial(), overwrite=True)
+        env.init(BootState.initial(booted=running), overwrite=True)
     else:
-        env.save(BootState.initial())
+        env.save(BootState.initial())  # BOOTED_SLOT is the boot script's to write
     click.echo(
         f"provisioned {vehicle_id} ({hardware_id} {factory_version} in slot A); state in {state_dir}"
     )
@@ -165,27 +217,78 @@ def provision(
     "--once", is_flag=True, help="One poll/update turn, then exit (for cron, tests, the demo)."
 )
 def run(state_dir: Path, once: bool) -> None:
-    """The update daemon: poll, download, verify, install, request a trial boot; report every step."""
+    """The update daemon: poll, download, verify, install, request a trial boot; report every step.
+
+    Without --once it never exits on its own: a failed turn is logged and retried. With --once
+    the exit code says what the turn did: 0 nothing to do / updated / waiting, 3 refused or
+    failed, 5 server or repository unreachable (try again later), 1 error.
+    """
     car = Vehicle(state_dir)
-    failures = 0
-    while True:
-        result = car.cycle()
-        click.echo(f"{result.action}: {result.detail}")
-        if once:
-            if result.action in ("refused", "failed"):
-                raise SystemExit(3)
-            return
-        failures = failures + 1 if result.action in ("offline", "interrupted") else 0
-        delay = result.next_poll if failures == 0 else min(3600, 30 * 2 ** min(failures, 7))
-        time.sleep(delay * random.uniform(0.8, 1.2))  # jitter: a fleet never polls in lockstep
+    if once:
+        raise SystemExit(run_once(car, echo=click.echo))
+    run_daemon(car, echo=click.echo)  # click.echo flushes: journald sees each line at once
+
+
+@vehicle.command("post-boot")
+@state_dir_option
+@click.option("--no-reboot", is_flag=True, help="Say a reboot is needed instead of rebooting.")
+@click.option(
+    "--cmdline",
+    "cmdline_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=str(CMDLINE),
+    show_default=True,
+    help="Where to read the kernel command line (its overdrive.slot= says what booted).",
+)
+@click.option(
+    "--boot-id",
+    default=None,
+    help="This boot's id [default: the kernel's, /proc/sys/kernel/random/boot_id].",
+)
+def post_boot_command(
+    state_dir: Path, no_reboot: bool, cmdline_file: Path, boot_id: str | None
+) -> None:
+    """Handle this boot; run once per boot by init (overdrive-post-boot.service).
+
+    Finds the slot that booted, runs the health check, and commits a trial (mark good, report
+    committed) or rolls it back (mark bad, report rolled_back, reboot); records a rollback the
+    bootloader already made; counts unhealthy boots of a committed slot and falls back after
+    too many. A second run in the same boot changes nothing. Exit codes: 0 committed, healthy
+    or nothing to do; 4 rolled back; 6 the committed slot is unhealthy (counted); 1 error.
+    """
+    car = Vehicle(state_dir)
+    cmdline = (
+        None
+        if car.config.boot_backend == "file"
+        else read_text(cmdline_file, "kernel command line")
+    )
+    result = post_boot(
+        car, boot_id=boot_id or current_boot_id(), cmdline=cmdline, reboot=not no_reboot
+    )
+    click.echo(result.message)
+    raise SystemExit(result.exit_code)
 
 
 @vehicle.command("boot")
 @state_dir_option
-@click.option("--crash", is_flag=True, help="Simulate a boot that dies before the health check.")
+@click.option("--crash", is_flag=True, help="Simulate a boot that dies before post-boot runs.")
 def boot(state_dir: Path, crash: bool) -> None:
-    """Stand in for the bootloader and init: pick the slot, health-check, commit or roll back."""
-    click.echo(Vehicle(state_dir).boot(crash=crash))
+    """SIMULATOR for tests and the demo: play the bootloader and init in one step.
+
+    It applies the bootloader's rule to the boot environment (spending a trial's try), then
+    does what post-boot does. On a real device the bootloader has already chosen the slot:
+    never run this there; init runs 'overdrive vehicle post-boot'. Exit codes as post-boot's.
+    """
+    car = Vehicle(state_dir)
+    if car.config.boot_backend != "file":
+        click.echo(
+            f"note: simulating the bootloader on a {car.config.boot_backend} environment; "
+            "on a device, init runs 'overdrive vehicle post-boot' instead",
+            err=True,
+        )
+    result = simulate_boot(car, crash=crash)
+    click.echo(result.message)
+    raise SystemExit(result.exit_code)
 
 
 vehicle.add_command(tuf_client)
@@ -208,6 +311,8 @@ def status(state_dir: Path, as_json: bool) -> None:
         "boot": env.describe(),
         "assignment": (state.assignment or {}).get("payload"),
         "last_result": state.last_result,
+        "last_boot": state.last_boot,
+        "unhealthy_boots": state.unhealthy_boots,
         "pending_events": len(EventQueue(state_dir).pending()),
     }
     if as_json:
@@ -226,4 +331,11 @@ def status(state_dir: Path, as_json: bool) -> None:
     click.echo(f"  boot env: {env.describe()}")
     if state.last_result:
         click.echo(f"  last result: {json.dumps(state.last_result, sort_keys=True)}")
+    if state.last_boot:
+        click.echo(f"  last boot: {state.last_boot.get('message')}")
+    if state.unhealthy_boots:
+        click.echo(
+            f"  unhealthy boots in a row: {state.unhealthy_boots} "
+            f"(falls back at {config.late_fallback_boots or 'never'})"
+        )
     click.echo(f"  pending events: {data['pending_events']}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,19 @@ class VehicleConfig:
     #: Backend option: the env file (file backend, GRUB) or fw_env.config (U-Boot); "" = default.
     boot_env: str = ""
     health_check: str = ""
+    #: Seconds the health check may take; longer counts as unhealthy.
+    health_timeout_s: float = 300.0
+    #: Boots a newly installed slot gets to come up healthy before the bootloader falls back.
+    trial_boots: int = 3
+    #: A committed slot whose health check fails this many boots in a row falls back to the
+    #: other slot when that still holds a good image; 0 never falls back.
+    late_fallback_boots: int = 3
+    #: How post-boot (after a rollback) and the daemon (with reboot_after_install) reboot.
+    reboot_command: str = "systemctl reboot"
+    #: Reboot into the new slot as soon as it is installed (else: at the next ignition cycle).
+    reboot_after_install: bool = False
+    #: Overall deadline of one request to the server or the image repository (headers, body).
+    request_deadline_s: float = 120.0
     poll_interval: int = 900
     max_bytes_per_s: int = 0  # 0: no bandwidth cap
     cache_max_bytes: int = 4 << 30
@@ -36,6 +49,38 @@ class VehicleConfig:
     #: A download slower than 1 KiB/s averaged over this window is dropped (slow retrieval).
     download_rate_window_s: float = 10.0
     attributes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Check what an integrator may have edited by hand: one clear line per mistake."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = _KINDS[str(f.type)]
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                setattr(self, f.name, value)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ConfigError(f"vehicle.toml: {f.name} must be {_KIND_NAMES[kind]}")
+        if self.boot_backend not in BOOT_BACKENDS:
+            raise ConfigError(
+                f"vehicle.toml: boot_backend must be one of {', '.join(BOOT_BACKENDS)}"
+            )
+        limits = {
+            "trial_boots": (1, 9),  # 9: what the GRUB script can count down from
+            "late_fallback_boots": (0, 1000),
+            "poll_interval": (1, 86_400),
+            "download_attempts": (1, 1000),
+        }
+        for name, (lo, hi) in limits.items():
+            if not lo <= getattr(self, name) <= hi:
+                raise ConfigError(f"vehicle.toml: {name} must be between {lo} and {hi}")
+        for name in ("health_timeout_s", "request_deadline_s", "download_rate_window_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"vehicle.toml: {name} must be a positive number of seconds")
+        if self.max_bytes_per_s < 0 or self.cache_max_bytes < 0 or self.download_backoff_s < 0:
+            raise ConfigError(
+                "vehicle.toml: max_bytes_per_s, cache_max_bytes and download_backoff_s "
+                "must not be negative"
+            )
 
     def slot_path(self, slot: str) -> Path:
         return Path(self.slot_a if slot == "A" else self.slot_b)
@@ -63,10 +108,30 @@ class VehicleConfig:
             ) from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path} is not valid TOML: {e}") from e
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown setting {unknown[0]!r}")
         try:
             return cls(**data)
-        except TypeError as e:
+        except TypeError as e:  # a required setting is missing
             raise ConfigError(f"{path}: {e}") from e
+
+
+_KINDS: dict[str, type] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "dict[str, str]": dict,
+}
+_KIND_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    dict: "a table",
+}
 
 
 def _toml_value(value: Any) -> str:

@@ -47,7 +47,9 @@ from urllib3.exceptions import (
 )
 
 from overdrive.errors import OverdriveError
+from overdrive.http import Deadline, DeadlineExceeded, pool_manager
 from overdrive.storage.local import fsync_dir
+from overdrive.text import one_line
 
 __all__ = [
     "BundleCache",
@@ -107,6 +109,9 @@ class DownloadOptions:
 
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
+    #: Overall time for one request's status line and headers: a server that trickles its
+    #: headers one byte at a time beats ``read_timeout`` but not this.
+    header_deadline_s: float = 30.0
     min_rate_bytes_per_s: int = 1024
     rate_window_s: float = 10.0
     max_bytes_per_s: int | None = None
@@ -114,7 +119,10 @@ class DownloadOptions:
     backoff_s: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.connect_timeout <= 0 or self.read_timeout <= 0 or self.rate_window_s <= 0:
+        if (
+            min(self.connect_timeout, self.read_timeout, self.header_deadline_s) <= 0
+            or self.rate_window_s <= 0
+        ):
             raise DownloadError("download timeouts and the rate window must be positive")
         if self.min_rate_bytes_per_s < 0 or self.backoff_s < 0:
             raise DownloadError("download minimum rate and backoff must not be negative")
@@ -667,7 +675,8 @@ class _HttpSource:
         self.url = url
         self.shown = _redact(url)
         self._read_timeout = opts.read_timeout
-        self._pool = urllib3.PoolManager(
+        self._header_deadline_s = opts.header_deadline_s
+        self._pool = pool_manager(
             num_pools=2,
             timeout=urllib3.Timeout(connect=opts.connect_timeout, read=opts.read_timeout),
             retries=False,
@@ -691,15 +700,22 @@ class _HttpSource:
         url = self.url
         for _ in range(_MAX_REDIRECTS + 1):
             try:
-                response = self._pool.request(
-                    "GET",
-                    url,
-                    headers=headers,
-                    preload_content=False,
-                    decode_content=False,
-                    redirect=False,
-                    retries=False,
-                )
+                # The deadline covers the status line and headers; the body's pace is judged
+                # by the rate monitor (a large bundle may rightly take long).
+                with Deadline(self._header_deadline_s).running(self.shown):
+                    response = self._pool.request(
+                        "GET",
+                        url,
+                        headers=headers,
+                        preload_content=False,
+                        decode_content=False,
+                        redirect=False,
+                        retries=False,
+                    )
+            except DeadlineExceeded:
+                raise _Retry(
+                    f"no complete response headers within {self._header_deadline_s:g} s"
+                ) from None
             except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
                 raise _Retry(_reason(e, self._read_timeout)) from e
             location = response.headers.get("Location")
@@ -733,7 +749,7 @@ class _HttpSource:
             raise _Retry(f"HTTP 416: the server has no bytes from {offset}", restart=True)
         if status == 429 or status >= 500:
             raise _Retry(f"HTTP {status}", retry_after=_retry_after(response))
-        reason = " ".join(str(response.reason or "").split())
+        reason = one_line(response.reason or "", 100)  # the mirror's words: untrusted text
         raise DownloadError(f"{self.shown}: HTTP {status} {reason}".rstrip())
 
 
@@ -869,11 +885,11 @@ def _reason(e: BaseException, read_timeout: float) -> str:
     """A short, one-line description of a transport error."""
     if isinstance(e, NewConnectionError):
         cause: object = e.__context__ or e
-        return " ".join(f"cannot connect: {cause}".split())
+        return one_line(f"cannot connect: {cause}", 200)
     if isinstance(e, ConnectTimeoutError):
         return "connect timed out"
     if isinstance(e, ReadTimeoutError | TimeoutError):
         return f"no data for {read_timeout:g} s (read timeout)"
     if isinstance(e, ProtocolError) and len(e.args) > 1:
-        return " ".join(f"connection broken: {e.args[1]!r}".split())
-    return " ".join(f"connection error: {e}".split())
+        return one_line(f"connection broken: {e.args[1]!r}", 200)
+    return one_line(f"connection error: {e}", 200)

@@ -19,6 +19,14 @@ class ServerError(ClientError):
     """The rollout server could not be reached or refused a request."""
 
 
+class ServerRefused(ServerError):
+    """The server answered 4xx: it refused this very request (not: it was unreachable)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class Refused(ClientError):
     """An update was refused by a verification step; the vehicle stays on its slot.
 

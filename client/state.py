@@ -4,6 +4,10 @@
 (back to idle) | rolled back (back to idle)``. Every change is written atomically (temp, fsync,
 rename, fsync dir) before the step it describes has effects, so after a power cut the client knows
 exactly where it was and resumes or cleans up.
+
+Invariant shared with the boot environment: a slot the bootloader may start (good, or on trial
+with tries left) holds a verified image recorded here. The updater marks a slot bad before it
+writes into it, and post-boot restores the invariant after any interruption.
 """
 
 from __future__ import annotations
@@ -54,6 +58,15 @@ class VehicleState:
     committed_counter: int = 0
     last_result: dict[str, Any] | None = None
     event_seq: int = 0
+    #: What post-boot concluded about the last boot it handled (boot id, slot, outcome, message):
+    #: a second run in the same boot changes nothing.
+    last_boot: dict[str, Any] | None = None
+    #: Boots in a row whose health check failed on the committed slot (late-failure fallback).
+    unhealthy_boots: int = 0
+    #: Final events decided together with this state (committed, rolled back, failed), saved in
+    #: the same atomic write and then moved to the event queue: a decision and its report are
+    #: never separated by a power cut.
+    outbox: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def inactive(self) -> str:

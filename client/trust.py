@@ -29,7 +29,8 @@ from tuf.ngclient import Updater, UpdaterConfig
 from client.errors import Refused, RepositoryUnreachable
 from client.state import SlotImage
 from overdrive.envelope import ASSIGNMENT, EnvelopeError, verify_envelope
-from overdrive.fetcher import LocalOrHttpFetcher
+from overdrive.fetcher import DEFAULT_DEADLINE_S, LocalOrHttpFetcher
+from overdrive.text import one_line
 from overdrive.tuf_layout import DIRECTOR_KEYS_TARGET, BundleInfo, LayoutError, target_storage_key
 
 TRUSTED_ROOT = "trusted_root.json"
@@ -48,10 +49,11 @@ class Verified:
 class Trust:
     """The vehicle's TUF client (state in ``STATE_DIR/tuf``) over the image repository."""
 
-    def __init__(self, state_dir: Path, repo_url: str) -> None:
+    def __init__(self, state_dir: Path, repo_url: str, deadline_s: float = 300.0) -> None:
         self.state_dir = state_dir
         self.metadata_dir = state_dir / "tuf"
         self.repo_url = repo_url.rstrip("/") + "/"
+        self.deadline_s = deadline_s
         self._updater: Updater | None = None
 
     def refresh(self) -> Updater:
@@ -66,6 +68,7 @@ class Trust:
             self.state_dir / "tuf-targets",
             self.repo_url + "targets/",
             bootstrap=bootstrap,
+            deadline_s=self.deadline_s,
         )
         try:
             updater.refresh()
@@ -73,7 +76,8 @@ class Trust:
             _raise_for_download(e, "tuf_refresh_failed")
         except RepositoryError as e:
             raise Refused(
-                "tuf_refresh_failed", f"image repository does not verify: {type(e).__name__}: {e}"
+                "tuf_refresh_failed",
+                one_line(f"image repository does not verify: {type(e).__name__}: {e}"),
             ) from e
         self._updater = updater
         return updater
@@ -110,7 +114,7 @@ def _raise_for_download(error: DownloadError, reason: str) -> NoReturn:
     if isinstance(error, DownloadLengthMismatchError):
         raise Refused(reason, f"image repository sent too much data: {error}") from error
     raise RepositoryUnreachable(
-        f"image repository unreachable: {type(error).__name__}: {error}"
+        one_line(f"image repository unreachable: {type(error).__name__}: {error}")
     ) from error
 
 
@@ -121,17 +125,19 @@ def make_updater(
     target_url: str | None,
     *,
     bootstrap: bytes | None = None,
+    deadline_s: float = DEFAULT_DEADLINE_S,
 ) -> Updater:
     """The vehicle's one TUF client: python-tuf's ngclient with our fetcher (HTTP and file://).
 
-    ``bootstrap=None`` trusts the ``root.json`` already in ``metadata_dir``.
+    ``bootstrap=None`` trusts the ``root.json`` already in ``metadata_dir``. ``deadline_s``
+    bounds each fetch as a whole (headers and body).
     """
     return Updater(
         str(metadata_dir),
         metadata_url,
         str(target_dir) if target_dir is not None else None,
         target_url,
-        fetcher=LocalOrHttpFetcher(user_agent="overdrive-vehicle"),
+        fetcher=LocalOrHttpFetcher(user_agent="overdrive-vehicle", deadline_s=deadline_s),
         config=UpdaterConfig(app_user_agent="overdrive-vehicle"),
         bootstrap=bootstrap,
     )

@@ -26,7 +26,7 @@ def _fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-@click.group("tuf-client")
+@click.group("tuf-client", hidden=True)
 @click.option("--metadata-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--metadata-url", default=None)
 @click.option("--target-name", "target_names", multiple=True)

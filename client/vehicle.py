@@ -1,19 +1,16 @@
 """One vehicle: its configuration, state, keys, boot environment and the update steps.
 
-:meth:`Vehicle.cycle` is one turn of the daemon: send queued events, resume whatever a crash
-interrupted, otherwise poll and — for a verified assignment — download, install into the inactive
-slot and request a trial boot. :meth:`Vehicle.boot` stands in for the bootloader and init: it
-picks the slot, runs the health check, and commits or rolls back. Every step is persisted before
-its effects (see :mod:`client.state`) and reported as an event (see :mod:`client.events`).
+:meth:`Vehicle.cycle` is one turn of the daemon: deliver queued events, resume whatever a crash
+interrupted, otherwise poll and — for a verified assignment — download, install into the slot
+that is not running and request a trial boot. What happens at boot (commit, roll back) is
+:mod:`client.boot`'s. Every step is persisted before its effects (see :mod:`client.state`) and
+reported as an event (see :mod:`client.events`); final outcomes go through the state's outbox,
+so a decision and its report are saved together.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import secrets
-import shlex
-import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +19,7 @@ from typing import Any
 from client import bootchooser as bc
 from client.api import ServerApi
 from client.bootenv import BootEnv, open_boot_env
+from client.bootslot import CMDLINE, find_booted, read_text
 from client.config import VehicleConfig
 from client.download import (
     BundleCache,
@@ -31,9 +29,11 @@ from client.download import (
     HashMismatch,
 )
 from client.errors import Refused, RepositoryUnreachable, ServerError
-from client.events import EventQueue, now_iso
+from client.events import EventQueue, event_id, now_iso
 from client.identity import load_key
 from client.install import clear_progress, install_bundle
+from client.postboot import final_event
+from client.reboot import request_reboot
 from client.state import (
     DOWNLOADED,
     DOWNLOADING,
@@ -46,21 +46,36 @@ from client.state import (
 )
 from client.trust import Trust, check_assignment, check_target
 from overdrive.envelope import MANIFEST
+from overdrive.text import one_line
 from overdrive.tuf_layout import BundleInfo
 
 KEY_FILE = "vehicle.key"
-HEALTH_TIMEOUT = 300
 #: Downloads whose bytes did not match the signed hash before the assignment is given up.
 MAX_CORRUPT_DOWNLOADS = 3
+
+#: What a daemon turn did → the exit code of ``vehicle run --once`` (see docs/vehicles.md).
+ACTION_EXIT_CODES = {
+    "nothing": 0,
+    "updated": 0,
+    "waiting": 0,
+    "refused": 3,
+    "failed": 3,
+    "offline": 5,
+    "interrupted": 5,
+    "server_error": 5,
+}
 
 
 @dataclass
 class CycleResult:
     """What one daemon turn did, and when to come back."""
 
-    action: str  # "nothing", "updated", "refused", "offline", "waiting", "interrupted", "failed"
+    action: str  # a key of ACTION_EXIT_CODES
     detail: str
     next_poll: int
+
+    def __post_init__(self) -> None:
+        self.detail = one_line(self.detail)  # it may quote a mirror or a server
 
 
 def boot_env_for(config: VehicleConfig, state_dir: Path) -> BootEnv:
@@ -77,7 +92,7 @@ class Vehicle:
         self.config = VehicleConfig.load(state_dir)
         self.store = StateStore(state_dir)
         self.events = EventQueue(state_dir)
-        self.trust = Trust(state_dir, self.config.repo_url)
+        self.trust = Trust(state_dir, self.config.repo_url, self.config.request_deadline_s)
         self.boot_env = boot_env_for(self.config, state_dir)
         self.cache = BundleCache(state_dir / "cache", self.config.cache_max_bytes)
         self._api: ServerApi | None = None
@@ -86,7 +101,10 @@ class Vehicle:
     def api(self) -> ServerApi:
         if self._api is None:
             self._api = ServerApi(
-                self.config.server_url, self.config.vehicle_id, load_key(self.state_dir / KEY_FILE)
+                self.config.server_url,
+                self.config.vehicle_id,
+                load_key(self.state_dir / KEY_FILE),
+                deadline_s=self.config.request_deadline_s,
             )
         return self._api
 
@@ -95,21 +113,26 @@ class Vehicle:
     def report(
         self, state: VehicleState, kind: str, reason: str | None = None, **details: Any
     ) -> None:
-        """Queue an event about the current assignment; its id is derived from the assignment
-        and the step, so the same step reported again after a crash is stored once."""
-        assignment = state.assignment or {}
-        payload = assignment.get("payload", {})
-        basis = f"{payload.get('campaign_id')}|{payload.get('nonce')}|{kind}"
-        event_id = hashlib.sha256(basis.encode()).hexdigest()[:32] if payload else None
+        """Queue a progress event about the current assignment (stored once per step)."""
+        payload = (state.assignment or {}).get("payload", {})
         self.events.add(
             kind,
-            event_id=event_id,
+            event_id=event_id(state.assignment, kind) if payload else None,
             campaign_id=payload.get("campaign_id"),
             hardware_id=payload.get("hardware_id") or self.config.hardware_id,
             reason=reason,
             version=payload.get("version"),
             **details,
         )
+
+    def save_with_outbox(self, state: VehicleState) -> None:
+        """Save ``state`` (with the final events decided with it), then queue those events."""
+        self.store.save(state)
+        if state.outbox:
+            for event in state.outbox:
+                self.events.put(event)
+            state.outbox = []
+            self.store.save(state)
 
     def flush_events(self) -> bool:
         """Send queued events; False when the server is unreachable (they stay queued)."""
@@ -119,10 +142,21 @@ class Vehicle:
         except ServerError:
             return False
 
+    # ------------------------------------------------------------------ the running slot
+
+    def running_slot(self, env: bc.BootState) -> str:
+        """The slot this system runs from (kernel command line, else the bootloader's record)."""
+        cmdline = None if self.config.boot_backend == "file" else read_text(CMDLINE, "cmdline")
+        return find_booted(cmdline, env, where=self.boot_env.describe()).slot
+
+    def reboot(self) -> None:
+        request_reboot(self.config.reboot_command)
+
     # ------------------------------------------------------------------ the daemon turn
 
     def cycle(self) -> CycleResult:
         state = self.store.load()
+        self.save_with_outbox(state)  # final events a power cut left in the outbox
         self.flush_events()
         if state.state in (DOWNLOADING, DOWNLOADED, INSTALLING):
             return self._continue(state)
@@ -158,31 +192,45 @@ class Vehicle:
         nonce = secrets.token_hex(16)
         state.manifest_counter += 1
         self.store.save(state)  # a counter is never reused, even across a crash
+        interval = self.config.poll_interval
         try:
             answer = self.api.poll(self._manifest(state, nonce))
         except ServerError as e:
-            return CycleResult("offline", str(e), self.config.poll_interval)
-        next_poll = int(answer.get("next_poll_seconds") or self.config.poll_interval)
-        assignments = [a for a in answer.get("assignments", []) if _for(a, self.config.hardware_id)]
+            action = "offline" if "cannot reach" in str(e) else "server_error"
+            return CycleResult(action, str(e), interval)
+        next_poll = answer.next_poll or interval
+        assignments = [a for a in answer.assignments if _for(a, self.config.hardware_id)]
         if not assignments:
             return CycleResult("nothing", "nothing to do", next_poll)
+        running = self.running_slot(self.boot_env.load())
+        if running != state.active:
+            return CycleResult(
+                "failed",
+                f"running slot {running}, but the committed image is in slot {state.active}: "
+                "not updating until post-boot has handled this boot",
+                next_poll,
+            )
         try:
-            verified = self._verify(state, assignments[0], nonce)
+            verified = self._verify(state, assignments[0], nonce, running)
         except RepositoryUnreachable as e:
             return CycleResult("offline", str(e), next_poll)
         except Refused as e:
             # Name the campaign only for an assignment whose signature checked out: a forged one
             # must not take the vehicle out of a real campaign.
             state.assignment = {"payload": e.payload} if e.payload else None
-            self.report(state, "failed", f"{e.reason}: {e}")
+            state.outbox.append(
+                final_event(
+                    state,
+                    "failed",
+                    now_iso(),
+                    self.config.hardware_id,
+                    f"{e.reason}: {e}",
+                    salt="" if e.payload else nonce,
+                )
+            )
             state.assignment = None
-            state.last_result = {
-                "status": "refused",
-                "reason": e.reason,
-                "message": str(e),
-                "at": now_iso(),
-            }
-            self.store.save(state)
+            state.last_result = _result("refused", e.reason, str(e))
+            self.save_with_outbox(state)
             self.flush_events()
             return CycleResult("refused", f"{e.reason}: {e}", next_poll)
         if not _in_window(verified["payload"].get("maintenance_windows") or []):
@@ -193,7 +241,9 @@ class Vehicle:
         self.report(state, "downloading")
         return self._continue(state)
 
-    def _verify(self, state: VehicleState, envelope: Any, nonce: str) -> dict[str, Any]:
+    def _verify(
+        self, state: VehicleState, envelope: Any, nonce: str, running: str
+    ) -> dict[str, Any]:
         updater = self.trust.refresh()
         keys, threshold = self.trust.director_keys(updater)
         payload = check_assignment(
@@ -223,7 +273,8 @@ class Vehicle:
             "url": self.trust.bundle_url(target),
             "length": target.length,
             "sha256": target.hashes["sha256"],
-            "target_slot": state.inactive,
+            # never the running slot, whatever the boot environment says about the others
+            "target_slot": bc.other_slot(self.boot_env.load(), running),
             "info": {
                 "kind": info.kind,
                 "version": info.version,
@@ -266,11 +317,23 @@ class Vehicle:
             state.state = DOWNLOADED
             self.store.save(state)
             self.report(state, "downloaded")
+        target_slot = a["target_slot"]
+        env = self.boot_env.load()
+        running = self.running_slot(env)
+        if running == target_slot or running != state.active:
+            return self._abandon(
+                state,
+                "boot_mismatch",
+                f"slot {target_slot} was to be written, but this system runs slot {running} "
+                f"(committed: slot {state.active}); never writing into the running slot",
+            )
         if state.state == DOWNLOADED:
+            # The bootloader must never start a slot we are about to overwrite.
+            self.boot_env.save(bc.mark_bad(env, target_slot))
+            state.slots[target_slot] = None
             state.state = INSTALLING
             self.store.save(state)
             self.report(state, "installing")
-        target_slot = a["target_slot"]
         try:
             install_bundle(
                 bundle,
@@ -293,130 +356,52 @@ class Vehicle:
         self._request_trial(state)
         self.report(state, "installed", slot=target_slot)
         self.flush_events()
-        return CycleResult(
-            "updated",
-            f"installed {info.version} into slot {target_slot}; reboot to try it",
-            self.config.poll_interval,
-        )
+        detail = f"installed {info.version} into slot {target_slot}"
+        if self.config.reboot_after_install:
+            self.reboot()
+            return CycleResult(
+                "updated", f"{detail}; rebooting to try it", self.config.poll_interval
+            )
+        return CycleResult("updated", f"{detail}; reboot to try it", self.config.poll_interval)
 
     def _request_trial(self, state: VehicleState) -> None:
-        """Ask the bootloader to try the new slot once (idempotent: safe to repeat after a crash)."""
+        """Ask the bootloader to try the new slot (idempotent: safe to repeat after a crash).
+
+        A trial that is already set up — including one whose tries the bootloader has spent —
+        is left alone: only post-boot may decide that a trial failed.
+        """
         assert state.assignment is not None
         target = state.assignment["target_slot"]
         env = self.boot_env.load()
-        if bc.trial_slot(env) != target or (
-            env.slot(target).tries_left == 0 and env.order[0] != target
-        ):
-            self.boot_env.save(bc.mark_try_once(env, target))
+        if bc.trial_slot(env) != target:
+            self.boot_env.save(bc.mark_trial(env, target, tries=self.config.trial_boots))
 
     def _abandon(self, state: VehicleState, reason: str, message: str) -> CycleResult:
         """Give up on the assignment: report it, clean up, stay on the active slot."""
-        self.report(state, "failed", f"{reason}: {message}")
+        state.outbox.append(
+            final_event(state, "failed", now_iso(), self.config.hardware_id, f"{reason}: {message}")
+        )
         target = (state.assignment or {}).get("target_slot")
         if target and state.state == INSTALLING:
             state.slots[target] = None  # half-written: never boot it
         state.state, state.assignment = IDLE, None
-        state.last_result = {
-            "status": "failed",
-            "reason": reason,
-            "message": message,
-            "at": now_iso(),
-        }
+        state.last_result = _result("failed", reason, message)
         clear_progress(self.state_dir)
-        self.store.save(state)
+        self.save_with_outbox(state)
         self.flush_events()
         return CycleResult("failed", f"{reason}: {message}", self.config.poll_interval)
 
     # ------------------------------------------------------------------ boot (simulated)
 
     def boot(self, *, crash: bool = False) -> str:
-        """Boot like the bootloader + init would: choose the slot, spend a try, health-check,
-        then commit the trial slot or roll back to the previous good one. ``crash`` simulates a
-        boot that dies before the health check (a boot loop)."""
-        env = self.boot_env.load()
-        slot, env = bc.choose_boot(env)
-        self.boot_env.save(env)
-        if crash:
-            return f"booted slot {slot} and crashed before the health check"
-        state = self.store.load()
-        pending = (
-            state.assignment["target_slot"]
-            if state.state == INSTALLED and state.assignment
-            else None
-        )
-        if pending is not None and slot == pending:
-            healthy, why = self._health_check(slot)
-            if healthy:
-                return self._commit(state, env, slot)
-            return self._rollback(state, slot, f"health check failed: {why}")
-        if (
-            pending is not None
-            and bc.trial_slot(env) == pending
-            and env.slot(pending).tries_left == 0
-        ):
-            return self._rollback(
-                state, pending, "boot attempts exhausted: the new slot never came up healthy"
-            )
-        if slot != state.active and state.image(slot) is not None and env.slot(slot).good:
-            state.active = slot  # a commit whose state write was cut: the bootloader knows better
-            self.store.save(state)
-        self.boot_env.save(bc.mark_good(self.boot_env.load(), slot))
-        return f"booted slot {slot} ({_describe(state.image(slot))})"
+        """The simulated bootloader + init (see :func:`client.boot.simulate_boot`)."""
+        from client.boot import simulate_boot
 
-    def _health_check(self, slot: str) -> tuple[bool, str]:
-        command = self.config.health_check
-        if not command:
-            return True, "no health check configured"
-        image = self.store.load().image(slot)
-        env = {
-            **os.environ,
-            "OVERDRIVE_SLOT": slot,
-            "OVERDRIVE_SLOT_PATH": str(self.config.slot_path(slot)),
-            "OVERDRIVE_VERSION": image.version if image else "",
-        }
-        try:
-            result = subprocess.run(
-                shlex.split(command),
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=HEALTH_TIMEOUT,
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return False, f"{command!r} could not run: {e}"
-        detail = (result.stdout + result.stderr).strip().splitlines()
-        return result.returncode == 0, (detail[-1] if detail else f"exit code {result.returncode}")
+        return simulate_boot(self, crash=crash).message
 
-    def _commit(self, state: VehicleState, env: bc.BootState, slot: str) -> str:
-        self.boot_env.save(bc.mark_good(env, slot))  # first: the bootloader must keep this slot
-        image = state.image(slot)
-        assert image is not None
-        self.report(state, "booted", slot=slot)
-        self.report(state, "committed", slot=slot)
-        state.active, state.state, state.assignment = slot, IDLE, None
-        state.committed_counter = max(state.committed_counter, image.release_counter)
-        state.last_result = {"status": "committed", "version": image.version, "at": now_iso()}
-        self.store.save(state)
-        self.flush_events()
-        return f"committed {image.version} in slot {slot}"
 
-    def _rollback(self, state: VehicleState, bad_slot: str, reason: str) -> str:
-        image = state.image(bad_slot)
-        self.report(state, "rolled_back", reason, slot=bad_slot)
-        state.slots[bad_slot] = None
-        state.state, state.assignment = IDLE, None
-        state.last_result = {
-            "status": "rolled_back",
-            "version": image.version if image else None,
-            "reason": reason,
-            "at": now_iso(),
-        }
-        self.store.save(state)
-        env = bc.mark_bad(self.boot_env.load(), bad_slot)
-        slot, env = bc.choose_boot(env)  # "reboot" into the previous good slot
-        self.boot_env.save(bc.mark_good(env, slot))
-        self.flush_events()
-        return f"rolled back to slot {slot}: {reason}"
+def _result(status: str, reason: str, message: str) -> dict[str, Any]:
+    return {"status": status, "reason": reason, "message": one_line(message), "at": now_iso()}
 
 
 def _for(envelope: Any, hardware_id: str) -> bool:
@@ -428,7 +413,3 @@ def _in_window(windows: list[dict[str, Any]], now: datetime | None = None) -> bo
     from overdrive.maintenance import in_windows
 
     return in_windows(windows, (now or datetime.now(UTC)).astimezone())
-
-
-def _describe(image: SlotImage | None) -> str:
-    return f"{image.hardware_id} {image.version}" if image else "no verified image"

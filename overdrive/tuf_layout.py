@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from overdrive.bundle.errors import BundleError
-from overdrive.bundle.format import ImageIdentity
+from overdrive.bundle.format import Expected, ImageIdentity
 from overdrive.errors import OverdriveError
 
 METADATA_PREFIX = "metadata/"
@@ -32,6 +32,7 @@ DIRECTOR_KEYS_TARGET = "director/keys.json"
 CUSTOM_KEY = "overdrive"
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class LayoutError(OverdriveError):
@@ -96,6 +97,10 @@ class BundleInfo:
     kind: str  # "full" | "delta"
     image: ImageRef
     source: ImageRef | None = None
+    #: The bundle manifest's sha256 and length: a decoder authenticates the header (and so the
+    #: chunk table) against these before it reads or parses more. ``None`` on older targets.
+    manifest_sha256: str | None = None
+    manifest_length: int | None = None
 
     def to_custom(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -107,7 +112,15 @@ class BundleInfo:
         }
         if self.source is not None:
             info["source"] = self.source.to_dict()
+        if self.manifest_sha256 is not None:
+            info["manifest"] = {"sha256": self.manifest_sha256, "length": self.manifest_length}
         return {CUSTOM_KEY: info}
+
+    def expected(self) -> Expected:
+        """What a decoder must find in this bundle's header (checked before it writes)."""
+        return Expected(
+            self.hardware_id, self.image, self.source, self.manifest_sha256, self.manifest_length
+        )
 
     @classmethod
     def from_custom(cls, custom: Any, where: str = "target") -> BundleInfo | None:
@@ -131,4 +144,20 @@ class BundleInfo:
         )
         if (kind == "delta") != (source is not None):
             raise LayoutError(f"{where}: a delta needs a source, a full bundle has none")
-        return cls(hw, version, counter, kind, image, source)
+        manifest_sha256, manifest_length = _manifest_ref(info.get("manifest"), where)
+        return cls(hw, version, counter, kind, image, source, manifest_sha256, manifest_length)
+
+
+def _manifest_ref(raw: Any, where: str) -> tuple[str | None, int | None]:
+    if raw is None:
+        return None, None
+    sha, length = (raw.get("sha256"), raw.get("length")) if isinstance(raw, dict) else (None, None)
+    if (
+        not isinstance(sha, str)
+        or not _HEX64.fullmatch(sha)
+        or isinstance(length, bool)
+        or not isinstance(length, int)
+        or length < 1
+    ):
+        raise LayoutError(f"{where}: manifest must be {{sha256: 64 hex digits, length: bytes}}")
+    return sha, length

@@ -16,6 +16,7 @@ from pathlib import Path
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from overdrive.bundle import apply_bundle, encode_bundle, image_sha256
+from overdrive.bundle.format import read_header
 from overdrive.tuf_layout import (
     BundleInfo,
     ImageRef,
@@ -194,6 +195,8 @@ def add_release(
                 jobs=options.jobs,
                 progress=options.progress,
             )
+            with out.open("rb") as f:
+                header = read_header(f)
             info = BundleInfo(
                 hardware_id,
                 version,
@@ -201,6 +204,8 @@ def add_release(
                 "delta" if source_ref else "full",
                 image_ref,
                 source_ref,
+                header.manifest_sha256,
+                header.manifest_length,
             )
             target = TargetFile.from_file(path, str(out), ["sha256"])
             target.unrecognized_fields["custom"] = info.to_custom()

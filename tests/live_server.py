@@ -91,8 +91,10 @@ def provision(
     factory: Path | None = None,
     factory_version: str | None = None,
     factory_counter: int | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Car:
-    """Provision a vehicle whose slot A holds ``image`` (or ``factory``, an image of our own)."""
+    """Provision a vehicle whose slot A holds ``image`` (or ``factory``, an image of our own);
+    ``extra`` are more ``vehicle provision`` options."""
     ref = live.published.images[image]
     car_dir = tmp_path / vehicle_id
     car_dir.mkdir()
@@ -128,6 +130,7 @@ def provision(
         health_check,
         "--attr",
         "model=m1",
+        *extra,
     )
     assert result.code == 0, result.stderr
     return Car(car_dir / "state", slot_a, slot_b)

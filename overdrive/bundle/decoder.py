@@ -3,7 +3,10 @@
 Order of operations (each step must pass before the next one runs):
 
 1. Read and verify the header (magic, version, manifest sha256, strict manifest validation,
-   file length) — see :func:`overdrive.bundle.format.read_header`.
+   file length) — see :func:`overdrive.bundle.format.read_header` — and, given the signed
+   description (:class:`~overdrive.bundle.format.Expected`), that the header is what was signed:
+   the manifest's length before it is read, its hash before it is parsed, hardware id and image
+   and source identities before anything is written.
 2. For a delta, stream-hash the first ``source.length`` bytes of the source and compare sha256 and
    length with the manifest (:class:`SourceMismatch`). Nothing has been written yet.
 3. Open the target without truncating it (it may be a block device, i.e. the inactive slot). A
@@ -43,7 +46,15 @@ from overdrive.bundle.errors import (
     SourceMismatch,
     TruncatedBundle,
 )
-from overdrive.bundle.format import BundleHeader, Chunk, ImageIdentity, Manifest, Op, read_header
+from overdrive.bundle.format import (
+    BundleHeader,
+    Chunk,
+    Expected,
+    ImageIdentity,
+    Manifest,
+    Op,
+    read_header,
+)
 from overdrive.bundle.image import hash_prefix, pread_exact, pwrite_all
 from overdrive.storage.local import atomic_write
 
@@ -223,13 +234,16 @@ def apply_bundle(
     *,
     source: Path | None = None,
     progress_file: Path | None = None,
+    expected: Expected | None = None,
 ) -> Manifest:
     """Apply ``bundle`` into ``target`` (file or block device), reading ``source`` for a delta.
 
     ``target`` is written in place and never truncated except, for a regular file, to the image
     length at the end. With ``progress_file``, progress is recorded after every verified chunk
-    and a rerun with the same bundle and target resumes after the last verified chunk. Returns
-    the manifest. Raises a :class:`BundleError` subclass on any bad input.
+    and a rerun with the same bundle and target resumes after the last verified chunk. With
+    ``expected`` (what the signed target says), a bundle that is something else is refused
+    (:class:`~overdrive.bundle.errors.NotAsSigned`) before a byte is written. Returns the
+    manifest. Raises a :class:`BundleError` subclass on any bad input.
     """
     bundle, target = Path(bundle), Path(target)
     source = None if source is None else Path(source)
@@ -241,7 +255,7 @@ def apply_bundle(
     with contextlib.ExitStack() as stack:
         stack.enter_context(bundle_file)
         try:
-            header = read_header(bundle_file)
+            header = read_header(bundle_file, expected)
         except OSError as e:
             raise _fail_io("read bundle", bundle, e) from e
         manifest = header.manifest

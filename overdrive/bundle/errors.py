@@ -19,6 +19,7 @@ __all__ = [
     "CorruptManifest",
     "CorruptPayload",
     "DecompressionBomb",
+    "NotAsSigned",
     "OutOfRange",
     "ResultMismatch",
     "SourceMismatch",
@@ -66,6 +67,11 @@ class OutOfRange(BundleError):
 
 class DecompressionBomb(BundleError):
     """A payload decompresses (or declares it would) to more than its declared size."""
+
+
+class NotAsSigned(BundleError):
+    """The bundle's header is not what its signed description says (manifest hash or length,
+    hardware id, image or source identity): refused before a byte is written."""
 
 
 class SourceMismatch(BundleError):

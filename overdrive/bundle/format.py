@@ -33,6 +33,7 @@ from overdrive.bundle.errors import (
     BadMagic,
     BundleError,
     CorruptManifest,
+    NotAsSigned,
     OutOfRange,
     TruncatedBundle,
     UnsupportedVersion,
@@ -53,12 +54,14 @@ __all__ = [
     "WINDOW_FACTOR",
     "BundleHeader",
     "Chunk",
+    "Expected",
     "ImageIdentity",
     "Manifest",
     "Op",
     "encode_header",
     "max_compressed_length",
     "max_control_size",
+    "max_manifest_length",
     "read_header",
     "read_manifest",
 ]
@@ -78,6 +81,7 @@ MAX_WINDOW_EXTENTS = 16
 WINDOW_FACTOR = 2  # a chunk's source window is at most WINDOW_FACTOR * chunk_size bytes
 CONTROL_TUPLE_SIZE = 24  # a bsdiff control tuple: three 8-byte sign-magnitude integers
 _BYTES_PER_CONTROL_TUPLE = 64  # at most one control tuple per 64 result bytes (+1)
+_MAX_CHUNK_ENTRY = 1536  # bytes of canonical JSON one chunk entry can take (16 window extents)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -123,6 +127,16 @@ def max_compressed_length(size: int) -> int:
     headers. Bounding payload lengths keeps the decoder's memory bounded by the chunk size.
     """
     return size + (size >> 8) + 1024
+
+
+def max_manifest_length(image_length: int) -> int:
+    """The longest manifest a valid bundle of an ``image_length``-byte image can have.
+
+    A bound for decoders that know the image but not the manifest (a target signed without
+    ``manifest`` identity): what the format allows, at most :data:`MAX_MANIFEST_LENGTH`.
+    """
+    chunks = -(-image_length // MIN_CHUNK_SIZE)
+    return min(MAX_MANIFEST_LENGTH, 4096 + chunks * _MAX_CHUNK_ENTRY)
 
 
 def max_control_size(result_length: int) -> int:
@@ -528,6 +542,55 @@ class BundleHeader:
     payload_start: int
     file_length: int
 
+    @property
+    def manifest_length(self) -> int:
+        """Bytes of manifest JSON in the header."""
+        return self.payload_start - PREFIX_LENGTH - HASH_LENGTH
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a signed description (a TUF target's ``custom``) says a bundle is.
+
+    A decoder given one checks it against the header before it writes anything: the manifest's
+    length before reading it (so a hostile header cannot make it read or parse more than the
+    signed manifest), its sha256 before parsing it, then hardware id and image and source
+    identities. ``manifest_sha256``/``manifest_length`` may be ``None`` for descriptions that
+    predate them; the length is then bounded by :func:`max_manifest_length` of the image.
+    """
+
+    hardware_id: str
+    image: ImageIdentity
+    source: ImageIdentity | None = None
+    manifest_sha256: str | None = None
+    manifest_length: int | None = None
+
+    @property
+    def manifest_bound(self) -> int:
+        if self.manifest_length is not None:
+            return self.manifest_length
+        return max_manifest_length(self.image.length)
+
+    def check(self, header: BundleHeader) -> None:
+        """:class:`NotAsSigned` unless the parsed header is what this description says."""
+        m = header.manifest
+        found = [
+            ("hardware id", m.hardware_id, self.hardware_id),
+            ("image", m.image, self.image),
+            ("source image", m.source, self.source),
+        ]
+        for what, got, want in found:
+            if got != want:
+                raise NotAsSigned(
+                    f"bundle's {what} is {_show(got)}, its signed target says {_show(want)}"
+                )
+
+
+def _show(value: object) -> str:
+    if isinstance(value, ImageIdentity):
+        return f"{value.version} ({value.length} bytes, sha256 {value.sha256[:12]}…)"
+    return "none" if value is None else repr(value)
+
 
 def encode_header(manifest: Manifest) -> bytes:
     """Serialize the header (prefix, manifest JSON, manifest sha256) for ``manifest``."""
@@ -552,11 +615,13 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
-def read_header(f: BinaryIO) -> BundleHeader:
+def read_header(f: BinaryIO, signed: Expected | None = None) -> BundleHeader:
     """Read and verify the header of the bundle open as ``f`` (seekable); payloads are not read.
 
     Checks, in order: magic, version, manifest length, manifest sha256, manifest validity, and
-    that the file is exactly as long as the payloads the manifest declares.
+    that the file is exactly as long as the payloads the manifest declares. With ``signed``,
+    also (each before the step it protects): the manifest length against the signed one (or its
+    bound), the manifest sha256 against the signed one, and the identities (:meth:`Expected.check`).
     """
     f.seek(0, os.SEEK_END)
     file_length = f.tell()
@@ -581,6 +646,17 @@ def read_header(f: BinaryIO) -> BundleHeader:
         raise CorruptManifest(
             f"manifest length {manifest_length} is outside [1, {MAX_MANIFEST_LENGTH}]"
         )
+    if signed is not None:
+        if signed.manifest_length is not None and manifest_length != signed.manifest_length:
+            raise NotAsSigned(
+                f"bundle's manifest is {manifest_length} bytes, its signed target says "
+                f"{signed.manifest_length}"
+            )
+        if manifest_length > signed.manifest_bound:
+            raise NotAsSigned(
+                f"bundle's manifest is {manifest_length} bytes, more than a bundle of the signed "
+                f"{signed.image.length}-byte image can need ({signed.manifest_bound})"
+            )
     payload_start = PREFIX_LENGTH + manifest_length + HASH_LENGTH
     if file_length < payload_start:
         raise TruncatedBundle(f"bundle is {file_length} bytes; its header needs {payload_start}")
@@ -592,6 +668,11 @@ def read_header(f: BinaryIO) -> BundleHeader:
     if actual != digest.hex():
         raise CorruptManifest(
             f"manifest sha256 mismatch: header says {digest.hex()}, manifest hashes to {actual}"
+        )
+    if signed is not None and signed.manifest_sha256 not in (None, actual):
+        raise NotAsSigned(
+            f"bundle's manifest has sha256 {actual}, its signed target says "
+            f"{signed.manifest_sha256}"
         )
     manifest = Manifest.from_json(body)
     expected = payload_start + manifest.payload_length
@@ -605,7 +686,10 @@ def read_header(f: BinaryIO) -> BundleHeader:
             f"bundle is {file_length} bytes but its manifest accounts for {expected} "
             f"({file_length - expected} unexplained trailing bytes)"
         )
-    return BundleHeader(manifest, actual, payload_start, file_length)
+    header = BundleHeader(manifest, actual, payload_start, file_length)
+    if signed is not None:
+        signed.check(header)
+    return header
 
 
 def read_manifest(bundle: str | os.PathLike[str] | BinaryIO) -> Manifest:

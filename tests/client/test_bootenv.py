@@ -1,6 +1,6 @@
 """Boot env backends: each round-trips a BootState; tool failures become one-line BootEnvErrors.
 
-The U-Boot and GRUB backends run against small fake tools (Python scripts on PATH that emulate
+The U-Boot and GRUB backends run against small fake tools (POSIX sh scripts on PATH that emulate
 ``fw_printenv``/``fw_setenv`` and ``grub-editenv`` on a plain file) everywhere, and against the
 real tools (Debian's ``u-boot-tools``/``libubootenv-tool`` and ``grub-common``) where installed.
 """
@@ -16,7 +16,7 @@ import struct
 import subprocess
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -24,16 +24,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client.bootchooser import (
+    DEFAULT_TRIAL_TRIES,
     BootState,
     SlotState,
     cap_tries,
     choose_boot,
     mark_bad,
     mark_good,
-    mark_try_once,
+    mark_trial,
     trial_slot,
 )
 from client.bootenv import (
+    BOOTED_VAR,
+    GRUB_MAX_TRIES,
     BootEnv,
     BootEnvError,
     FileBootEnv,
@@ -205,7 +208,7 @@ def real_uboot(tmp_path: Path, **options: object) -> UBootEnv:
 @dataclass
 class Backend:
     env: BootEnv
-    max_tries: int | None = None  # GRUB stores one try at most
+    max_tries: int | None = None  # GRUB's script counts down from GRUB_MAX_TRIES at most
 
     def expected(self, state: BootState) -> BootState:
         return state if self.max_tries is None else cap_tries(state, self.max_tries)
@@ -221,7 +224,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         yield Backend(fake_uboot(tmp_path))
     elif kind == "grub-fake":
         request.getfixturevalue("fake_bin")
-        yield Backend(GrubEnv(tmp_path / "grubenv"), max_tries=1)
+        yield Backend(GrubEnv(tmp_path / "grubenv"), max_tries=GRUB_MAX_TRIES)
     elif kind == "uboot-real":
         if not REAL_FW:
             pytest.skip("fw_printenv/fw_setenv not installed (apt-get install u-boot-tools)")
@@ -230,25 +233,33 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         if not REAL_GRUB:
             pytest.skip("grub-editenv not installed (apt-get install grub-common)")
         subprocess.run(["grub-editenv", str(tmp_path / "grubenv"), "create"], check=True)
-        yield Backend(GrubEnv(tmp_path / "grubenv"), max_tries=1)
+        yield Backend(GrubEnv(tmp_path / "grubenv"), max_tries=GRUB_MAX_TRIES)
+
+
+def boots(state: BootState, n: int) -> BootState:
+    for _ in range(n):
+        state = choose_boot(state)[1]
+    return state
 
 
 def lifecycle_states() -> list[BootState]:
     """The states an update goes through, plus a few odd ones."""
     s0 = BootState.initial()
-    s1 = mark_bad(s0, "B")
-    s2 = mark_try_once(s1, "B")
-    s3 = choose_boot(s2)[1]
-    s4 = mark_good(s3, "B")
-    s5 = mark_try_once(mark_bad(s4, "A"), "A")
-    s6 = choose_boot(choose_boot(s5)[1])[1]  # A's try spent, fell back to B
-    s7 = mark_bad(s6, "A")
+    s1 = choose_boot(s0)[1]  # only the record changes: booted=A
+    s2 = mark_bad(s1, "B")
+    s3 = mark_trial(s2, "B")
+    s4 = choose_boot(s3)[1]  # a try spent, booted=B
+    s5 = mark_good(s4, "B")
+    s6 = mark_trial(mark_bad(s5, "A"), "A", tries=2)
+    s7 = boots(s6, 3)  # A's tries spent, fell back to B
+    s8 = mark_bad(s7, "A")
     odd = [
-        BootState.initial(good=None),
-        BootState((SlotState("B", 17, True), SlotState("A", 10, True))),  # hex 0x11, 0xa
-        BootState((SlotState("A", 0, True), SlotState("B", 0, True))),
+        BootState.initial(good=None),  # the record cleared again: BOOTED_SLOT unset
+        BootState((SlotState("B", 17, True), SlotState("A", 10, True)), "A"),  # hex 0x11, 0xa
+        BootState((SlotState("A", 0, True), SlotState("B", 0, True)), "B"),
+        mark_trial(BootState.initial(booted="A"), "B", tries=GRUB_MAX_TRIES + 1),  # GRUB caps
     ]
-    return [s0, s1, s2, s3, s4, s5, s6, s7, *odd]
+    return [s0, s1, s2, s3, s4, s5, s6, s7, s8, *odd]
 
 
 def test_backends_round_trip_the_update_lifecycle(backend: Backend) -> None:
@@ -266,25 +277,29 @@ def test_backends_drive_a_whole_update(backend: Backend) -> None:
     def boot() -> str:
         booted, state = choose_boot(env.load())
         env.save(state)
+        assert env.load().booted == booted
         return booted
 
     def install(slot: str) -> None:
-        env.save(mark_try_once(mark_bad(env.load(), slot), slot))
+        env.save(mark_trial(mark_bad(env.load(), slot), slot))
 
+    assert boot() == "A"
     install("B")
-    assert boot() == "B"
-    assert boot() == "A"  # crashed before the health check: B's one try is gone
+    # crashed before the health check on every try: B's tries are gone, A boots
+    assert [boot() for _ in range(DEFAULT_TRIAL_TRIES + 1)] == ["B"] * DEFAULT_TRIAL_TRIES + ["A"]
     assert trial_slot(env.load()) == "B"
     env.save(mark_bad(env.load(), "B"))
     assert trial_slot(env.load()) is None
 
     install("B")
+    assert boot() == "B"  # the ignition goes off before init: one try spent
     assert boot() == "B"
     env.save(mark_good(env.load(), "B"))
-    assert boot() == "B"
+    assert [boot() for _ in range(5)] == ["B"] * 5  # power cycles never roll B back
     state = env.load()
     assert trial_slot(state) is None
     assert state.good_slots() == ("B", "A")
+    assert state == BootState((SlotState("B", 0, True), SlotState("A", 0, True)), "B")
 
 
 def test_save_refuses_other_slots(backend: Backend) -> None:
@@ -300,16 +315,27 @@ def test_save_refuses_other_slots(backend: Backend) -> None:
 # --- file -----------------------------------------------------------------------------------------
 
 
-@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# The project's reproducible profile (tests/bundle/conftest.py): derandomised, no database.
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(
     st.lists(
         st.tuples(st.sampled_from("ABCDEF"), st.integers(0, 1000), st.booleans()),
         min_size=1,
         unique_by=lambda t: t[0],
-    )
+    ),
+    st.data(),
 )
-def test_file_round_trips_any_state(tmp_path: Path, slots: list[tuple[str, int, bool]]) -> None:
-    state = BootState(tuple(SlotState(*s) for s in slots))
+def test_file_round_trips_any_state(
+    tmp_path: Path, slots: list[tuple[str, int, bool]], data: st.DataObject
+) -> None:
+    booted = data.draw(st.sampled_from([None, *(s[0] for s in slots)]))
+    state = BootState(tuple(SlotState(*s) for s in slots), booted)
     env = FileBootEnv(tmp_path / "boot.json")
     env.save(state)
     assert env.load() == state
@@ -332,17 +358,44 @@ def test_file_is_readable_json_written_atomically(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "boot.json").read_text())
     assert doc == {
         "format": "overdrive-boot-env",
-        "version": 1,
+        "version": 2,
         "slots": [
-            {"name": "A", "tries_left": 3, "good": True},
+            {"name": "A", "tries_left": 0, "good": True},
             {"name": "B", "tries_left": 0, "good": False},
         ],
+        "booted": None,
     }
     inode = (tmp_path / "boot.json").stat().st_ino
-    env.save(mark_try_once(env.load(), "B"))
+    env.save(choose_boot(mark_trial(env.load(), "B"))[1])
+    doc = json.loads((tmp_path / "boot.json").read_text())
+    assert doc["booted"] == "B"
+    assert doc["slots"][0] == {"name": "B", "tries_left": DEFAULT_TRIAL_TRIES - 1, "good": False}
     assert (tmp_path / "boot.json").stat().st_ino != inode  # replaced, not rewritten in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["boot.json"]  # no temp files left
     assert (tmp_path / "boot.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_file_version_1_still_loads(tmp_path: Path) -> None:
+    """Version 1 files (before "booted") load with no record of the booted slot."""
+    (tmp_path / "boot.json").write_text(
+        json.dumps(
+            {
+                "format": "overdrive-boot-env",
+                "version": 1,
+                "slots": [
+                    {"name": "A", "tries_left": 3, "good": True},
+                    {"name": "B", "tries_left": 0, "good": False},
+                ],
+            }
+        )
+    )
+    env = FileBootEnv(tmp_path / "boot.json")
+    state = env.load()
+    assert state == BootState((SlotState("A", 3, True), SlotState("B")))
+    assert state.booted is None
+    assert choose_boot(state) == ("A", replace(state, booted="A"))  # a good slot is not counted
+    env.save(choose_boot(state)[1])
+    assert json.loads((tmp_path / "boot.json").read_text())["version"] == 2
 
 
 def test_file_missing_is_a_clear_error(tmp_path: Path) -> None:
@@ -357,12 +410,23 @@ def test_file_missing_is_a_clear_error(tmp_path: Path) -> None:
         (b"{not json", "JSONDecodeError"),
         (b"[]", "not an overdrive-boot-env document"),
         (b'{"format": "overdrive-boot-env", "version": 9, "slots": []}', "unsupported version 9"),
-        (b'{"format": "overdrive-boot-env", "version": 1}', "KeyError"),
+        (b'{"format": "overdrive-boot-env", "version": 2}', "KeyError"),
         (b'{"format": "overdrive-boot-env", "version": 1, "slots": []}', "at least one slot"),
+        (b'{"format": "overdrive-boot-env", "version": 2, "slots": {}}', "'slots' must be a list"),
         (
-            b'{"format": "overdrive-boot-env", "version": 1, "slots": '
+            b'{"format": "overdrive-boot-env", "version": 2, "slots": '
             b'[{"name": "A", "tries_left": -2, "good": true}]}',
             "tries left must be an integer >= 0",
+        ),
+        (
+            b'{"format": "overdrive-boot-env", "version": 2, "booted": 1, "slots": '
+            b'[{"name": "A", "tries_left": 0, "good": true}]}',
+            "'booted' must be a slot name or null",
+        ),
+        (
+            b'{"format": "overdrive-boot-env", "version": 2, "booted": "B", "slots": '
+            b'[{"name": "A", "tries_left": 0, "good": true}]}',
+            "booted slot 'B' is not one of A",
         ),
     ],
 )
@@ -384,18 +448,25 @@ def test_file_unwritable_is_a_boot_env_error(tmp_path: Path) -> None:
 
 def test_uboot_variables_follow_rauc(fake_bin: Path, tmp_path: Path) -> None:
     env = fake_uboot(tmp_path, {"bootcmd": "run distro_bootcmd"})
-    env.save(mark_try_once(BootState.initial(tries=12), "B"))
+    state = mark_trial(BootState.initial(), "B", tries=12)
+    env.save(state)
     assert env.read_vars() == {
         "bootcmd": "run distro_bootcmd",  # other variables are left alone
         "BOOT_ORDER": "B A",
-        "BOOT_A_LEFT": "c",  # hex, as RAUC and U-Boot's setexpr write it
-        "BOOT_A_GOOD": "1",
-        "BOOT_B_LEFT": "1",
+        "BOOT_B_LEFT": "c",  # hex, as RAUC and U-Boot's setexpr write it
         "BOOT_B_GOOD": "0",
+        "BOOT_A_LEFT": "0",  # a committed slot has no tries: it is never counted
+        "BOOT_A_GOOD": "1",
+        # no BOOTED_SLOT: nothing booted yet, and an empty value is not written
     }
     calls = [c for c in tool_calls(tmp_path) if c.startswith("fw_setenv")]
     assert len(calls) == 1  # one script, one environment write
     assert calls[0].startswith(f"fw_setenv -c {tmp_path / 'fw_env.config'} --script ")
+    # the boot script's record of the slot it started
+    env.save(choose_boot(state)[1])
+    assert env.read_vars()[BOOTED_VAR] == "B"
+    assert env.read_vars()["BOOT_B_LEFT"] == "b"
+    assert env.load() == choose_boot(state)[1]
 
 
 def test_uboot_unchanged_state_is_not_written(fake_bin: Path, tmp_path: Path) -> None:
@@ -422,24 +493,74 @@ def test_uboot_writes_only_changed_variables(fake_bin: Path, tmp_path: Path) -> 
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(subprocess, "run", spy)
-        env.save(choose_boot(state)[1])
-    assert scripts == ["BOOT_A_LEFT=2\n"]
+        state = choose_boot(state)[1]
+        env.save(state)  # a good slot boots: nothing spent, only the record
+        state = mark_trial(state, "B")
+        env.save(state)  # the trial: B first, with tries (B_GOOD was already 0)
+        state = choose_boot(state)[1]
+        env.save(state)  # the trial boots: one try spent and the record
+        state = choose_boot(state)[1]
+        env.save(state)  # the trial boots again: the record is unchanged
+        env.save(replace(state, booted=None))  # an empty value unsets the record
+    assert scripts == [
+        "BOOTED_SLOT=A\n",
+        "BOOT_ORDER=B A\nBOOT_B_LEFT=3\n",
+        "BOOT_B_LEFT=2\nBOOTED_SLOT=B\n",
+        "BOOT_B_LEFT=1\n",
+        "BOOTED_SLOT=\n",
+    ]
+    assert BOOTED_VAR not in env.read_vars()
+    assert env.load().booted is None
 
 
-def test_uboot_reads_a_plain_rauc_environment(fake_bin: Path, tmp_path: Path) -> None:
-    """Without Overdrive's BOOT_x_GOOD, a slot in BOOT_ORDER with tries left is good (RAUC's
-    reading); a slot RAUC dropped from BOOT_ORDER (its mark-bad) goes last."""
-    env = fake_uboot(tmp_path, {"BOOT_ORDER": "B", "BOOT_A_LEFT": "0x3", "BOOT_B_LEFT": "2"})
-    assert env.load() == BootState((SlotState("B", 2, True), SlotState("A", 3, False)))
+def test_uboot_steady_committed_slot_costs_no_write(fake_bin: Path, tmp_path: Path) -> None:
+    """The simulated bootloader saving after every boot of a committed slot writes once: the
+    first boot records the slot, later ones change nothing (flash wear, power-cut exposure)."""
+    env = fake_uboot(tmp_path)
+    env.save(BootState.initial())
+    for _ in range(5):
+        env.save(choose_boot(env.load())[1])
+    assert sum(c.startswith("fw_setenv") for c in tool_calls(tmp_path)) == 2
+    assert env.load() == BootState.initial(booted="A")
+
+
+def test_uboot_plain_rauc_environment_is_refused(fake_bin: Path, tmp_path: Path) -> None:
+    """RAUC's script spends a try on every boot, ours only on a trial: an environment without
+    Overdrive's BOOT_x_GOOD is not guessed at (provisioning writes the full state)."""
     env = fake_uboot(tmp_path, {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0"})
-    assert env.load() == BootState((SlotState("A", 3, True), SlotState("B", 0, False)))
+    with pytest.raises(BootEnvError, match=r"has no BOOT_A_GOOD: .*provision"):
+        env.load()
+
+
+def test_uboot_slot_missing_from_the_order_reads_as_bad(fake_bin: Path, tmp_path: Path) -> None:
+    """The boot script never starts a slot that is not in BOOT_ORDER (RAUC's mark-bad drops it),
+    so the loader must not believe its flags either."""
+    env = fake_uboot(
+        tmp_path,
+        {"BOOT_ORDER": "B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "2", **GOOD, "BOOT_A_GOOD": "1"},
+    )
+    assert env.load() == BootState((SlotState("B", 2, False), SlotState("A", 0, False)))
+
+
+def test_uboot_empty_booted_slot_is_unset(fake_bin: Path, tmp_path: Path) -> None:
+    base = {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "0", "BOOT_B_LEFT": "0", **GOOD}
+    assert fake_uboot(tmp_path, {**base, BOOTED_VAR: ""}).load().booted is None
+    assert fake_uboot(tmp_path, base).load().booted is None
+    assert fake_uboot(tmp_path, {**base, BOOTED_VAR: "B"}).load().booted == "B"
+
+
+GOOD = {"BOOT_A_GOOD": "1", "BOOT_B_GOOD": "0"}
 
 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
         ({}, "has no BOOT_ORDER: initialise the boot state first"),
-        ({"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3"}, "has no BOOT_B_LEFT"),
+        ({"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_A_GOOD": "1"}, "has no BOOT_B_LEFT"),
+        (
+            {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0"},
+            "has no BOOT_A_GOOD: initialise the boot state first",
+        ),
         (
             {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "three", "BOOT_B_LEFT": "0"},
             "BOOT_A_LEFT='three' is not a hex number",
@@ -456,6 +577,20 @@ def test_uboot_reads_a_plain_rauc_environment(fake_bin: Path, tmp_path: Path) ->
             {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0", "BOOT_A_GOOD": "yes"},
             "BOOT_A_GOOD='yes' is not 0 or 1",
         ),
+        (
+            {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "0", "BOOT_B_LEFT": "0", **GOOD, BOOTED_VAR: "R"},
+            "BOOTED_SLOT='R' is not one of A B",
+        ),
+        (
+            {
+                "BOOT_ORDER": "A B",
+                "BOOT_A_LEFT": "0",
+                "BOOT_B_LEFT": "0",
+                **GOOD,
+                BOOTED_VAR: "A B",
+            },
+            "BOOTED_SLOT='A B' is not one of A B",
+        ),
     ],
 )
 def test_uboot_bad_environment_is_a_clear_error(
@@ -468,10 +603,11 @@ def test_uboot_bad_environment_is_a_clear_error(
 
 def test_uboot_more_slots_are_configurable(fake_bin: Path, tmp_path: Path) -> None:
     env = fake_uboot(tmp_path, slots=("A", "B", "R"))
-    state = BootState.initial(("A", "B", "R"))
+    state = BootState.initial(("A", "B", "R"), booted="R")
     env.save(state)
     assert env.load() == state
     assert env.read_vars()["BOOT_ORDER"] == "A B R"
+    assert env.read_vars()[BOOTED_VAR] == "R"
 
 
 def test_uboot_bootcount_follows_the_trial(fake_bin: Path, tmp_path: Path) -> None:
@@ -479,7 +615,7 @@ def test_uboot_bootcount_follows_the_trial(fake_bin: Path, tmp_path: Path) -> No
     env.save(BootState.initial())
     assert env.read_vars()["upgrade_available"] == "0"
     assert env.read_vars()["bootcount"] == "0"
-    env.save(mark_try_once(env.load(), "B"))
+    env.save(mark_trial(env.load(), "B"))
     assert env.read_vars()["upgrade_available"] == "1"
     # U-Boot counts the trial's boots; saving during the trial leaves its count alone
     with (tmp_path / "uboot.txt").open("a") as f:
@@ -496,10 +632,15 @@ def test_uboot_classic_script_syntax(
 ) -> None:
     monkeypatch.setenv("FAKE_FW_SYNTAX", "space")
     env = fake_uboot(tmp_path, script_syntax="key value")
-    state = mark_try_once(BootState.initial(), "B")
+    state = mark_trial(BootState.initial(), "B")
     env.save(state)
     assert env.load() == state
     assert env.read_vars()["BOOT_ORDER"] == "B A"
+    booted = choose_boot(state)[1]
+    env.save(booted)
+    assert env.read_vars()[BOOTED_VAR] == "B"
+    env.save(state)  # "BOOTED_SLOT " with no value unsets it in this syntax too
+    assert BOOTED_VAR not in env.read_vars()
     # and libubootenv's syntax against U-Boot's tool: the tool says no, nothing is written
     with pytest.raises(BootEnvError, match=r"fw_setenv failed \(exit 1\): ## Error: illegal"):
         fake_uboot(tmp_path, script_syntax="key=value").save(state)
@@ -555,23 +696,47 @@ def test_uboot_unrunnable_tool(tmp_path: Path) -> None:
 @needs_real_fw
 def test_real_uboot_tools_store_rauc_variables(tmp_path: Path) -> None:
     env = real_uboot(tmp_path, bootcount=True)
-    state = mark_try_once(BootState.initial(), "B")
+    state = mark_trial(BootState.initial(), "B", tries=12)
     env.save(state)
     assert env.load() == state
     assert env.read_vars() == {
         "BOOT_ORDER": "B A",
-        "BOOT_A_LEFT": "3",
+        "BOOT_A_LEFT": "0",
         "BOOT_A_GOOD": "1",
-        "BOOT_B_LEFT": "1",
+        "BOOT_B_LEFT": "c",
         "BOOT_B_GOOD": "0",
         "upgrade_available": "1",
         "bootcount": "0",
     }
+    booted = choose_boot(state)[1]
+    env.save(booted)
+    assert env.read_vars()[BOOTED_VAR] == "B"
+    assert env.load() == booted
+    env.save(replace(booted, booted=None))  # "BOOTED_SLOT=" deletes the variable
+    assert BOOTED_VAR not in env.read_vars()
+    assert env.load() == replace(booted, booted=None)
     # it is a real U-Boot env image: CRC32 of the data area, then "name=value\0" strings
     raw = (tmp_path / "uboot.env").read_bytes()
     assert len(raw) == UBOOT_ENV_SIZE
     assert struct.unpack("<I", raw[:4])[0] == zlib.crc32(raw[4:])
     assert b"BOOT_ORDER=B A\0" in raw
+
+
+@needs_real_fw
+def test_real_uboot_tools_plain_rauc_environment_is_refused(tmp_path: Path) -> None:
+    env = real_uboot(tmp_path)
+    syntax = real_script_syntax()
+    sep = "=" if syntax == "key=value" else " "
+    rauc = {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0"}
+    script = tmp_path / "rauc-script"
+    script.write_text("".join(f"{k}{sep}{v}\n" for k, v in rauc.items()))
+    subprocess.run(
+        ["fw_setenv", "-c", str(tmp_path / "fw_env.config"), "--script", str(script)], check=True
+    )
+    with pytest.raises(BootEnvError, match="has no BOOT_B_GOOD"):
+        env.load()
+    env.save(BootState.initial())  # what provisioning does: the full Overdrive state
+    assert env.load() == BootState.initial()
 
 
 @needs_real_fw
@@ -595,38 +760,88 @@ def test_real_uboot_wrong_script_syntax_is_detected(tmp_path: Path) -> None:
 # --- GRUB -----------------------------------------------------------------------------------------
 
 
-def test_grub_variables_follow_rauc(fake_bin: Path, tmp_path: Path) -> None:
+def test_grub_variables(fake_bin: Path, tmp_path: Path) -> None:
     path = tmp_path / "grubenv"
     env = GrubEnv(path)
     subprocess.run(["grub-editenv", str(path), "set", "saved_entry=1"], check=True)
-    state = mark_try_once(BootState.initial(), "B")
+    state = mark_trial(BootState.initial(), "B")
     env.save(state)
     assert env.read_vars() == {
         "saved_entry": "1",  # other variables are left alone
         "ORDER": "B A",
-        "B_OK": "1",
-        "B_TRY": "0",
+        "B_LEFT": "3",
         "B_GOOD": "0",
-        "A_OK": "1",
-        "A_TRY": "0",  # A's 3 tries are stored as 1: GRUB cannot count
+        "A_LEFT": "0",  # a committed slot has no tries: it is never counted
         "A_GOOD": "1",
+        # no BOOTED_SLOT: nothing booted yet, and an empty value is not written
     }
-    # GRUB boots B and sets B_TRY=1 itself; that reads back as "B's try is spent"
-    subprocess.run(["grub-editenv", str(path), "set", "B_TRY=1"], check=True)
-    assert env.load() == cap_tries(choose_boot(state)[1], 1)
-    # a bad slot is OK=0, as RAUC's mark-bad writes it
+    # GRUB's script boots B: B_LEFT=2 and the record, which read back as choose_boot's state
+    subprocess.run(["grub-editenv", str(path), "set", "B_LEFT=2", "BOOTED_SLOT=B"], check=True)
+    assert env.load() == choose_boot(state)[1]
+    # a bad slot: last in the order, not good, no tries
     env.save(mark_bad(env.load(), "B"))
-    assert env.read_vars()["B_OK"] == "0"
     assert env.read_vars()["ORDER"] == "A B"
+    assert (env.read_vars()["B_LEFT"], env.read_vars()["B_GOOD"]) == ("0", "0")
+    # RAUC's GRUB variables are not written
+    assert not [k for k in env.read_vars() if k.endswith(("_OK", "_TRY"))]
 
 
-def test_grub_reads_a_plain_rauc_environment(fake_bin: Path, tmp_path: Path) -> None:
+def test_grub_caps_tries_at_what_its_script_can_count(fake_bin: Path, tmp_path: Path) -> None:
+    assert GRUB_MAX_TRIES == 9
+    env = GrubEnv(tmp_path / "grubenv")
+    env.save(mark_trial(BootState.initial(), "B", tries=12))
+    assert env.read_vars()["B_LEFT"] == "9"
+    assert env.load().slot("B").tries_left == GRUB_MAX_TRIES
+
+
+def test_grub_missing_good_is_an_error(fake_bin: Path, tmp_path: Path) -> None:
+    path = tmp_path / "grubenv"
+    subprocess.run(
+        ["grub-editenv", str(path), "set", "ORDER=B A", "A_LEFT=0", "A_GOOD=1", "B_LEFT=2"],
+        check=True,
+    )
+    with pytest.raises(BootEnvError, match="has no B_GOOD: initialise the boot state first"):
+        GrubEnv(path).load()
+
+
+def test_grub_slot_missing_from_the_order_reads_as_bad(fake_bin: Path, tmp_path: Path) -> None:
+    path = tmp_path / "grubenv"
+    subprocess.run(
+        [
+            "grub-editenv",
+            str(path),
+            "set",
+            "ORDER=B",
+            "A_LEFT=3",
+            "A_GOOD=1",
+            "B_LEFT=0",
+            "B_GOOD=1",
+        ],
+        check=True,
+    )
+    assert GrubEnv(path).load() == BootState((SlotState("B", 0, True), SlotState("A", 0, False)))
+
+
+def test_grub_empty_booted_slot_is_unset(fake_bin: Path, tmp_path: Path) -> None:
+    path = tmp_path / "grubenv"
+    env = GrubEnv(path)
+    env.save(BootState.initial(booted="A"))
+    assert env.read_vars()[BOOTED_VAR] == "A"
+    env.save(BootState.initial())
+    assert env.read_vars()[BOOTED_VAR] == ""  # grub-editenv cannot unset in a "set"
+    assert env.load() == BootState.initial()
+
+
+def test_grub_plain_rauc_environment_is_refused(fake_bin: Path, tmp_path: Path) -> None:
+    """RAUC's GRUB variables (x_OK/x_TRY) mean a script that counts every boot: refuse to
+    guess, the boot state must be initialised for Overdrive's script."""
     path = tmp_path / "grubenv"
     subprocess.run(
         ["grub-editenv", str(path), "set", "ORDER=A B", "A_OK=1", "A_TRY=0", "B_OK=1", "B_TRY=1"],
         check=True,
     )
-    assert GrubEnv(path).load() == BootState((SlotState("A", 1, True), SlotState("B", 0, False)))
+    with pytest.raises(BootEnvError, match="has no A_LEFT: initialise the boot state first"):
+        GrubEnv(path).load()
 
 
 def test_grub_missing_file_is_an_error_and_not_created(fake_bin: Path, tmp_path: Path) -> None:
@@ -635,7 +850,7 @@ def test_grub_missing_file_is_an_error_and_not_created(fake_bin: Path, tmp_path:
         GrubEnv(path).load()
     assert not path.exists()
     GrubEnv(path).save(BootState.initial())  # an explicit save creates it
-    assert GrubEnv(path).load() == BootState.initial(tries=1)
+    assert GrubEnv(path).load() == BootState.initial()
 
 
 def test_grub_save_replaces_the_file_atomically(fake_bin: Path, tmp_path: Path) -> None:
@@ -643,7 +858,7 @@ def test_grub_save_replaces_the_file_atomically(fake_bin: Path, tmp_path: Path) 
     GrubEnv(path).save(BootState.initial())
     path.chmod(0o640)
     inode = path.stat().st_ino
-    GrubEnv(path).save(mark_try_once(BootState.initial(), "B"))
+    GrubEnv(path).save(mark_trial(BootState.initial(), "B"))
     assert path.stat().st_ino != inode
     assert path.stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "grubenv", "tool.log"]
@@ -657,6 +872,14 @@ def test_grub_unchanged_state_is_not_written(fake_bin: Path, tmp_path: Path) -> 
     inode = path.stat().st_ino
     GrubEnv(path).save(BootState.initial())
     assert path.stat().st_ino == inode
+    # a steady committed slot: the first boot writes the record, later boots nothing
+    GrubEnv(path).save(choose_boot(GrubEnv(path).load())[1])
+    assert path.stat().st_ino != inode
+    inode = path.stat().st_ino
+    for _ in range(5):
+        GrubEnv(path).save(choose_boot(GrubEnv(path).load())[1])
+    assert path.stat().st_ino == inode
+    assert GrubEnv(path).load() == BootState.initial(booted="A")
 
 
 def test_grub_symlinked_env_stays_a_symlink(fake_bin: Path, tmp_path: Path) -> None:
@@ -664,15 +887,28 @@ def test_grub_symlinked_env_stays_a_symlink(fake_bin: Path, tmp_path: Path) -> N
     (tmp_path / "grubenv").symlink_to(tmp_path / "real" / "grubenv")
     GrubEnv(tmp_path / "grubenv").save(BootState.initial())
     assert (tmp_path / "grubenv").is_symlink()
-    assert GrubEnv(tmp_path / "real" / "grubenv").load() == BootState.initial(tries=1)
+    assert GrubEnv(tmp_path / "real" / "grubenv").load() == BootState.initial()
 
 
 @pytest.mark.parametrize(
     ("variables", "message"),
     [
-        (["A_OK=1"], "has no ORDER"),
-        (["ORDER=A B", "A_OK=true"], "A_OK='true' is not 0 or 1"),
+        (["A_LEFT=1"], "has no ORDER"),
         (["ORDER=A X"], "ORDER='A X' names slot 'X', not one of A B"),
+        (["ORDER=A B A"], "ORDER='A B A' lists slot A twice"),
+        (["ORDER=A B", "A_LEFT=0", "A_GOOD=1"], "has no B_LEFT: initialise the boot state first"),
+        (["ORDER=B", "B_LEFT=0", "B_GOOD=1"], "has no A_LEFT"),  # one left out of ORDER too
+        (["ORDER=A B", "A_LEFT=0", "B_LEFT=0"], "has no A_GOOD: initialise the boot state first"),
+        (["ORDER=A B", "A_LEFT=three", "B_LEFT=0"], "A_LEFT='three' is not a number 0-9"),
+        (["ORDER=A B", "A_LEFT=10", "B_LEFT=0"], "A_LEFT='10' is not a number 0-9"),
+        (["ORDER=A B", "A_LEFT=-1", "B_LEFT=0"], "A_LEFT='-1' is not a number 0-9"),
+        (["ORDER=A B", "A_LEFT=", "B_LEFT=0"], "A_LEFT='' is not a number 0-9"),
+        (["ORDER=A B", "A_LEFT=0", "B_LEFT=0", "A_GOOD=true"], "A_GOOD='true' is not 0 or 1"),
+        (["ORDER=A B", "A_LEFT=0", "B_LEFT=0", "A_GOOD=1", "B_GOOD="], "B_GOOD='' is not 0 or 1"),
+        (
+            ["ORDER=A B", "A_LEFT=0", "B_LEFT=0", "A_GOOD=1", "B_GOOD=0", "BOOTED_SLOT=C"],
+            "BOOTED_SLOT='C' is not one",
+        ),
     ],
 )
 def test_grub_bad_environment_is_a_clear_error(
@@ -704,17 +940,56 @@ def test_grub_missing_tool_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 @needs_real_grub
-def test_real_grub_editenv_stores_rauc_variables(tmp_path: Path) -> None:
+def test_real_grub_editenv_stores_the_variables(tmp_path: Path) -> None:
     path = tmp_path / "grubenv"
     subprocess.run(["grub-editenv", str(path), "create"], check=True)
     env = GrubEnv(path)
-    state = mark_try_once(BootState.initial(), "B")
+    state = mark_trial(BootState.initial(), "B")
     env.save(state)
-    assert env.load() == cap_tries(state, 1)
+    assert env.load() == state
     raw = path.read_bytes()
     assert len(raw) == 1024  # still a GRUB environment block GRUB's save_env can write in place
     assert raw.startswith(b"# GRUB Environment Block\n")
     assert b"ORDER=B A\n" in raw
+    assert b"B_LEFT=3\n" in raw
+
+
+@needs_real_grub
+def test_real_grub_editenv_round_trips_capped_tries_and_booted_slot(tmp_path: Path) -> None:
+    path = tmp_path / "grubenv"
+    subprocess.run(["grub-editenv", str(path), "create"], check=True)
+    env = GrubEnv(path)
+    state = mark_trial(BootState.initial(booted="A"), "B", tries=GRUB_MAX_TRIES + 3)
+    env.save(state)
+    assert env.read_vars() == {
+        "ORDER": "B A",
+        "B_LEFT": "9",  # capped: GRUB's script counts down from 9
+        "B_GOOD": "0",
+        "A_LEFT": "0",
+        "A_GOOD": "1",
+        BOOTED_VAR: "A",
+    }
+    assert env.load() == cap_tries(state, GRUB_MAX_TRIES)
+    # the simulated bootloader on the real block: 9 trial boots, then the good slot for good
+    started = []
+    for _ in range(GRUB_MAX_TRIES + 2):
+        booted, after = choose_boot(env.load())
+        env.save(after)
+        assert env.load() == after
+        started.append(booted)
+    assert started == ["B"] * GRUB_MAX_TRIES + ["A"] * 2
+    assert env.read_vars()["B_LEFT"] == "0"
+    assert env.read_vars()[BOOTED_VAR] == "A"
+    # tries up to the cap are stored as they are
+    for tries in (1, GRUB_MAX_TRIES - 1, GRUB_MAX_TRIES):
+        tried = mark_trial(env.load(), "B", tries=tries)
+        env.save(tried)
+        assert env.load() == tried
+    # the record cleared: grub-editenv stores an empty value, which reads back as no record
+    env.save(replace(env.load(), booted=None))
+    assert env.read_vars()[BOOTED_VAR] == ""
+    assert env.load().booted is None
+    assert len(path.read_bytes()) == 1024
 
 
 @needs_real_grub

@@ -72,7 +72,9 @@ def test_failed_health_check_rolls_back(cli: Cli, live_server: LiveServer, tmp_p
     start_campaign(live_server)
     assert cli("vehicle", "run", "--state-dir", car.state_dir, "--once").code == 0
     boot = cli("vehicle", "boot", "--state-dir", car.state_dir)
-    assert "rolled back to slot A: health check failed" in boot.stdout
+    assert boot.code == 4, boot  # rolled back
+    assert "rolled back slot B: health check failed" in boot.stdout
+    assert "rebooting into slot A; then booted slot A (1.0): healthy" in boot.stdout
     after = status(cli, car.state_dir)
     assert after["active_slot"] == "A" and after["state"] == "idle"
     assert after["last_result"]["status"] == "rolled_back"
@@ -90,10 +92,12 @@ def test_boot_loop_exhausts_tries_and_rolls_back(
     car = provision(cli, live_server, tmp_path, "car-3")
     start_campaign(live_server)
     assert cli("vehicle", "run", "--state-dir", car.state_dir, "--once").code == 0
-    crash = cli("vehicle", "boot", "--state-dir", car.state_dir, "--crash")
-    assert "booted slot B and crashed" in crash.stdout
+    for _ in range(3):  # the new slot's three tries, each boot dying before post-boot
+        crash = cli("vehicle", "boot", "--state-dir", car.state_dir, "--crash")
+        assert "booted slot B and crashed" in crash.stdout
     boot = cli("vehicle", "boot", "--state-dir", car.state_dir)
-    assert "rolled back to slot A: boot attempts exhausted" in boot.stdout
+    assert boot.code == 4
+    assert "rolled back slot B: boot attempts exhausted" in boot.stdout
     assert server_view(live_server, "car-3")["memberships"] == {"ecu-a": "rolled_back"}
 
 
@@ -109,7 +113,7 @@ def test_offline_events_are_queued_then_delivered(
     assert "committed" in cli("vehicle", "boot", "--state-dir", car.state_dir).stdout
     assert status(cli, car.state_dir)["pending_events"] == 2
     offline = cli("vehicle", "run", "--state-dir", car.state_dir, "--once")
-    assert offline.stdout.startswith("offline")
+    assert offline.code == 5 and offline.stdout.startswith("offline")
     config.write_text(online)
     assert cli("vehicle", "run", "--state-dir", car.state_dir, "--once").code == 0
     assert status(cli, car.state_dir)["pending_events"] == 0

@@ -193,7 +193,8 @@ def test_bundle_download_gives_up_then_resumes(
     start_campaign(s3_fleet)
     rule = s3_fleet.proxy.add(fault, method="GET", path_contains=BUNDLE, times=None)
     run = cli("vehicle", "run", "--state-dir", car.state_dir, "--once")
-    assert run.code == 0 and run.stdout.startswith("interrupted: download of "), run.stdout
+    # exit 5: interrupted, try again later
+    assert run.code == 5 and run.stdout.startswith("interrupted: download of "), run.stdout
     assert rule.fired == 5  # DownloadOptions.attempts
     assert_still_on_slot_a(cli, car, "downloading")
     s3_fleet.proxy.heal()
@@ -216,7 +217,7 @@ def test_corrupted_bundle_is_never_installed(cli: Cli, s3_fleet: Fleet, tmp_path
         assert not list((car.state_dir / "cache").glob("*.part"))  # the garbage was discarded
         if run.stdout.startswith("failed: "):
             break
-        assert run.code == 0 and run.stdout.startswith("interrupted: "), run.stdout
+        assert run.code == 5 and run.stdout.startswith("interrupted: "), run.stdout
         assert_still_on_slot_a(cli, car, "downloading")
     assert run.code == 3 and run.stdout.startswith("failed: download_failed: "), run.stdout
     assert "sha256" in run.stdout
@@ -235,6 +236,6 @@ def test_one_corrupted_transfer_does_not_fail_the_campaign(
     start_campaign(s3_fleet)
     s3_fleet.proxy.add("corrupt", method="GET", path_contains=BUNDLE, times=1)
     outputs = [cli("vehicle", "run", "--state-dir", car.state_dir, "--once") for _ in range(2)]
-    assert all(o.code == 0 for o in outputs), [o.stdout for o in outputs]
+    assert [o.code for o in outputs] == [5, 0], [o.stdout for o in outputs]
     assert outputs[-1].stdout.startswith("updated: installed 1.1 into slot B"), outputs[-1].stdout
     assert_installed_release(cli, s3_fleet, car)

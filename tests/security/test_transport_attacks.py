@@ -116,7 +116,7 @@ def test_slow_retrieval_is_abandoned_and_retried_later(
     start_campaign(live_server)
     hostile_mirror.mode = "trickle"
     run = run_once(cli, car)
-    assert run.code == 0 and run.stdout.startswith("interrupted"), run.stdout  # tried again later
+    assert run.code == 5 and run.stdout.startswith("interrupted"), run.stdout  # tried again later
     assert not car.slot_b.read_bytes()
     hostile_mirror.mode = "honest"
     assert run_once(cli, car).stdout.startswith("updated")  # the next turn resumes and installs
