@@ -144,7 +144,7 @@ def provision(
         raise ConfigError(f"slot A {slot_a} must hold the factory image")
     if (state_dir / KEY_FILE).exists():
         raise ConfigError(f"{state_dir} already holds a provisioned vehicle")
-    running = "A"  # the simulated device runs its factory slot
+    running = "A"  # provisioning runs from the factory image, in slot A
     if boot_backend != "file":
         said = slot_from_cmdline(read_text(CMDLINE, "kernel command line"))
         if said not in (None, "A"):
@@ -204,8 +204,8 @@ def provision(
     env = boot_env_for(config, state_dir)
     if isinstance(env, FileBootEnv):
         env.init(BootState.initial(booted=running), overwrite=True)
-    else:
-        env.save(BootState.initial())  # BOOTED_SLOT is the boot script's to write
+    else:  # from the next boot on, the boot script keeps BOOTED_SLOT
+        env.save(BootState.initial(booted=running))
     click.echo(
         f"provisioned {vehicle_id} ({hardware_id} {factory_version} in slot A); state in {state_dir}"
     )

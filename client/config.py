@@ -38,7 +38,9 @@ class VehicleConfig:
     reboot_command: str = "systemctl reboot"
     #: Reboot into the new slot as soon as it is installed (else: at the next ignition cycle).
     reboot_after_install: bool = False
-    #: Overall deadline of one request to the server or the image repository (headers, body).
+    #: Overall deadline of one request to the server or the image repository (headers and
+    #: body), and of a bundle request's headers (at most 30 s; the body's pace is judged by
+    #: the minimum rate instead).
     request_deadline_s: float = 120.0
     poll_interval: int = 900
     max_bytes_per_s: int = 0  # 0: no bandwidth cap

@@ -300,6 +300,7 @@ class Vehicle:
                     attempts=self.config.download_attempts,
                     backoff_s=self.config.download_backoff_s,
                     rate_window_s=self.config.download_rate_window_s,
+                    header_deadline_s=min(30.0, self.config.request_deadline_s),
                 ),
             )
         except DownloadInterrupted as e:
