@@ -11,6 +11,10 @@ it settles) and the invariants are checked:
 - the update ends either completed (committed, running 1.1) or cleanly abandoned and reported
   (running the factory image, a final event on the server);
 - the server's record of the vehicle is final and the vehicle has no events left to send.
+
+The ignition tests cut the boot itself (the bootloader spending a try, post-boot's writes) at
+each of its durable operations: a cut trial boot still commits on a later try, and any number
+of cut boots of a committed slot never roll it back.
 """
 
 from __future__ import annotations
@@ -164,3 +168,85 @@ def test_power_cut_at_every_step(
     cli: Cli, live_server: LiveServer, tmp_path: Path, kind: str, summary: Callable[[str], None]
 ) -> None:
     assert run_harness(cli, live_server, tmp_path, kind, summary) > 10
+
+
+# ----------------------------------------------------------------------------- ignition cycles
+
+
+def count_boot_ops(car: Car) -> int:
+    cutter = Cutter(None)
+    with power(cutter):
+        Vehicle(car.state_dir).boot()
+    return cutter.count
+
+
+def cut_boot(car: Car, n: int) -> bool:
+    """A boot the ignition interrupts at its n-th durable operation (bootloader or post-boot);
+    whether the boot got that far (a boot after an earlier cut may do less)."""
+    cutter = Cutter(n)
+    with power(cutter), suppress(PowerCut):
+        Vehicle(car.state_dir).boot()
+    return cutter.cut
+
+
+def running(car: Car) -> tuple[str, str]:
+    state = StateStore(car.state_dir).load()
+    image = state.image(state.active)
+    assert image is not None
+    path = car.slot_a if state.active == "A" else car.slot_b
+    assert image_sha256(path, image.length) == image.sha256
+    return state.active, image.version
+
+
+def test_ignition_cut_at_every_point_of_the_trial_boot_still_commits(
+    cli: Cli, live_server: LiveServer, tmp_path: Path, summary: Callable[[str], None]
+) -> None:
+    """The update is installed; the first boot into it is cut at each of its durable
+    operations (the bootloader spending the try, post-boot's writes), twice in a row. With
+    three tries the third boot commits: an ignition cycle is not a failed update."""
+    probe = provision(cli, live_server, tmp_path, "trial-count")
+    start_campaign(live_server, filter={"vehicles": ["trial-count"]})
+    Vehicle(probe.state_dir).cycle()
+    total = count_boot_ops(probe)
+    assert total >= 5
+    names = [f"trial-cut-{n:02d}" for n in range(total)]
+    cars = [provision(cli, live_server, tmp_path, name) for name in names]
+    start_campaign(live_server, filter={"vehicles": names})
+    for n, car in enumerate(cars):
+        Vehicle(car.state_dir).cycle()
+        assert cut_boot(car, n), f"cut point {n} of the boot was never reached"
+        cut_boot(car, n)  # the next boot is cut at the same point, if it gets that far
+        Vehicle(car.state_dir).boot()
+        Vehicle(car.state_dir).cycle()  # deliver what the cut boots left queued
+        assert running(car) == ("B", "1.1"), n
+        assert Vehicle(car.state_dir).events.pending() == []
+        with live_server.ctx.session() as session:
+            status = session.query(Membership).filter_by(vehicle_id=names[n]).one().status
+        assert status == "committed", (n, status)
+    summary(f"ignition harness (trial boot): {total} cut points, each cut twice, all committed")
+
+
+def test_ignition_cycles_at_every_point_never_roll_back_a_committed_slot(
+    cli: Cli, live_server: LiveServer, tmp_path: Path, summary: Callable[[str], None]
+) -> None:
+    """1.1 committed; then every boot is cut at the same durable operation, ten times in a row,
+    for every operation of a routine boot: the car keeps running 1.1, its fallback intact."""
+    car = provision(cli, live_server, tmp_path, "committed")
+    start_campaign(live_server, filter={"vehicles": ["committed"]})
+    update(car)
+    assert running(car) == ("B", "1.1")
+    total = count_boot_ops(car)
+    for n in range(total):
+        for _ignition in range(10):
+            cutter = Cutter(n)
+            with power(cutter), suppress(PowerCut):
+                Vehicle(car.state_dir).boot()
+            assert running(car) == ("B", "1.1"), n
+        Vehicle(car.state_dir).boot()
+        assert running(car) == ("B", "1.1")
+        state = StateStore(car.state_dir).load()
+        assert state.unhealthy_boots == 0 and state.image("A") is not None
+    summary(
+        f"ignition harness (committed slot): {total} cut points x 10 ignition cycles each, "
+        "never rolled back"
+    )
