@@ -230,20 +230,34 @@ def _roll_back(
     reboot: bool,
 ) -> Plan:
     """Give up on the trial of ``slot``: forget its image, mark it bad, report the rollback."""
-    hardware = image.hardware_id if image else _hardware(state)
-    state.outbox.append(final_event(state, "rolled_back", view.at, hardware, reason, slot=slot))
-    state.slots[slot] = None
+    _give_up(view, state, slot, image, reason)
     state.state, state.assignment = "idle", None
+    env = bc.mark_bad(env, slot)
+    fallback = bc.active_good_slot(env)
+    message = f"rolled back slot {slot}: {reason}"
+    return Plan(Outcome.ROLLED_BACK, message, state, env, reboot=reboot and fallback is not None)
+
+
+def _give_up(
+    view: BootView,
+    state: VehicleState,
+    slot: str,
+    image: SlotImage | None,
+    reason: str,
+    salt: str = "",
+) -> None:
+    """Report ``slot`` rolled back, forget its image and say why in the last result."""
+    hardware = image.hardware_id if image else _hardware(state)
+    state.outbox.append(
+        final_event(state, "rolled_back", view.at, hardware, reason, salt=salt, slot=slot)
+    )
+    state.slots[slot] = None
     state.last_result = {
         "status": "rolled_back",
         "version": image.version if image else None,
         "reason": reason,
         "at": view.at,
     }
-    env = bc.mark_bad(env, slot)
-    fallback = bc.active_good_slot(env)
-    message = f"rolled back slot {slot}: {reason}"
-    return Plan(Outcome.ROLLED_BACK, message, state, env, reboot=reboot and fallback is not None)
 
 
 def _fell_back(view: BootView, state: VehicleState, env: bc.BootState, target: str) -> Plan:
@@ -275,26 +289,9 @@ def _routine(view: BootView, state: VehicleState, env: bc.BootState, health: Hea
     if limit and count >= limit and can_fall_back:
         assert other is not None
         reason = f"late_fallback: slot {slot} ({image.version}) {detail}: {verdict.detail}"
-        state.outbox.append(
-            final_event(
-                state,
-                "rolled_back",
-                view.at,
-                image.hardware_id,
-                reason,
-                salt=view.boot_id,
-                slot=slot,
-            )
-        )
-        state.slots[slot] = None
+        _give_up(view, state, slot, image, reason, salt=view.boot_id)
         state.active = other
         state.unhealthy_boots = 0
-        state.last_result = {
-            "status": "rolled_back",
-            "version": image.version,
-            "reason": reason,
-            "at": view.at,
-        }
         env = bc.mark_bad(env, slot)
         return Plan(Outcome.ROLLED_BACK, reason, state, env, reboot=True)
     if not limit:

@@ -11,10 +11,28 @@ from typing import Any
 
 import click.testing
 import pytest
+from hypothesis import HealthCheck, settings
 
 from overdrive.cli import main
 
 pytest_plugins = ["tests.s3server", "tests.repo_fixtures", "tests.live_server"]
+
+
+def reproducible(max_examples: int, **overrides: Any) -> settings:
+    """The project's hypothesis settings for property tests: derandomised (the same examples on
+    every run, so CI never flakes on a new one), no example database, no deadline."""
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.function_scoped_fixture,
+        ],
+        **overrides,
+    )
 
 
 @dataclass

@@ -13,23 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
 
 from overdrive.bundle import MAGIC, Manifest, apply_bundle, encode_bundle
 
 SMALL_CHUNK = 4096
-
-
-def reproducible(max_examples: int) -> settings:
-    """Hypothesis settings for the codec's property tests: derandomised (the same examples on
-    every run, so CI never flakes on a new one), no deadline, large inputs allowed."""
-    return settings(
-        max_examples=max_examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
 
 
 def sha(data: bytes) -> str:

@@ -21,13 +21,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from overdrive.bundle import BundleError, apply_bundle, read_manifest
+from tests.conftest import reproducible
 
 from .conftest import (
     binary_like,
     canonical,
     evolve,
     raw_bundle,
-    reproducible,
     roundtrip,
     split_bundle,
 )

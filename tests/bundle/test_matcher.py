@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from overdrive.bundle import Op, codec
 from overdrive.bundle.format import max_control_size
+from tests.conftest import reproducible
 
-from .conftest import binary_like, evolve, reproducible, roundtrip
+from .conftest import binary_like, evolve, roundtrip
 
 matcher = pytest.importorskip("overdrive.bundle.matcher")
 

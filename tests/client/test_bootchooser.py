@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -33,16 +33,9 @@ from client.bootchooser import (
     trial_slot,
 )
 from overdrive.errors import OverdriveError
+from tests.conftest import reproducible
 
-# Derandomised (the same examples on every run, so CI never flakes on a new one), no deadline, no
-# example database: the settings of the project's reproducible profile (tests/bundle/conftest.py).
-PROPERTY = settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+PROPERTY = reproducible(300)
 
 # --- the model ------------------------------------------------------------------------------------
 
@@ -712,6 +705,4 @@ class VehicleMachine(RuleBasedStateMachine):
 
 
 TestVehicleMachine = VehicleMachine.TestCase
-TestVehicleMachine.settings = settings(
-    PROPERTY, max_examples=100, stateful_step_count=40, deadline=None
-)
+TestVehicleMachine.settings = reproducible(100, stateful_step_count=40)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from client.bootchooser import (
@@ -45,6 +45,7 @@ from client.bootenv import (
     open_boot_env,
 )
 from overdrive.errors import OverdriveError
+from tests.conftest import reproducible
 
 # --- fake tools -----------------------------------------------------------------------------------
 
@@ -315,14 +316,7 @@ def test_save_refuses_other_slots(backend: Backend) -> None:
 # --- file -----------------------------------------------------------------------------------------
 
 
-# The project's reproducible profile (tests/bundle/conftest.py): derandomised, no database.
-@settings(
-    max_examples=25,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@reproducible(25)
 @given(
     st.lists(
         st.tuples(st.sampled_from("ABCDEF"), st.integers(0, 1000), st.booleans()),

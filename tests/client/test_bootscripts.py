@@ -22,19 +22,10 @@ from pathlib import Path
 import pytest
 
 from client import bootchooser as bc
+from tests.client.realboot import SCRIPTS, grub_kernel, need, need_grub, qemu_output
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "client" / "bootscripts"
-GRUB_PC = Path("/usr/lib/grub/i386-pc")
 UBOOT_ARM64 = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
-TIMEOUT = 120
 GRUB_BATCH = 40
-
-
-def need(tool: str, package: str) -> str:
-    path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
-    if path is None:
-        pytest.skip(f"{tool} not installed (Debian package {package})")
-    return path
 
 
 @dataclass(frozen=True)
@@ -81,13 +72,8 @@ def grub_vars(state: bc.BootState) -> dict[str, str]:
 
 
 def test_grub_fragment_decides_as_choose_boot(tmp_path: Path) -> None:
-    qemu = need("qemu-system-x86_64", "qemu-system-x86")
+    qemu, _mkimage = need_grub()
     editenv = need("grub-editenv", "grub-common")
-    mkimage = need("grub-mkimage", "grub-common")
-    need("mcopy", "mtools")
-    mkfs = need("mkfs.vfat", "dosfstools")
-    if not (GRUB_PC / "lnxboot.img").exists():
-        pytest.skip("GRUB's i386-pc modules not installed (Debian package grub-pc-bin)")
     cases = scenarios(9)
     tree = tmp_path / "tree"
     for i, case in enumerate(cases):
@@ -102,7 +88,7 @@ def test_grub_fragment_decides_as_choose_boot(tmp_path: Path) -> None:
     disk = tmp_path / "disk.img"
     with disk.open("wb") as f:
         f.truncate(64 << 20)
-    subprocess.run([mkfs, "-F", "32", str(disk)], check=True, capture_output=True)
+    subprocess.run(["mkfs.vfat", "-F", "32", str(disk)], check=True, capture_output=True)
     subprocess.run(["mcopy", "-s", "-i", disk, *tree.iterdir(), "::/"], check=True)
     # Each scenario is a $prefix with its own grubenv, the fragment sourced there; batches of
     # scenarios per GRUB run (GRUB slows down as one run sources the fragment many times).
@@ -118,19 +104,10 @@ def test_grub_fragment_decides_as_choose_boot(tmp_path: Path) -> None:
                 f'echo "OVD {i} slot=$overdrive_slot"',
             ]
         lines += ['echo "OVD END"', 'echo "(GRUB cuts the last line short at halt)"', "halt"]
-        embedded = tmp_path / "embed.cfg"
-        embedded.write_text("\n".join(lines) + "\n")
-        core = tmp_path / "core.img"
-        modules = "biosdisk fat part_msdos loadenv test echo halt normal configfile"
-        subprocess.run(
-            [mkimage, "-O", "i386-pc", "-o", core, "-p", "(hd0)", "-c", embedded, *modules.split()],
-            check=True,
-        )
-        kernel = tmp_path / "grub.lnx"
-        kernel.write_bytes((GRUB_PC / "lnxboot.img").read_bytes() + core.read_bytes())
+        kernel = grub_kernel(tmp_path, "\n".join(lines) + "\n")
         qemu_args = ["-nographic", "-m", "256", "-no-reboot", "-kernel", kernel]
         drive = ["-drive", f"file={disk},format=raw,if=ide"]
-        out += _qemu([qemu, *qemu_args, *drive], "OVD END")
+        out += qemu_output([qemu, *qemu_args, *drive], "OVD END")
     chosen = dict(re.findall(r"OVD (\d+) slot=(\w*)", out))
     assert len(chosen) == len(cases), out[-2000:]
     back = tmp_path / "back"
@@ -240,7 +217,7 @@ def test_uboot_script_decides_as_choose_boot(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    out = _qemu(
+    out = qemu_output(
         [
             qemu,
             "-machine",
@@ -271,13 +248,3 @@ def test_uboot_script_decides_as_choose_boot(tmp_path: Path) -> None:
         assert int(b_left, 16) == after.slot("B").tries_left, (index, case, b_left)
         assert booted == (want_slot if writes else case.state.booted or ""), (index, case)
         assert ("Saving Environment" in between) == writes, (index, case)
-
-
-def _qemu(argv: list[object], marker: str) -> str:
-    proc = subprocess.run(
-        [str(a) for a in argv], capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL
-    )
-    text = proc.stdout.decode("utf-8", "replace").replace("\r", "")
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
-    assert marker in text, (proc.returncode, text[-3000:], proc.stderr[-500:])
-    return text

@@ -17,22 +17,17 @@ from __future__ import annotations
 import copy
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from client import bootchooser as bc
 from client.health import Health
 from client.postboot import BootView, Outcome, decide
 from client.state import IDLE, INSTALLED, SlotImage, VehicleState
+from tests.conftest import reproducible
 
 SLOTS = ("A", "B")
-EXAMPLES = settings(
-    max_examples=400,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+EXAMPLES = reproducible(400)
 
 
 def image(version: str, counter: int) -> SlotImage:
@@ -236,7 +231,7 @@ def test_ignition_cut_during_a_trial_costs_one_try_only() -> None:
 # --------------------------------------------------------------------------- committed slots
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@reproducible(200)
 @given(st.lists(st.sampled_from(["cut", "healthy", "unhealthy"]), min_size=1, max_size=40))
 def test_ignition_cycles_never_roll_back_a_committed_slot(events: list[str]) -> None:
     """Any sequence of boots cut short and healthy boots, with fewer than late_fallback_boots
