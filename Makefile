@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench-deltas clean system-deps
+.PHONY: demo test lint bench-deltas clean system-deps e2e-vm
 
 # Debian tools some tests and benchmarks use for real (the U-Boot and GRUB env tools, zstd,
 # e2fsprogs, the real GRUB and U-Boot that run our boot scripts in QEMU). Installed when missing
@@ -62,3 +62,12 @@ bench-deltas: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The vehicle on a real bootloader: a Debian disk with GRUB and two root slots in QEMU, three
+# campaigns (docs/vehicles.md). Minutes, not part of `make test`. Needs root (debootstrap).
+VM_TOOLS := debootstrap:debootstrap qemu-system-x86_64:qemu-system-x86 /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf \
+	/usr/lib/grub/x86_64-efi/linux.mod:grub-efi-amd64-bin grub-mkimage:grub-common mcopy:mtools \
+	mkfs.vfat:dosfstools sgdisk:gdisk debugfs:e2fsprogs
+e2e-vm: $(VENV)/.installed-dev
+	@$(MAKE) --no-print-directory system-deps SYSTEM_TOOLS="$(VM_TOOLS)"
+	$(BIN)/python -m tests.vm.e2e $(E2E_ARGS)

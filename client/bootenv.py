@@ -525,6 +525,10 @@ class GrubEnv(BootEnv):
         except OSError as e:
             raise BootEnvError(f"cannot stage {self.env_file}: {e.strerror or e}") from None
         _write_atomically(target, data, _file_mode(target, 0o644))
+        # grubenv usually lives on FAT (the EFI system partition), where fsyncing the directory
+        # does not make the rename durable: flush the file systems, so a power cut right after
+        # this save cannot bring back the old block (or a directory without either).
+        os.sync()
 
     def _edit_copy(self, scratch: Path, source: Path | None, changes: Mapping[str, str]) -> bytes:
         """Apply ``changes`` to a copy of ``source`` (or a new block) and return its bytes."""

@@ -5,7 +5,9 @@ Flask, SQLAlchemy or boto3). Exit codes are documented in ``docs/vehicles.md``."
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,13 @@ def vehicle() -> None:
 )
 @click.option("--factory-version", required=True, help="Version of the factory image in slot A.")
 @click.option("--factory-release-counter", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--factory-length",
+    type=click.IntRange(1),
+    default=None,
+    help="Bytes of the factory image in slot A [default: all of slot A]; give it when the "
+    "slot is a partition larger than the image.",
+)
 @click.option("--boot-backend", type=click.Choice(BOOT_BACKENDS), default="file", show_default=True)
 @click.option("--boot-env", default="", help="Boot env file (file/grub) or fw_env.config (uboot).")
 @click.option(
@@ -121,6 +130,7 @@ def provision(
     repo_url: str,
     factory_version: str,
     factory_release_counter: int,
+    factory_length: int | None,
     boot_backend: str,
     boot_env: str,
     health_check: str,
@@ -140,8 +150,14 @@ def provision(
         if not sep or not name:
             raise click.BadParameter(f"{item!r}: expected key=value", param_hint="--attr")
         attributes[name] = value
-    if not slot_a.is_file():
-        raise ConfigError(f"slot A {slot_a} must hold the factory image")
+    size = _slot_size(slot_a)
+    if not size:
+        raise ConfigError(
+            f"slot A {slot_a} must hold the factory image (a file or a block device; "
+            "copy the factory image there first)"
+        )
+    if factory_length is not None and factory_length > size:
+        raise ConfigError(f"--factory-length {factory_length} is more than slot A's {size} bytes")
     if (state_dir / KEY_FILE).exists():
         raise ConfigError(f"{state_dir} already holds a provisioned vehicle")
     running = "A"  # provisioning runs from the factory image, in slot A
@@ -172,9 +188,9 @@ def provision(
         max_bytes_per_s=max_bytes_per_s,
         attributes=attributes,
     )
-    length = slot_a.stat().st_size
+    length = factory_length or size
     factory = SlotImage(
-        hardware_id, factory_version, image_sha256(slot_a), length, factory_release_counter
+        hardware_id, factory_version, image_sha256(slot_a, length), length, factory_release_counter
     )
     signer = create_key(state_dir / KEY_FILE)
     key = signer.public_key
@@ -209,6 +225,21 @@ def provision(
     click.echo(
         f"provisioned {vehicle_id} ({hardware_id} {factory_version} in slot A); state in {state_dir}"
     )
+
+
+def _slot_size(path: Path) -> int:
+    """Bytes in a slot (a regular file or a block device); 0 if it is neither, or empty."""
+    try:
+        mode = path.stat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            return 0
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return 0
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
 
 
 @vehicle.command("run")

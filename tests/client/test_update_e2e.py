@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from server.campaigns import tick
 from tests.client.conftest import LiveServer, provision
 from tests.conftest import Cli
@@ -118,3 +120,71 @@ def test_offline_events_are_queued_then_delivered(
     assert cli("vehicle", "run", "--state-dir", car.state_dir, "--once").code == 0
     assert status(cli, car.state_dir)["pending_events"] == 0
     assert {"booted", "committed"} <= set(server_view(live_server, "car-4")["events"])
+
+
+def test_slot_larger_than_the_factory_image(
+    cli: Cli, live_server: LiveServer, tmp_path: Path
+) -> None:
+    """A partition is usually larger than the image it holds: --factory-length says how much of
+    slot A is the factory image, so its hash is the release's and a delta applies."""
+    ref = live_server.published.images["ecu-a/1.0"]
+    padded = tmp_path / "padded.img"
+    padded.write_bytes(ref["path"].read_bytes() + b"\0" * 65536)
+    car = provision(
+        cli,
+        live_server,
+        tmp_path,
+        "car-big",
+        factory=padded,
+        extra=("--factory-length", str(ref["path"].stat().st_size)),
+    )
+    assert status(cli, car.state_dir)["slots"]["A"]["sha256"] == ref["sha256"]
+    start_campaign(live_server)
+    run = cli("vehicle", "run", "--state-dir", car.state_dir, "--once")
+    assert run.code == 0 and "installed 1.1 into slot B" in run.stdout, run
+
+
+@pytest.mark.parametrize("what", ["directory", "missing", "empty", "too-long"])
+def test_slot_a_must_hold_the_factory_image(
+    cli: Cli, live_server: LiveServer, tmp_path: Path, what: str
+) -> None:
+    slot = tmp_path / "slot-a"
+    extra: list[str] = []
+    if what == "directory":
+        slot.mkdir()
+    elif what == "empty":
+        slot.write_bytes(b"")
+    elif what == "too-long":
+        slot.write_bytes(b"x" * 100)
+        extra = ["--factory-length", "101"]
+    result = cli(
+        "vehicle",
+        "provision",
+        "--state-dir",
+        tmp_path / "state",
+        "--server",
+        live_server.url,
+        "--enroll-token",
+        live_server.enroll,
+        "--vehicle-id",
+        "car-x",
+        "--hardware-id",
+        "ecu-a",
+        "--slot-a",
+        slot,
+        "--slot-b",
+        tmp_path / "slot-b",
+        "--trusted-root",
+        live_server.published.storage / "metadata" / "1.root.json",
+        "--repo-url",
+        live_server.published.storage.as_uri(),
+        "--factory-version",
+        "1.0",
+        *extra,
+    )
+    if what == "directory":  # caught by the option's own type: a usage error
+        assert result.code == 2 and "is a directory" in result.error_lines[-1], result
+    else:
+        assert result.code == 1 and len(result.error_lines) == 1, result
+        assert "slot A" in result.stderr
+    assert not (tmp_path / "state" / "vehicle.key").exists()
