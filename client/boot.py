@@ -65,7 +65,8 @@ def post_boot(
     needed. :class:`~client.reboot.RebootFailed` if the reboot command fails (after everything
     was saved)."""
     state = car.store.load()
-    car.save_with_outbox(state)  # final events a power cut left in the outbox
+    if state.outbox:  # final events a power cut left there
+        car.save_with_outbox(state)
     env = car.boot_env.load()
     booted = find_booted(cmdline, env, where=car.boot_env.describe())
     view = BootView(
@@ -77,7 +78,7 @@ def post_boot(
         at=now_iso(),
     )
     plan = decide(view, lambda slot, trial: _health(car, state, slot, trial))
-    _carry_out(car, env, plan)
+    _carry_out(car, state, env, plan)
     recorded = None
     if plan.outcome is Outcome.ALREADY:
         recorded = Outcome((state.last_boot or {}).get("outcome", Outcome.HEALTHY))
@@ -94,11 +95,13 @@ def post_boot(
     return BootResult(plan.outcome, message, recorded)
 
 
-def _carry_out(car: Vehicle, before: bc.BootState, plan: Plan) -> None:
-    """Save the plan in the order that keeps a power cut harmless, then queue and send."""
+def _carry_out(car: Vehicle, state: VehicleState, before: bc.BootState, plan: Plan) -> None:
+    """Save the plan in the order that keeps a power cut harmless, then queue and send; what
+    did not change is not written."""
     if plan.env_first and plan.env != before:
         car.boot_env.save(plan.env)
-    car.save_with_outbox(plan.state)
+    if plan.state != state:
+        car.save_with_outbox(plan.state)
     if not plan.env_first and plan.env != before:
         car.boot_env.save(plan.env)
     car.flush_events()

@@ -156,7 +156,8 @@ class Vehicle:
 
     def cycle(self) -> CycleResult:
         state = self.store.load()
-        self.save_with_outbox(state)  # final events a power cut left in the outbox
+        if state.outbox:  # final events a power cut left there
+            self.save_with_outbox(state)
         self.flush_events()
         if state.state in (DOWNLOADING, DOWNLOADED, INSTALLING):
             return self._continue(state)
