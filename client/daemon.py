@@ -66,6 +66,11 @@ def run_daemon(
             f"{_stamp(now)} {result.action}: {one_line(result.detail)}; "
             f"next poll {_stamp(due)} (in {delay:.0f} s)"
         )
+        if result.reboot:
+            try:
+                car.reboot()
+            except OverdriveError as e:
+                echo(f"{_stamp(datetime.now(UTC))} error: {e}")
         if turns is None or done < turns:
             sleep(delay)
 
@@ -74,4 +79,6 @@ def run_once(car: Vehicle, *, echo: Callable[[str], None]) -> int:
     """One turn; its exit code (``ACTION_EXIT_CODES``). Errors propagate to the CLI."""
     result = car.cycle()
     echo(f"{result.action}: {result.detail}")
+    if result.reboot:
+        car.reboot()  # said first: the line must not die with the system
     return ACTION_EXIT_CODES.get(result.action, 1)

@@ -73,6 +73,8 @@ class CycleResult:
     action: str  # a key of ACTION_EXIT_CODES
     detail: str
     next_poll: int
+    #: The daemon reboots once it has said so (reboot_after_install).
+    reboot: bool = False
 
     def __post_init__(self) -> None:
         self.detail = one_line(self.detail)  # it may quote a mirror or a server

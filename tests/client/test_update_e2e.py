@@ -188,3 +188,25 @@ def test_slot_a_must_hold_the_factory_image(
         assert result.code == 1 and len(result.error_lines) == 1, result
         assert "slot A" in result.stderr
     assert not (tmp_path / "state" / "vehicle.key").exists()
+
+
+def test_reboot_after_install_says_so_then_reboots(
+    cli: Cli, live_server: LiveServer, tmp_path: Path
+) -> None:
+    marker = tmp_path / "rebooted"
+    reboot = f"{sys.executable} -c \"open({str(marker)!r}, 'w').write('yes')\""
+    car = provision(
+        cli,
+        live_server,
+        tmp_path,
+        "car-rb",
+        extra=("--reboot-after-install", "--reboot-command", reboot),
+    )
+    start_campaign(live_server)
+    run = cli("vehicle", "run", "--state-dir", car.state_dir, "--once")
+    assert run.code == 0 and run.stdout.startswith(
+        "updated: installed 1.1 into slot B; rebooting to try it"
+    ), run
+    assert marker.read_text() == "yes"
+    boot = cli("vehicle", "boot", "--state-dir", car.state_dir)
+    assert boot.code == 0 and "committed 1.1 in slot B" in boot.stdout
