@@ -17,7 +17,7 @@ import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "client" / "bootscripts"
 GRUB_PC = Path("/usr/lib/grub/i386-pc")
-_MODULES = "biosdisk fat part_msdos loadenv test echo halt normal configfile"
+_MODULES = "biosdisk fat part_msdos loadenv test echo halt normal configfile serial terminal"
 
 
 def need(tool: str, package: str) -> str:
@@ -52,7 +52,9 @@ def grub_kernel(work: Path, embedded: str) -> Path:
     """A GRUB core image with ``embedded`` as its config, bootable by QEMU's ``-kernel``."""
     _qemu, mkimage = need_grub()
     config = work / "embed.cfg"
-    config.write_text(embedded)
+    # GRUB's own serial terminal: plain lines (the BIOS console reaches the serial port through
+    # SeaBIOS with cursor moves, and lines that scroll off the screen can be lost).
+    config.write_text("serial --unit=0 --speed=115200\nterminal_output serial\n" + embedded)
     core = work / "core.img"
     subprocess.run(
         [mkimage, "-O", "i386-pc", "-o", core, "-p", "(hd0)", "-c", config, *_MODULES.split()],
