@@ -84,6 +84,7 @@ def show(name_or_file: str, as_json: bool, fleet: int | None) -> None:
     click.echo(f"source: {source}")
     click.echo(_overview(loaded))
     click.echo(f"maintenance windows: {_windows(loaded)}")
+    click.echo(f"judged: {_judgement(loaded)}")
     click.echo("")
     header = ["#", "STAGE", "SHARE", "SOAK", "MIN FINISHED", "SUCCESS ≥", "FAILURE ≤"]
     header += ["ON BREACH", "APPROVAL"]
@@ -125,6 +126,16 @@ def _overview(p: Policy) -> str:
     if p.allow_partial and not p.full_coverage:
         parts.append(f"partial: ends at {p.stages[-1].cumulative} of the eligible fleet")
     return "; ".join(parts)
+
+
+def _judgement(policy: Policy) -> str:
+    j = policy.judge
+    dimensions = ", ".join(d.replace("_", " ") for d in j.dimensions)
+    return (
+        f"overall, per {dimensions}; halts when a group's failures are clearly above "
+        f"{j.acceptable_failure_rate} (sequential test: caught fast at {j.detect_failure_rate}, "
+        f"false-halt rate {j.false_halt_rate})"
+    )
 
 
 def _windows(p: Policy) -> str:

@@ -11,7 +11,10 @@ Rules, in the order they are applied (``docs/policies.md`` explains them for ope
    plus rolled back. Counts are cumulative over the campaign's admitted vehicles. The *sample*
    the stage needs is ``min_finished`` (a count, or a percentage of the admitted vehicles, rounded
    up), but never more than the vehicles admitted so far, and at least one.
-3. Breach: once the sample is met, a failure rate (failures / finished) above the stage's
+3. Breach: every group (the campaign overall, each hardware id, each value of each cohort the
+   policy's ``judge`` names) is judged by a sequential test (:mod:`rollout_policies.groups`) at
+   every evaluation, whatever the sample: a group whose failures are statistically clear is a
+   breach at once. Then, once the sample is met, a failure rate (failures / finished) above the stage's
    ``max_failure_rate`` is a breach, judged at once even while the stage still soaks. So is a
    success rate below ``success_threshold`` when every admitted vehicle has finished (no more
    results can raise it). A breach returns the stage's ``on_breach`` (**pause** or **abort**).
@@ -28,12 +31,13 @@ Rules, in the order they are applied (``docs/policies.md`` explains them for ope
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from rollout_policies.cohort import admission_target, cutoff
 from rollout_policies.errors import InvalidState
+from rollout_policies.groups import OVERALL, GroupCounts, GroupVerdict, breach_reason, judge
 from rollout_policies.model import Policy, Stage
 from rollout_policies.units import PPM, format_duration, format_ppm, format_rate
 
@@ -73,6 +77,9 @@ class StageState:
     """Of those, vehicles that installed and await reboot or health check (informational)."""
     approved: bool = False
     """An operator approved leaving the current stage."""
+    groups: tuple[GroupCounts, ...] = ()
+    """Counts per hardware id and per value of each cohort the policy judges (the campaign
+    overall is added from the counts above)."""
 
     def __post_init__(self) -> None:
         for name in _COUNTS:
@@ -88,6 +95,8 @@ class StageState:
             raise InvalidState(
                 "stage_started_at, campaign_started_at and now mix naive and aware times"
             )
+        if not all(isinstance(g, GroupCounts) for g in self.groups):
+            raise InvalidState("groups must be GroupCounts")
         if self.finished > self.admitted:
             raise InvalidState(
                 f"{self.finished} finished vehicles (succeeded + failed + rolled_back) "
@@ -103,10 +112,19 @@ class StageState:
         """Failed plus rolled back: a rollback is a failed update that the vehicle undid."""
         return self.failed + self.rolled_back
 
+    @property
+    def overall(self) -> GroupCounts:
+        """The campaign as one group."""
+        return GroupCounts(
+            OVERALL, "all", self.eligible, self.admitted, self.succeeded, self.failures
+        )
+
     def to_dict(self) -> dict[str, Any]:
         result: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "groups":
+                value = [asdict(g) for g in value]
             result[f.name] = value.isoformat() if isinstance(value, datetime) else value
         return result
 
@@ -131,6 +149,8 @@ class Decision:
     """For ``hold`` while soaking: when the soak ends."""
     waiting_for: tuple[Gate, ...] = ()
     """For ``hold``: every condition still unmet."""
+    groups: tuple[GroupVerdict, ...] = ()
+    """Every judged group (the campaign first) with its counts and the sequential test's view."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -143,6 +163,7 @@ class Decision:
             "cutoff": self.cutoff,
             "until": self.until.isoformat() if self.until is not None else None,
             "waiting_for": list(self.waiting_for),
+            "groups": [g.to_dict() for g in self.groups],
         }
 
 
@@ -160,6 +181,7 @@ def decide(policy: Policy, state: StageState) -> Decision:
         )
     stage = stages[index]
     last = index == len(stages) - 1
+    verdicts = judge(policy.judge, (state.overall, *state.groups))
 
     def decision(kind: Kind, reason: str, **extra: Any) -> Decision:
         return Decision(
@@ -169,6 +191,7 @@ def decide(policy: Policy, state: StageState) -> Decision:
             stage.name,
             target=admission_target(stage, state.eligible),
             cutoff=cutoff(stage, state.eligible),
+            groups=verdicts,
             **extra,
         )
 
@@ -181,7 +204,7 @@ def decide(policy: Policy, state: StageState) -> Decision:
     sample_met = finished >= sample
     at = f"at stage {stage.name!r}"
 
-    # 3. Breach.
+    # 3. Breach: the stage's own thresholds, then any group clearly failing.
     if sample_met and stage.max_failure_rate.exceeded_by(failures, finished):
         limit = stage.max_failure_rate.ppm
         return decision(
@@ -189,6 +212,12 @@ def decide(policy: Policy, state: StageState) -> Decision:
             f"failure rate {format_rate(failures, finished, limit)} > max "
             f"{format_ppm(limit, 1)} {at} ({failures} of {finished} finished)",
         )
+    breached = [v for v in verdicts if v.breached]
+    if breached:
+        # Name a hardware id or cohort when one is clear: that is where to look.
+        named = [v for v in breached if v.counts.dimension != OVERALL] or breached
+        worst = max(named, key=lambda v: v.evidence - v.threshold)
+        return decision(stage.on_breach, f"{breach_reason(worst, policy.judge)} {at}")
     success_met = sample_met and stage.success_threshold.met_by(succeeded, finished)
     if sample_met and not success_met and unfinished == 0:
         threshold = stage.success_threshold.ppm
@@ -273,6 +302,7 @@ def decide(policy: Policy, state: StageState) -> Decision:
             next_stage_index=index + 1,
             target=target,
             cutoff=cutoff(following, state.eligible),
+            groups=verdicts,
         )
     return decision(
         "hold",

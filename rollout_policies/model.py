@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from overdrive.maintenance import MaintenanceWindow
+from rollout_policies.groups import Judgement
 from rollout_policies.units import PPM, Ratio, Share, format_duration
 
 Action = Literal["pause", "abort"]
@@ -75,6 +76,8 @@ class Policy:
     on_deadline: Action = "pause"
     allow_partial: bool = False
     """Whether the last stage may stop short of 100% of the eligible fleet."""
+    judge: Judgement = Judgement()
+    """The sequential test every group (hardware id, cohort) is judged by at every stage."""
 
     def __post_init__(self) -> None:
         # Admission never shrinks: each stage reaches at least as far as every earlier one.
@@ -103,6 +106,7 @@ class Policy:
             document["deadline"] = format_duration(self.deadline)
             document["on_deadline"] = self.on_deadline
         document["allow_partial"] = self.allow_partial
+        document["judge"] = self.judge.to_dict()
         return document
 
     def summary(self) -> str:

@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 
 from overdrive.maintenance import DAYS, MINUTES_PER_DAY, MaintenanceWindow
 from rollout_policies.errors import InvalidPolicy
+from rollout_policies.groups import Judgement
 from rollout_policies.model import (
     ACTIONS,
     DEFAULT_MAX_FAILURE_RATE,
@@ -43,7 +44,11 @@ POLICY_FIELDS = (
     "deadline",
     "on_deadline",
     "allow_partial",
+    "judge",
 )
+JUDGE_FIELDS = ("cohorts", "acceptable_failure_rate", "detect_failure_rate", "false_halt_rate")
+MAX_COHORTS = 8
+_COHORT = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 STAGE_FIELDS = (
     "name",
     "share",
@@ -179,6 +184,7 @@ class _Parser:
             self.fail("on_deadline", "has no effect without a deadline; add one (e.g. '14d')")
         allow_partial = self.optional(top, "", "allow_partial", self.boolean, False)
         self.check_stages(stages, allow_partial)
+        judgement = self.optional(top, "", "judge", self.judgement, Judgement())
         return Policy(
             stages=tuple(stages),
             name=name,
@@ -187,6 +193,7 @@ class _Parser:
             deadline=deadline,
             on_deadline=on_deadline,
             allow_partial=allow_partial,
+            judge=judgement,
         )
 
     def check_stages(self, stages: list[Stage], allow_partial: bool) -> None:
@@ -346,6 +353,44 @@ class _Parser:
             self.fail(path, f"must be at most {limit} characters, got {len(value)}")
         if any(ord(c) < 32 or ord(c) == 127 for c in value):
             self.fail(path, "must be one line of text without control characters")
+        return value
+
+    # -------------------------------------------------------------------------- judgement
+
+    def judgement(self, value: Any, path: str) -> Judgement:
+        raw = self.fields(value, path, JUDGE_FIELDS, "the sequential test's settings")
+        default = Judgement()
+        cohorts = tuple(
+            self.cohort(item, f"{_child(path, 'cohorts')}[{i}]")
+            for i, item in enumerate(
+                self.optional(
+                    raw, path, "cohorts", lambda v, p: self.items(v, p, "names", MAX_COHORTS), []
+                )
+            )
+        )
+        if len(set(cohorts)) != len(cohorts):
+            self.fail(_child(path, "cohorts"), "names a dimension twice")
+        p0 = self.optional(
+            raw, path, "acceptable_failure_rate", self.ratio, default.acceptable_failure_rate
+        )
+        p1 = self.optional(raw, path, "detect_failure_rate", self.ratio, default.detect_failure_rate)
+        alpha = self.optional(raw, path, "false_halt_rate", self.ratio, default.false_halt_rate)
+        if not 0 < p0.ppm < p1.ppm:
+            self.fail(
+                _child(path, "detect_failure_rate"),
+                f"must be above acceptable_failure_rate ({p0}) and that above 0%, got {p1}",
+            )
+        if not 0 < alpha.ppm <= PPM // 2:
+            self.fail(_child(path, "false_halt_rate"), f"must be above 0% and at most 50%, got {alpha}")
+        return Judgement(cohorts, p0, p1, alpha)
+
+    def cohort(self, value: Any, path: str) -> str:
+        if not isinstance(value, str) or not _COHORT.fullmatch(value):
+            self.fail(
+                path,
+                "must be a dimension name (model, region, installed_version or a vehicle "
+                f"attribute: lower-case letters, digits, '_', '.', '-'), got {show(value)}",
+            )
         return value
 
     # -------------------------------------------------------------------------- windows

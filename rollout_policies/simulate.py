@@ -33,15 +33,18 @@ import math
 import random
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from fractions import Fraction
 
 from overdrive.maintenance import MaintenanceWindow
 from rollout_policies.cohort import admission_target, bucket
 from rollout_policies.engine import Decision, StageState, decide
+from rollout_policies.groups import HARDWARE_ID, GroupCounts
 from rollout_policies.simulate_model import (
     DAY,
     INF,
     STATES,
     DecisionRecord,
+    GroupExposure,
     HardwareCounts,
     MiB,
     Outcome,
@@ -59,6 +62,7 @@ __all__ = [
     "STATES",
     "DecisionRecord",
     "Fleet",
+    "GroupExposure",
     "HardwareCounts",
     "MiB",
     "Outcome",
@@ -88,6 +92,8 @@ class Fleet:
     ids: list[str]
     hardware: list[int]
     """Index into ``config.fleet``."""
+    cohorts: list[list[int]]
+    """Per cohort dimension of ``config.cohorts``: each vehicle's value (index)."""
     first_poll: list[float]
     """The vehicle's first poll; it polls every ``poll_interval`` from then (``inf``: never)."""
     install: list[float]
@@ -104,19 +110,18 @@ def build_fleet(config: SimulationConfig) -> Fleet:
     failure, bundle kind and whether and how long it is offline."""
     rng = random.Random(config.seed)
     n = config.vehicles
-    hardware = [index for index, count in enumerate(_apportion(config)) for _ in range(count)]
+    hardware = [index for index, count in enumerate(_apportion(config.fleet, n)) for _ in range(count)]
     rng.shuffle(hardware)
-    failing = {i for i, (hw, _s) in enumerate(config.fleet) if hw in config.failing_hardware}
     width = max(6, len(str(n - 1)))
     ids = [f"veh-{i:0{width}d}" for i in range(n)]
-    first_poll, install, fails, delta = [0.0] * n, [0.0] * n, [False] * n, [False] * n
+    first_poll, install, u_fails, delta = [0.0] * n, [0.0] * n, [1.0] * n, [False] * n
     offline = 0
     draw, period = rng.random, config.poll_interval
     for i in range(n):
         phase, u_install, u_fail, u_delta = draw(), draw(), draw(), draw()
         u_offline, u_back = draw(), draw()
         install[i] = config.install_time.at(u_install)
-        fails[i] = hardware[i] in failing and u_fail < config.fail_rate
+        u_fails[i] = u_fail
         delta[i] = u_delta < config.delta_share
         if u_offline < config.offline_rate:
             offline += 1
@@ -124,15 +129,38 @@ def build_fleet(config: SimulationConfig) -> Fleet:
             first_poll[i] = INF if back is None else back.at(u_back)
         else:
             first_poll[i] = phase * period
+    # Cohorts are drawn after every other draw, so adding one keeps the rest of the fleet.
+    cohorts = []
+    for _name, values in config.cohorts:
+        column = [index for index, count in enumerate(_apportion(values, n)) for _ in range(count)]
+        rng.shuffle(column)
+        cohorts.append(column)
+    bad = _bad_vehicles(config, hardware, cohorts, set(config.failing_groups))
+    fails = [bad[i] and u_fails[i] < config.fail_rate for i in range(n)]
     campaign = f"simulation-{config.seed}"
     order = sorted(range(n), key=lambda i: (bucket(campaign, ids[i]), ids[i]))
-    return Fleet(ids, hardware, first_poll, install, fails, delta, order, offline)
+    return Fleet(ids, hardware, cohorts, first_poll, install, fails, delta, order, offline)
 
 
-def _apportion(config: SimulationConfig) -> list[int]:
-    """Vehicles per hardware id: the fractions of ``vehicles``, remainders to the largest parts."""
-    n = config.vehicles
-    exact = [share * n for _hw, share in config.fleet]
+def _bad_vehicles(
+    config: SimulationConfig,
+    hardware: list[int],
+    cohorts: list[list[int]],
+    failing: set[tuple[str, str]],
+) -> list[bool]:
+    """Per vehicle: is it in one of the ``failing`` groups?"""
+    hw_bad = [("hardware_id", hw) in failing for hw, _share in config.fleet]
+    bad = [hw_bad[h] for h in hardware]
+    for (name, values), column in zip(config.cohorts, cohorts, strict=True):
+        value_bad = [(name, value) in failing for value, _share in values]
+        if any(value_bad):
+            bad = [b or value_bad[v] for b, v in zip(bad, column, strict=True)]
+    return bad
+
+
+def _apportion(shares: tuple[tuple[str, Fraction], ...], n: int) -> list[int]:
+    """Vehicles per value: the fractions of ``n``, remainders to the largest parts."""
+    exact = [share * n for _hw, share in shares]
     counts = [math.floor(x) for x in exact]
     by_remainder = sorted(range(len(exact)), key=lambda i: (counts[i] - exact[i], i))
     for i in by_remainder[: n - sum(counts)]:
@@ -175,6 +203,15 @@ class _Run:
         self.in_flight_at_halt = 0
         self.bytes = self.full = self.deltas = 0
         self.windows = WindowCalendar(self.policy.maintenance_windows, config)
+        self.judged = _judged_groups(config)
+        self.member = _memberships(config, fleet, self.judged)
+        self.g_admitted = [0] * len(self.judged)
+        self.g_succeeded = [0] * len(self.judged)
+        self.g_failed = [0] * len(self.judged)
+        self.g_eligible = [0] * len(self.judged)
+        for groups in self.member:
+            for g in groups:
+                self.g_eligible[g] += 1
         deadline = self.policy.deadline
         self.deadline = INF if deadline is None else deadline.total_seconds()
 
@@ -210,8 +247,11 @@ class _Run:
         target = admission_target(stage, self.config.vehicles)
         fleet, state, queue, period = self.fleet, self.state, self.queue, self.config.poll_interval
         new = fleet.order[self.admitted : target]
+        g_admitted, member = self.g_admitted, self.member
         for vehicle in new:
             state[vehicle] = _ADMITTED
+            for g in member[vehicle]:
+                g_admitted[g] += 1
             first = fleet.first_poll[vehicle]
             if first < now:
                 first += period * math.ceil((now - first) / period)
@@ -243,6 +283,17 @@ class _Run:
                 rolled_back=failed,
                 in_progress=self.admitted - succeeded - failed,
                 approved=approve_at <= now,
+                groups=tuple(
+                    GroupCounts(
+                        dimension,
+                        value,
+                        self.g_eligible[g],
+                        self.g_admitted[g],
+                        self.g_succeeded[g],
+                        self.g_failed[g],
+                    )
+                    for g, (dimension, value) in enumerate(self.judged)
+                ),
             ),
         )
         self.reason = decision.reason
@@ -341,6 +392,9 @@ class _Run:
         self.state[vehicle] = outcome
         self.counts[_INSTALLING] -= 1
         self.counts[outcome] += 1
+        per_group = self.g_failed if outcome == _FAILED else self.g_succeeded
+        for g in self.member[vehicle]:
+            per_group[g] += 1
         if self.running:  # the engine's counts changed: evaluate at the next tick
             soonest = max(self.last_tick + self.config.tick, self._tick_at_or_after(now))
             self.next_tick = min(self.next_tick, soonest)
@@ -366,11 +420,16 @@ class _Run:
             counts[2] += status >= _INSTALLING
             counts[3] += status == _SUCCEEDED
             counts[4] += status == _FAILED
-        bad = set(config.fail_on) if config.fail_rate else set()
-        exposed = sum(
-            counts[3] + counts[4] if config.fleet[hw][0] in bad else counts[4]
-            for hw, counts in enumerate(per_hw)
-        )
+        # A release that fails at a background rate everywhere harms only those that fail; one
+        # that is bad for some groups harms every vehicle there that installed it.
+        targeted = set(config.failing_groups) if config.fail_on else set()
+        bad = _bad_vehicles(config, fleet.hardware, fleet.cohorts, targeted)
+        harmed = [
+            (status >= _INSTALLING) if bad[v] else status == _FAILED
+            for v, status in enumerate(state)
+        ]
+        exposed = sum(harmed)
+        groups = _exposures(config, fleet, state, harmed, set(self.judged))
         return SimulationResult(
             config=config,
             outcome=self.outcome,
@@ -395,10 +454,66 @@ class _Run:
             hardware={
                 config.fleet[hw][0]: HardwareCounts(*counts) for hw, counts in enumerate(per_hw)
             },
+            groups=groups,
             stages=tuple(self.stages),
             decisions=tuple(self.decisions),
             series=tuple(self.series),
         )
+
+
+def _judged_groups(config: SimulationConfig) -> list[tuple[str, str]]:
+    """The groups the policy's sequential test judges: every hardware id, and every value of
+    each cohort dimension the policy names that the fleet has."""
+    wanted = set(config.policy.judge.dimensions)
+    return [(d, v) for d, v in config.groups() if d == HARDWARE_ID or d in wanted]
+
+
+def _memberships(
+    config: SimulationConfig, fleet: Fleet, judged: list[tuple[str, str]]
+) -> list[tuple[int, ...]]:
+    """Per vehicle: the indices (into ``judged``) of the groups it belongs to."""
+    index = {group: i for i, group in enumerate(judged)}
+    hw_groups = [index[(HARDWARE_ID, hw)] for hw, _share in config.fleet]
+    per_dimension = [
+        ([index[(name, value)] for value, _share in values], column)
+        for (name, values), column in zip(config.cohorts, fleet.cohorts, strict=True)
+        if (name, values[0][0]) in index
+    ]
+    return [
+        (hw_groups[fleet.hardware[v]], *(ids[column[v]] for ids, column in per_dimension))
+        for v in range(config.vehicles)
+    ]
+
+
+def _exposures(
+    config: SimulationConfig,
+    fleet: Fleet,
+    state: bytearray,
+    harmed: list[bool],
+    judged: set[tuple[str, str]],
+) -> tuple[GroupExposure, ...]:
+    """Per hardware id and cohort value: vehicles, admitted, started, outcomes, exposure."""
+    dimensions = [(HARDWARE_ID, config.fleet, fleet.hardware)]
+    dimensions += [
+        (name, values, column)
+        for (name, values), column in zip(config.cohorts, fleet.cohorts, strict=True)
+    ]
+    result = []
+    for name, values, column in dimensions:
+        tally = [[0] * 6 for _ in values]
+        for v, status in enumerate(state):
+            row = tally[column[v]]
+            row[0] += 1
+            row[1] += status != _IDLE
+            row[2] += status >= _INSTALLING
+            row[3] += status == _SUCCEEDED
+            row[4] += status == _FAILED
+            row[5] += harmed[v]
+        result.extend(
+            GroupExposure(name, value, *row, judged=(name, value) in judged)
+            for (value, _share), row in zip(values, tally, strict=True)
+        )
+    return tuple(result)
 
 
 class WindowCalendar:

@@ -19,7 +19,7 @@ from rollout_policies.simulate import SimulationConfig, SimulationError
 from rollout_policies.simulate import simulate as run
 from rollout_policies.simulate_parse import (
     parse_count,
-    parse_fleet,
+    parse_fleets,
     parse_optional_seconds,
     parse_optional_spread,
     parse_rate,
@@ -40,10 +40,11 @@ from rollout_policies.simulate_report import render
 @click.option("--vehicles", default="10000", show_default=True, metavar="N", help="Fleet size.")
 @click.option(
     "--fleet",
-    default="ecu-a=1",
-    show_default=True,
-    metavar="HW=FRACTION,…",
-    help="Hardware id mix, fractions (0.1 or 10%) summing to 1.",
+    multiple=True,
+    metavar="[DIMENSION:]VALUE=FRACTION,…",
+    help="The fleet's mix, fractions (0.1 or 10%) summing to 1: hardware ids "
+    "(ecu-a=0.9,ecu-b=0.1; default ecu-a=1), or with a DIMENSION: prefix another cohort "
+    "(region:eu=0.6,us=0.4); repeatable.",
 )
 @click.option(
     "--fail-rate",
@@ -54,8 +55,9 @@ from rollout_policies.simulate_report import render
 @click.option(
     "--fail-on",
     multiple=True,
-    metavar="HW",
-    help="The release fails (at --fail-rate) only on this hardware id; repeatable.",
+    metavar="HW|DIMENSION=VALUE",
+    help="The release fails (at --fail-rate) only on this hardware id or cohort value "
+    "(region=eu); repeatable.",
 )
 @click.option(
     "--poll-interval",
@@ -134,7 +136,7 @@ from rollout_policies.simulate_report import render
 def simulate(
     policy_spec: str | None,
     vehicles: str,
-    fleet: str,
+    fleet: tuple[str, ...],
     fail_rate: str | None,
     fail_on: tuple[str, ...],
     poll_interval: str,
@@ -166,13 +168,15 @@ def simulate(
     if not policy_spec:
         raise SimulationError("--policy: required (a preset name or a policy file)")
     source, policy = resolve(policy_spec)
+    hardware, cohorts = parse_fleets(fleet)
     failing = tuple(hw.strip() for spec in fail_on for hw in spec.split(",") if hw.strip())
     if fail_rate is None:  # --fail-on alone: the release breaks every vehicle there
         fail_rate = "1" if failing else "0"
     config = SimulationConfig(
         policy=policy,
         vehicles=parse_count(vehicles, "--vehicles"),
-        fleet=parse_fleet(fleet),
+        fleet=hardware,
+        cohorts=cohorts,
         fail_rate=parse_rate(fail_rate, "--fail-rate"),
         fail_on=failing,
         poll_interval=parse_seconds(poll_interval, "--poll-interval", minimum=1),

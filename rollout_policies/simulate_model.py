@@ -57,10 +57,14 @@ class SimulationConfig:
     vehicles: int
     fleet: tuple[tuple[str, Fraction], ...] = (("ecu-a", Fraction(1)),)
     """Hardware ids and the fraction of the fleet each holds (summing to exactly 1)."""
+    cohorts: tuple[tuple[str, tuple[tuple[str, Fraction], ...]], ...] = ()
+    """Other dimensions of the fleet (``region``, ``model``, …): each a name and its values'
+    fractions, drawn independently of the hardware id."""
     fail_rate: float = 0.0
     """Probability that a vehicle installing the release fails and rolls back."""
     fail_on: tuple[str, ...] = ()
-    """Hardware ids the release is bad for (``fail_rate`` applies only there); empty: all."""
+    """Groups the release is bad for (``fail_rate`` applies only there): a hardware id, or
+    ``DIMENSION=VALUE`` of a cohort; a vehicle in any of them fails. Empty: every vehicle."""
     poll_interval: float = 900.0
     install_time: Spread = Spread(1200.0, 300.0)
     """Download + install + reboot + health check, from receiving the assignment to reporting."""
@@ -89,12 +93,16 @@ class SimulationConfig:
         if isinstance(self.vehicles, bool) or not 1 <= self.vehicles <= 10_000_000:
             raise SimulationError(f"--vehicles: must be 1 to 10,000,000, got {self.vehicles}")
         _check_fleet(self.fleet)
-        hardware = [hw for hw, _share in self.fleet]
-        for hw in self.fail_on:
-            if hw not in hardware:
-                raise SimulationError(
-                    f"--fail-on: {hw!r} is not a hardware id of the fleet ({', '.join(hardware)})"
-                )
+        names = [name for name, _values in self.cohorts]
+        if len(set(names)) != len(names) or "hardware_id" in names:
+            raise SimulationError("--fleet: a dimension is given twice")
+        for _name, values in self.cohorts:
+            _check_fleet(values)
+        known = self.groups()
+        for spec in self.fail_on:
+            if self.fail_group(spec) not in known:
+                shown = ", ".join(g if d == "hardware_id" else f"{d}={g}" for d, g in known)
+                raise SimulationError(f"--fail-on: {spec!r} is not a group of the fleet ({shown})")
         for name in ("fail_rate", "offline_rate", "delta_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -117,18 +125,37 @@ class SimulationConfig:
         if self.full_size < 0 or self.delta_size < 0:
             raise SimulationError("--full-size, --delta-size: must not be negative")
 
+    def groups(self) -> list[tuple[str, str]]:
+        """Every ``(dimension, value)`` of the fleet, hardware ids first."""
+        result = [("hardware_id", hw) for hw, _share in self.fleet]
+        for name, values in self.cohorts:
+            result.extend((name, value) for value, _share in values)
+        return result
+
+    @staticmethod
+    def fail_group(spec: str) -> tuple[str, str]:
+        """``ecu-b`` → ``("hardware_id", "ecu-b")``; ``region=eu`` → ``("region", "eu")``."""
+        name, sep, value = spec.partition("=")
+        return (name, value) if sep else ("hardware_id", spec)
+
     @property
-    def failing_hardware(self) -> tuple[str, ...]:
-        """The hardware ids the release fails on (at ``fail_rate``); empty if it never fails."""
+    def failing_groups(self) -> tuple[tuple[str, str], ...]:
+        """The groups the release fails on (at ``fail_rate``); empty if it never fails."""
         if self.fail_rate == 0:
             return ()
-        return self.fail_on or tuple(hw for hw, _share in self.fleet)
+        if not self.fail_on:
+            return tuple(("hardware_id", hw) for hw, _share in self.fleet)
+        return tuple(self.fail_group(spec) for spec in self.fail_on)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "policy": self.policy.name,
             "vehicles": self.vehicles,
             "fleet": {hw: float(share) for hw, share in self.fleet},
+            "cohorts": {
+                name: {value: float(share) for value, share in values}
+                for name, values in self.cohorts
+            },
             "fail_rate": self.fail_rate,
             "fail_on": list(self.fail_on),
             "poll_interval": self.poll_interval,
@@ -223,6 +250,37 @@ class HardwareCounts:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class GroupExposure:
+    """What happened in one group (a hardware id, or one value of a cohort dimension)."""
+
+    dimension: str
+    value: str
+    vehicles: int
+    admitted: int
+    started: int
+    succeeded: int
+    rolled_back: int
+    exposed: int
+    """Vehicles of the group the release harmed: rolled back, or committed it while it is bad
+    for them (``fail_on``)."""
+    judged: bool
+    """Whether the policy's sequential test judged this group."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dimension": self.dimension,
+            "value": self.value,
+            "vehicles": self.vehicles,
+            "admitted": self.admitted,
+            "started": self.started,
+            "succeeded": self.succeeded,
+            "rolled_back": self.rolled_back,
+            "exposed": self.exposed,
+            "judged": self.judged,
+        }
+
+
 Sample = tuple[float, int, int, int, int, int]
 """``(time, idle, admitted, installing, succeeded, failed)``, in :data:`STATES` order."""
 
@@ -263,6 +321,8 @@ class SimulationResult:
     full_downloads: int
     delta_downloads: int
     hardware: dict[str, HardwareCounts]
+    groups: tuple[GroupExposure, ...]
+    """Every hardware id and cohort value, with its exposure."""
     stages: tuple[StageRecord, ...]
     decisions: tuple[DecisionRecord, ...]
     series: tuple[Sample, ...] = field(repr=False)
@@ -295,6 +355,7 @@ class SimulationResult:
             "full_downloads": self.full_downloads,
             "delta_downloads": self.delta_downloads,
             "hardware": {hw: counts.to_dict() for hw, counts in self.hardware.items()},
+            "groups": [group.to_dict() for group in self.groups],
             "timeline": [stage.to_dict() for stage in self.stages],
             "decisions": [decision.to_dict() for decision in self.decisions],
             "config": self.config.to_dict(),
@@ -312,7 +373,7 @@ def _check_fleet(fleet: tuple[tuple[str, Fraction], ...]) -> None:
         raise SimulationError("--fleet: give at least one hardware id")
     names = [hw for hw, _share in fleet]
     if len(set(names)) != len(names):
-        raise SimulationError(f"--fleet: a hardware id appears twice ({', '.join(names)})")
+        raise SimulationError(f"--fleet: a value appears twice ({', '.join(names)})")
     if any(share <= 0 for _hw, share in fleet):
         raise SimulationError("--fleet: every fraction must be greater than 0")
     total = sum((share for _hw, share in fleet), Fraction(0))

@@ -30,6 +30,7 @@ _SIZE_UNITS = {
     "tib": 1 << 40,
 }
 _HARDWARE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]*$")
+_DIMENSION = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 _NEVER = ("never", "forever")
 _SPREAD_SIGNS = ("±", "+/-", "+-")
 
@@ -61,6 +62,34 @@ def parse_fleet(text: str, option: str = "--fleet") -> tuple[tuple[str, Fraction
             f"{option}: fractions must sum to 1, they sum to {_decimal(total)} ({text.strip()})"
         )
     return tuple(entries)
+
+
+def parse_fleets(
+    specs: tuple[str, ...],
+) -> tuple[
+    tuple[tuple[str, Fraction], ...], tuple[tuple[str, tuple[tuple[str, Fraction], ...]], ...]
+]:
+    """Repeated ``--fleet``: the hardware mix (no prefix; ``ecu-a=1`` if none is given) and
+    every ``DIMENSION:VALUE=FRACTION,…`` cohort."""
+    hardware: tuple[tuple[str, Fraction], ...] | None = None
+    cohorts: list[tuple[str, tuple[tuple[str, Fraction], ...]]] = []
+    for spec in specs:
+        name, sep, rest = spec.partition(":")
+        if sep and "=" not in name:
+            name = name.strip()
+            if not _DIMENSION.fullmatch(name) or name == "hardware_id":
+                raise SimulationError(
+                    f"--fleet: {name!r} is not a dimension name (lower-case letters, digits, "
+                    "'_', '.', '-'; hardware ids take no prefix)"
+                )
+            if any(name == known for known, _values in cohorts):
+                raise SimulationError(f"--fleet: dimension {name!r} is given twice")
+            cohorts.append((name, parse_fleet(rest, f"--fleet {name}:")))
+        elif hardware is not None:
+            raise SimulationError("--fleet: the hardware ids are given twice (prefix a cohort)")
+        else:
+            hardware = parse_fleet(spec)
+    return hardware or (("ecu-a", Fraction(1)),), tuple(cohorts)
 
 
 def parse_rate(text: str, option: str) -> float:

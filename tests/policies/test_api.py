@@ -15,7 +15,7 @@ def test_the_server_flow() -> None:
     stored = rp.preset("canary").to_dict()
     stored = json.loads(json.dumps(stored))  # a JSON column
     policy = rp.parse_policy(stored, source="campaign 42")
-    assert rp.admission_target(policy.stages[0], 5000) == 25
+    assert rp.admission_target(policy.stages[0], 5000) == 3
     assert 0 <= rp.bucket("42", "VIN1") < rp.BUCKETS
     now = datetime(2025, 1, 1, tzinfo=UTC)
     state = rp.StageState(
@@ -24,16 +24,16 @@ def test_the_server_flow() -> None:
         campaign_started_at=now - timedelta(hours=5),
         now=now,
         eligible=5000,
-        admitted=50,
-        succeeded=50,
+        admitted=3,
+        succeeded=3,
         failed=0,
         rolled_back=0,
         in_progress=0,
         approved=False,
     )
     decision = rp.decide(policy, state)
-    assert (decision.kind, decision.next_stage_index, decision.target) == ("advance", 1, 500)
-    assert stored["maintenance_windows"] == [] and stored["stages"][0]["name"] == "canary-0.5%"
+    assert (decision.kind, decision.next_stage_index, decision.target) == ("advance", 1, 5)
+    assert stored["maintenance_windows"] == [] and stored["stages"][0]["name"] == "pilot-0.05%"
 
 
 FORBIDDEN = ("flask", "sqlalchemy", "yaml", "boto3", "server", "signing", "client")

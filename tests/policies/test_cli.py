@@ -51,7 +51,7 @@ def test_list(run: Invoke) -> None:
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["NAME", "STAGES", "DEADLINE", "DESCRIPTION"]
     assert [line.split()[0] for line in lines[1:]] == list(PRESETS)
-    assert "0.5% → 10% → 50% → 100%" in lines[1]
+    assert "0.05% → 0.1% → 0.2% → 0.4%" in lines[1]
 
 
 def test_list_json() -> None:
@@ -59,7 +59,7 @@ def test_list_json() -> None:
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output)
     assert [row["name"] for row in rows] == list(PRESETS)
-    assert rows[0]["stages"] == ["0.5%", "10%", "50%", "100%"] and rows[0]["deadline"] == "14d"
+    assert rows[0]["stages"][:3] == ["0.05%", "0.1%", "0.2%"] and rows[0]["deadline"] == "14d"
 
 
 def test_validate_ok(run: Invoke, tmp_path: Path) -> None:
@@ -98,11 +98,18 @@ def test_show_preset_table(run: Invoke) -> None:
     r = run("show", "canary", "--fleet", "12345")
     assert r.code == 0, r
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("canary: 0.5% canary")
+    assert lines[0].startswith("canary: 0.05% pilot")
     assert lines[1] == "source: preset 'canary'"
-    assert lines[2] == "4 stages: 0.5% → 10% → 50% → 100%; deadline 14d after start, then pause"
+    assert lines[2] == (
+        "12 stages: 0.05% → 0.1% → 0.2% → 0.4% → 0.8% → 1.6% → 3.2% → 6.4% → 12.5% → 25% → "
+        "50% → 100%; deadline 14d after start, then pause"
+    )
     assert lines[3] == "maintenance windows: none (vehicles install whenever assigned)"
-    header = lines[5].split("  ")
+    assert lines[4] == (
+        "judged: overall, per hardware id, region, model; halts when a group's failures are "
+        "clearly above 1% (sequential test: caught fast at 20%, false-halt rate 1%)"
+    )
+    header = lines[6].split("  ")
     assert [h.strip() for h in header if h.strip()] == [
         "#",
         "STAGE",
@@ -115,21 +122,23 @@ def test_show_preset_table(run: Invoke) -> None:
         "APPROVAL",
         "VEHICLES OF 12345",
     ]
-    assert lines[6].split() == [
+    assert lines[7].split() == [
         "1",
-        "canary-0.5%",
-        "0.5%",
-        "4h",
-        "200",
-        "98%",
-        "2%",
+        "pilot-0.05%",
+        "0.05%",
+        "1h",
+        "90%",
+        "of",
+        "admitted",
+        "90%",
+        "10%",
         "abort",
         "-",
-        "62",
+        "7",
     ]
-    assert lines[9].split() == [
-        "4",
-        "canary-100%",
+    assert lines[18].split() == [
+        "12",
+        "fleet-100%",
         "100%",
         "-",
         "50%",

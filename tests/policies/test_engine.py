@@ -134,7 +134,8 @@ def test_the_issue_example_breach() -> None:
 
 
 def test_no_breach_before_the_minimum_sample() -> None:
-    d = decide(POLICY, state(hours=3, admitted=10, succeeded=5, failed=4))
+    # 1 failure in 6 (17%) is over the stage's 5%, but not a sample yet, nor statistically clear.
+    d = decide(POLICY, state(hours=3, admitted=10, succeeded=5, failed=1))
     assert d.kind == "hold" and d.waiting_for == ("sample",)
 
 
@@ -406,5 +407,5 @@ def test_canary_rolls_a_synthetic_fleet_to_completion() -> None:
         elif d.kind != "hold":
             break
         now += timedelta(hours=1)
-    assert kinds.count("advance") == 3 and kinds[-1] == "complete", kinds
+    assert kinds.count("advance") == len(policy.stages) - 1 and kinds[-1] == "complete", kinds
     assert list(admitted_at) == order  # admitted in bucket order, never skipped or revoked

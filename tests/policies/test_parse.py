@@ -137,7 +137,7 @@ ERRORS: list[tuple[Any, str]] = [
     (
         with_("colour", "red"),
         "colour: unknown field; known fields: name, description, stages, maintenance_windows, "
-        "deadline, on_deadline, allow_partial",
+        "deadline, on_deadline, allow_partial, judge",
     ),
     ({"name": "x"}, "stages: missing; a policy needs a list of stages"),
     (with_("stages", "10%"), "stages: must be a list of stages, got '10%'"),

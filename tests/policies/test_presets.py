@@ -38,7 +38,10 @@ def test_presets_load_without_pyyaml(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_preset_shapes() -> None:
     shares = {name: [str(s.share) for s in p.stages] for name, p in all_presets().items()}
-    assert shares["canary"] == ["0.5%", "10%", "50%", "100%"]
+    assert shares["canary"] == [
+        *("0.05%", "0.1%", "0.2%", "0.4%", "0.8%", "1.6%", "3.2%", "6.4%", "12.5%"),
+        *("25%", "50%", "100%"),
+    ]
     assert shares["linear"] == [f"{10 * i}%" for i in range(1, 11)]
     assert shares["exponential"] == ["1%", "2%", "4%", "8%", "16%", "32%", "64%", "100%"]
     assert shares["immediate"] == ["100%"]

@@ -34,7 +34,10 @@ from tests.conftest import Result, run_cli
 HOUR = 3600
 SPLIT = (("ecu-a", Fraction(9, 10)), ("ecu-b", Fraction(1, 10)))
 NEVER_BREACHES = parse_policy(
-    {"stages": [{"share": "100%", "max_failure_rate": "100%", "success_threshold": 0}]},
+    {
+        "stages": [{"share": "100%", "max_failure_rate": "100%", "success_threshold": 0}],
+        "judge": {"acceptable_failure_rate": "99%", "detect_failure_rate": "100%"},
+    },
     source="test",
 )
 
@@ -77,13 +80,12 @@ def test_good_release_completes_and_everyone_succeeds() -> None:
     assert result.outcome == "completed"
     assert result.succeeded == result.admitted == result.started == 3000
     assert (result.rolled_back, result.exposed, result.halted_at) == (0, 0, None)
-    assert [s.ended_by for s in result.stages] == ["advance", "advance", "advance", "complete"]
-    assert [s.target for s in result.stages] == [15, 300, 1500, 3000]
-    assert [s.admitted for s in result.stages] == [15, 285, 1200, 1500]
-    # The soaks (4h + 12h + 1d) set the pace; the last wave polls and installs within ~40 min.
+    assert [s.ended_by for s in result.stages] == ["advance"] * 11 + ["complete"]
+    assert [s.target for s in result.stages] == [2, 3, 6, 12, 24, 48, 96, 192, 375, 750, 1500, 3000]
+    # The soaks (6 x 1h, 2 x 2h, 4h, 8h, 12h) set the pace; the last wave installs in ~40 min.
     assert result.completed_at is not None
-    assert 40 * HOUR <= result.completed_at <= 41 * HOUR
-    assert result.stages[1].started_at == 4 * HOUR and result.stages[2].started_at == 16 * HOUR
+    assert 34 * HOUR <= result.completed_at <= 35 * HOUR
+    assert result.stages[1].started_at == HOUR and result.stages[8].started_at == 10 * HOUR
     assert result.full_downloads + result.delta_downloads == 3000
     assert result.bytes_shipped == result.full_downloads * 200 * 2**20 + (
         result.delta_downloads * 20 * 2**20
@@ -99,7 +101,7 @@ def test_release_failing_everywhere_halts_in_the_first_stage(name: str, outcome:
     assert result.admitted == first
     assert result.exposed == result.rolled_back == result.started <= first
     assert result.succeeded == 0
-    assert "failure rate 100.0% > max" in result.reason
+    assert "failure rate 100.0% > max" in result.reason or "clearly above" in result.reason
 
 
 def test_halt_stops_vehicles_that_have_not_polled_yet() -> None:
@@ -224,7 +226,7 @@ def test_fleet_is_apportioned_exactly_and_cohorts_follow_the_bucket_order() -> N
 
 
 def test_config_refuses_impossible_values() -> None:
-    with pytest.raises(SimulationError, match="--fail-on: 'ecu-z' is not a hardware id"):
+    with pytest.raises(SimulationError, match="--fail-on: 'ecu-z' is not a group of the fleet"):
         SimulationConfig(policy=preset("canary"), vehicles=10, fail_on=("ecu-z",), fail_rate=1)
     with pytest.raises(SimulationError, match="--fleet: fractions must sum to 1"):
         SimulationConfig(policy=preset("canary"), vehicles=10, fleet=(("a", Fraction(1, 2)),))
@@ -249,21 +251,21 @@ def test_parsers() -> None:
 
 @pytest.mark.slow
 def test_canary_goal_at_100k_vehicles() -> None:
-    """The issue's goal: a release that breaks every vehicle of a hardware id holding 10% of a
-    100,000-vehicle fleet is halted by the canary preset with at most 100 vehicles (0.1%)
-    exposed, every one of them rolled back; a good release completes. (``bench/simulate.py``
-    times both; tests make no timing assertions.)"""
-    for seed in range(3):
-        result = run_sim(
-            vehicles=100_000, fleet=SPLIT, fail_on=("ecu-b",), fail_rate=1.0, seed=seed
-        )
-        assert result.outcome == "aborted" and result.stage_index == 0
-        assert result.exposed <= 100, (seed, result.exposed)
+    """The goals of the per-group judging (``bench/rollout_safety.py`` measures every case): a
+    release that breaks every vehicle of a variant, from 0.5% to 50% of a 100,000-vehicle
+    fleet, is halted by the canary preset with at most 50 of that variant exposed, all of
+    them rolled back; a good release completes. (Tests make no timing assertions.)"""
+    for seed, share in enumerate((Fraction(1, 200), Fraction(1, 10), Fraction(1, 2))):
+        fleet = (("ecu-a", 1 - share), ("ecu-b", share))
+        result = run_sim(vehicles=100_000, fleet=fleet, fail_on=("ecu-b",), fail_rate=1.0, seed=seed)
+        assert result.outcome in ("aborted", "paused")
+        assert result.exposed <= 50, (seed, result.exposed)
         assert result.hardware["ecu-a"].rolled_back == 0
         assert result.hardware["ecu-b"].rolled_back == result.exposed  # all of them rolled back
+        assert "hardware id 'ecu-b'" in result.reason
     good = run_sim(vehicles=100_000)
     assert good.outcome == "completed" and good.succeeded == 100_000
-    assert good.completed_at is not None and 40 * HOUR <= good.completed_at <= 42 * HOUR
+    assert good.completed_at is not None and 34 * HOUR <= good.completed_at <= 36 * HOUR
 
 
 # ------------------------------------------------------------------------------ the command
@@ -273,7 +275,7 @@ def test_cli_report(run: Invoke) -> None:
     r = run("--policy", "canary", "--vehicles", "5000", "--fleet", "ecu-a=0.9,ecu-b=0.1")
     assert (r.code, r.stderr) == (0, ""), r
     assert "release: good (no vehicle fails)" in r.stdout
-    assert "outcome: COMPLETED after 1d16h" in r.stdout
+    assert "outcome: COMPLETED after 1d10h" in r.stdout
     r = run(
         "--policy",
         "canary",
@@ -288,7 +290,8 @@ def test_cli_report(run: Invoke) -> None:
     out = r.stdout
     assert "release: fails (rolls back) with probability 100% on ecu-b; succeeds elsewhere" in out
     assert "manual approval: none in this policy" in out
-    assert "outcome: ABORTED at " in out and "in stage 'canary-0.5%'" in out
+    assert "outcome: PAUSED at " in out and "in stage 'wave-0.8%'" in out
+    assert "hardware id 'ecu-b': 2 of 2 finished failed" in out
     assert "exposed (blast radius): " in out
     assert out.splitlines()[8].split() == [
         "STAGE",
@@ -308,7 +311,7 @@ def test_cli_json_keys(run: Invoke) -> None:
     data = json.loads(r.stdout)
     for key in ("exposed", "rolled_back", "halted_at", "completed_at", "bytes_shipped"):
         assert key in data
-    assert data["halted_at"] is None and data["completed_at"] > 40 * HOUR
+    assert data["halted_at"] is None and data["completed_at"] > 30 * HOUR
     assert data["exposed"] == data["rolled_back"] == 0
     assert isinstance(data["bytes_shipped"], int) and data["bytes_shipped"] > 0
     assert [s["stage"] for s in data["timeline"]] == [s.name for s in preset("canary").stages]
@@ -386,7 +389,7 @@ def test_cli_plot_without_matplotlib(
         (["--fail-rate", "-0.1"], "--fail-rate: expected a fraction from 0 to 1"),
         (["--fail-rate", "1.5"], "--fail-rate: expected a fraction from 0 to 1"),
         (["--offline-rate", "-1%"], "--offline-rate: expected a fraction from 0 to 1"),
-        (["--fail-on", "ecu-z"], "--fail-on: 'ecu-z' is not a hardware id of the fleet"),
+        (["--fail-on", "ecu-z"], "--fail-on: 'ecu-z' is not a group of the fleet (ecu-a)"),
         (["--poll-interval", "15 minutes"], "--poll-interval: expected a duration"),
         (["--poll-interval", "0"], "--poll-interval: must be at least 1s"),
         (["--install-time", "20m±30m"], "--install-time: the ± range cannot exceed"),
