@@ -33,11 +33,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmarks_md import assemble  # noqa: E402
-from simulate import machine  # noqa: E402
+from benchmarks_md import assemble
+from simulate import machine
 
-import rollout_policies as rp  # noqa: E402
-from rollout_policies.simulate import SimulationConfig, SimulationResult, simulate  # noqa: E402
+import rollout_policies as rp
+from rollout_policies.simulate import SimulationConfig, SimulationResult, simulate
 
 RESULTS = Path(__file__).with_name("results") / "rollout-safety.md"
 VEHICLES = 100_000
@@ -65,14 +65,14 @@ def config(case: Case | None, seed: int, policy: rp.Policy) -> SimulationConfig:
             policy=policy,
             vehicles=VEHICLES,
             fleet=(("ecu-a", Fraction(9, 10)), ("ecu-b", Fraction(1, 10))),
-            cohorts=(("region", REGIONS + (("xx", Fraction(1, 10)),)),),
+            cohorts=(("region", (*REGIONS, ("xx", Fraction(1, 10)))),),
             fail_rate=0.005,
             seed=seed,
         )
     s = fraction(case.share)
     if case.dimension == "hardware_id":
         fleet: tuple[tuple[str, Fraction], ...] = (("ecu-a", 1 - s), ("ecu-x", s))
-        regions = REGIONS + (("xx", Fraction(1, 10)),)
+        regions = (*REGIONS, ("xx", Fraction(1, 10)))
         fail_on = ("ecu-x",)
     else:
         fleet = (("ecu-a", Fraction(1)),)

@@ -18,13 +18,29 @@ from rollout_policies.cohort import (
     in_cohort,
 )
 from rollout_policies.documents import load_policy, read_document
-from rollout_policies.engine import Decision, Gate, Kind, StageState, decide, required_sample
+from rollout_policies.engine import (
+    Decision,
+    Gate,
+    Kind,
+    StageState,
+    clock,
+    decide,
+    required_sample,
+)
 from rollout_policies.errors import (
     InvalidPolicy,
     InvalidState,
     PolicyError,
     PolicyFileError,
     UnknownPreset,
+)
+from rollout_policies.groups import (
+    HARDWARE_ID,
+    OVERALL,
+    GroupCounts,
+    GroupVerdict,
+    Judgement,
+    judge,
 )
 from rollout_policies.model import Action, Policy, Stage
 from rollout_policies.parse import parse_policy
@@ -33,12 +49,17 @@ from rollout_policies.units import Ratio, Share
 
 __all__ = [
     "BUCKETS",
+    "HARDWARE_ID",
+    "OVERALL",
     "PRESETS",
     "Action",
     "Decision",
     "Gate",
+    "GroupCounts",
+    "GroupVerdict",
     "InvalidPolicy",
     "InvalidState",
+    "Judgement",
     "Kind",
     "MaintenanceWindow",
     "Policy",
@@ -53,10 +74,12 @@ __all__ = [
     "admission_target",
     "all_presets",
     "bucket",
+    "clock",
     "cutoff",
     "decide",
     "in_cohort",
     "in_maintenance_window",
+    "judge",
     "load_policy",
     "parse_policy",
     "preset",

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from rollout_policies.cohort import admission_target, cutoff
@@ -151,6 +151,8 @@ class Decision:
     """For ``hold``: every condition still unmet."""
     groups: tuple[GroupVerdict, ...] = ()
     """Every judged group (the campaign first) with its counts and the sequential test's view."""
+    waits: tuple[str, ...] = ()
+    """For ``hold``: one line per unmet condition (``soaking until 14:20 UTC, 3h40m left``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -163,6 +165,7 @@ class Decision:
             "cutoff": self.cutoff,
             "until": self.until.isoformat() if self.until is not None else None,
             "waiting_for": list(self.waiting_for),
+            "waits": list(self.waits),
             "groups": [g.to_dict() for g in self.groups],
         }
 
@@ -235,12 +238,13 @@ def decide(policy: Policy, state: StageState) -> Decision:
     if state.now < soak_end:
         waiting.append("soak")
         left = format_duration(timedelta(seconds=math.ceil((soak_end - state.now).total_seconds())))
-        reasons.append(f"soaking until {soak_end.isoformat(timespec='seconds')} ({left} left)")
+        reasons.append(f"soaking until {clock(soak_end)}, {left} left")
     if not sample_met:
         waiting.append("sample")
         more = sample - finished
         reasons.append(
-            f"waiting for {more} more finished {_vehicles(more)} ({finished} of {sample} needed; "
+            f"waiting for {more} more {'result' if more == 1 else 'results'} "
+            f"({finished} of {sample} needed; "
             f"{_progress(state, unfinished)})"
         )
     elif not success_met:
@@ -264,7 +268,7 @@ def decide(policy: Policy, state: StageState) -> Decision:
     if stage.manual_approval and not state.approved:
         waiting.append("approval")
         step = "complete" if last else f"advance to stage {stages[index + 1].name!r}"
-        reasons.append(f"awaiting manual approval to {step}")
+        reasons.append(f"waiting for approval to {step}")
 
     summary = (
         f"{succeeded} of {finished} finished succeeded, "
@@ -309,7 +313,15 @@ def decide(policy: Policy, state: StageState) -> Decision:
         f"holding {at}: " + "; ".join(reasons),
         until=soak_end if "soak" in waiting else None,
         waiting_for=tuple(waiting),
+        waits=tuple(reasons),
     )
+
+
+def clock(moment: datetime) -> str:
+    """``2025-03-01 14:00 UTC`` (``UTC`` only for aware times: the simulator's are local)."""
+    if moment.tzinfo is None:
+        return f"{moment:%Y-%m-%d %H:%M}"
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
 
 
 def required_sample(stage: Stage, admitted: int) -> int:

@@ -39,6 +39,11 @@ OVERALL = "campaign"
 """The dimension of the one group that holds every admitted vehicle."""
 
 
+DEFAULT_ACCEPTABLE = Ratio(20_000)
+DEFAULT_DETECT = Ratio(200_000)
+DEFAULT_FALSE_HALT = Ratio(10_000)
+
+
 @dataclass(frozen=True, slots=True)
 class Judgement:
     """The policy's sequential test: which groups it judges and how strict it is."""
@@ -47,11 +52,11 @@ class Judgement:
     """Cohort dimensions judged besides hardware id: ``model``, ``region``,
     ``installed_version`` (the version a vehicle ran when the campaign started), or the name
     of any vehicle attribute."""
-    acceptable_failure_rate: Ratio = Ratio(20_000)
+    acceptable_failure_rate: Ratio = DEFAULT_ACCEPTABLE
     """``p0``: a group failing at this rate or less is fine."""
-    detect_failure_rate: Ratio = Ratio(200_000)
+    detect_failure_rate: Ratio = DEFAULT_DETECT
     """``p1``: a group failing at this rate or more is caught within a few results."""
-    false_halt_rate: Ratio = Ratio(10_000)
+    false_halt_rate: Ratio = DEFAULT_FALSE_HALT
     """``alpha``: the most a campaign whose every group fails at ``p0`` halts, ever."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,3 +202,6 @@ def breach_reason(verdict: GroupVerdict, judgement: Judgement) -> str:
         f"{format_ppm(p0, 1)} (sequential test, false-halt rate "
         f"{format_ppm(judgement.false_halt_rate.ppm, 1)})"
     )
+
+
+DEFAULT_JUDGEMENT = Judgement()

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from overdrive.maintenance import MaintenanceWindow
-from rollout_policies.groups import Judgement
+from rollout_policies.groups import DEFAULT_JUDGEMENT, Judgement
 from rollout_policies.units import PPM, Ratio, Share, format_duration
 
 Action = Literal["pause", "abort"]
@@ -76,7 +76,7 @@ class Policy:
     on_deadline: Action = "pause"
     allow_partial: bool = False
     """Whether the last stage may stop short of 100% of the eligible fleet."""
-    judge: Judgement = Judgement()
+    judge: Judgement = DEFAULT_JUDGEMENT
     """The sequential test every group (hardware id, cohort) is judged by at every stage."""
 
     def __post_init__(self) -> None:

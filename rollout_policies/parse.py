@@ -360,20 +360,20 @@ class _Parser:
     def judgement(self, value: Any, path: str) -> Judgement:
         raw = self.fields(value, path, JUDGE_FIELDS, "the sequential test's settings")
         default = Judgement()
+        names: list[Any] = self.optional(
+            raw, path, "cohorts", lambda v, p: self.items(v, p, "names", MAX_COHORTS), []
+        )
         cohorts = tuple(
-            self.cohort(item, f"{_child(path, 'cohorts')}[{i}]")
-            for i, item in enumerate(
-                self.optional(
-                    raw, path, "cohorts", lambda v, p: self.items(v, p, "names", MAX_COHORTS), []
-                )
-            )
+            self.cohort(item, f"{_child(path, 'cohorts')}[{i}]") for i, item in enumerate(names)
         )
         if len(set(cohorts)) != len(cohorts):
             self.fail(_child(path, "cohorts"), "names a dimension twice")
         p0 = self.optional(
             raw, path, "acceptable_failure_rate", self.ratio, default.acceptable_failure_rate
         )
-        p1 = self.optional(raw, path, "detect_failure_rate", self.ratio, default.detect_failure_rate)
+        p1 = self.optional(
+            raw, path, "detect_failure_rate", self.ratio, default.detect_failure_rate
+        )
         alpha = self.optional(raw, path, "false_halt_rate", self.ratio, default.false_halt_rate)
         if not 0 < p0.ppm < p1.ppm:
             self.fail(
@@ -381,7 +381,9 @@ class _Parser:
                 f"must be above acceptable_failure_rate ({p0}) and that above 0%, got {p1}",
             )
         if not 0 < alpha.ppm <= PPM // 2:
-            self.fail(_child(path, "false_halt_rate"), f"must be above 0% and at most 50%, got {alpha}")
+            self.fail(
+                _child(path, "false_halt_rate"), f"must be above 0% and at most 50%, got {alpha}"
+            )
         return Judgement(cohorts, p0, p1, alpha)
 
     def cohort(self, value: Any, path: str) -> str:

@@ -110,7 +110,9 @@ def build_fleet(config: SimulationConfig) -> Fleet:
     failure, bundle kind and whether and how long it is offline."""
     rng = random.Random(config.seed)
     n = config.vehicles
-    hardware = [index for index, count in enumerate(_apportion(config.fleet, n)) for _ in range(count)]
+    hardware = [
+        index for index, count in enumerate(_apportion(config.fleet, n)) for _ in range(count)
+    ]
     rng.shuffle(hardware)
     width = max(6, len(str(n - 1)))
     ids = [f"veh-{i:0{width}d}" for i in range(n)]
@@ -498,7 +500,7 @@ def _exposures(
         (name, values, column)
         for (name, values), column in zip(config.cohorts, fleet.cohorts, strict=True)
     ]
-    result = []
+    result: list[GroupExposure] = []
     for name, values, column in dimensions:
         tally = [[0] * 6 for _ in values]
         for v, status in enumerate(state):
@@ -510,7 +512,9 @@ def _exposures(
             row[4] += status == _FAILED
             row[5] += harmed[v]
         result.extend(
-            GroupExposure(name, value, *row, judged=(name, value) in judged)
+            GroupExposure(
+                name, value, row[0], row[1], row[2], row[3], row[4], row[5], (name, value) in judged
+            )
             for (value, _share), row in zip(values, tally, strict=True)
         )
     return tuple(result)

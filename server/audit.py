@@ -11,8 +11,18 @@ from sqlalchemy.orm import Session
 from server.models import AuditEntry
 
 
-def record(session: Session, action: str, target: str | None = None, **details: Any) -> None:
-    actor = g.get("actor", "cli") if has_request_context() else "cli"
+def record(
+    session: Session,
+    action: str,
+    target: str | None = None,
+    *,
+    actor: str | None = None,
+    **details: Any,
+) -> None:
+    """Add an audit entry; ``actor`` defaults to the request's operator (``cli`` outside a
+    request). Automatic transitions pass ``actor="policy"``."""
+    if actor is None:
+        actor = g.get("actor", "cli") if has_request_context() else "cli"
     session.add(
         AuditEntry(at=datetime.now(UTC), actor=actor, action=action, target=target, details=details)
     )

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from overdrive.errors import OverdriveError
+from overdrive.text import one_line
 
 
 class ApiCallError(OverdriveError):
@@ -124,6 +127,11 @@ def load_policy_file(path: Path) -> Any:
     return read_document(path)
 
 
+def _path_id(campaign_id: str) -> str:
+    """A campaign id (or the unique prefix the demo prints) as a URL path segment."""
+    return urllib.parse.quote(campaign_id, safe="")
+
+
 def _simple(action: str, help_text: str) -> None:
     @campaign.command(action, help=help_text)
     @click.argument("campaign_id")
@@ -131,23 +139,149 @@ def _simple(action: str, help_text: str) -> None:
     @token_option
     @json_option
     def command(campaign_id: str, server_url: str, token: str, as_json: bool) -> None:
+        cid = _path_id(campaign_id)
         method, path = (
-            ("GET", f"/campaigns/{campaign_id}")
+            ("GET", f"/campaigns/{cid}")
             if action == "status"
-            else ("POST", f"/campaigns/{campaign_id}/{action}")
+            else ("POST", f"/campaigns/{cid}/{action}")
         )
         show(call(server_url, token, method, path), as_json)
 
 
 for _action, _help in (
     ("start", "Start a draft campaign: admit the first stage."),
-    ("pause", "Pause a running campaign (no new assignments)."),
     ("resume", "Resume a paused campaign."),
-    ("abort", "Abort a campaign for good."),
     ("approve", "Approve advancing to the next stage (manual gates)."),
-    ("status", "Show a campaign's state, stage and counts."),
+    ("status", "Show a campaign's state, what it waits for, its counts per group."),
 ):
     _simple(_action, _help)
+
+
+def _stopping(action: str, help_text: str) -> None:
+    @campaign.command(action, help=help_text)
+    @click.argument("campaign_id")
+    @click.option("--reason", help="Why (stored with the campaign and in the audit log).")
+    @server_option
+    @token_option
+    @json_option
+    def command(
+        campaign_id: str, reason: str | None, server_url: str, token: str, as_json: bool
+    ) -> None:
+        body = {"reason": reason} if reason is not None else None
+        show(
+            call(server_url, token, "POST", f"/campaigns/{_path_id(campaign_id)}/{action}", body),
+            as_json,
+        )
+
+
+_stopping("pause", "Pause a running campaign (no new assignments).")
+_stopping("abort", "Abort a campaign for good.")
+
+
+@campaign.command("delete")
+@click.argument("campaign_id")
+@server_option
+@token_option
+@json_option
+def delete_command(campaign_id: str, server_url: str, token: str, as_json: bool) -> None:
+    """Delete a draft campaign (one that never started)."""
+    data = call(server_url, token, "DELETE", f"/campaigns/{_path_id(campaign_id)}")
+    click.echo(json.dumps(data, indent=2) if as_json else f"deleted draft campaign {data['id']}")
+
+
+@campaign.command("vehicles")
+@click.argument("campaign_id")
+@click.option(
+    "--status",
+    help="pending, assigned, downloading, installing, installed, committed, failed, "
+    "rolled_back; or finished, failures.",
+)
+@click.option("--hardware-id", help="Only this hardware id.")
+@click.option("--model", help="Only this model.")
+@click.option("--region", help="Only this region.")
+@click.option("--group", metavar="DIMENSION=VALUE", help="Only this judged group (as in status).")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 500))
+@click.option("--offset", default=0, type=click.IntRange(0, 2**31 - 1))
+@server_option
+@token_option
+@json_option
+def vehicles_command(
+    campaign_id: str,
+    status: str | None,
+    hardware_id: str | None,
+    model: str | None,
+    region: str | None,
+    group: str | None,
+    limit: int,
+    offset: int,
+    server_url: str,
+    token: str,
+    as_json: bool,
+) -> None:
+    """List the vehicles behind a campaign's counts (status, reason, last event, versions)."""
+    query: dict[str, str | int] = {"limit": limit, "offset": offset}
+    for key, value in (
+        ("status", status),
+        ("hardware_id", hardware_id),
+        ("model", model),
+        ("region", region),
+    ):
+        if value is not None:
+            query[key] = value
+    if group is not None:
+        dimension, sep, value = group.partition("=")
+        if not sep or not dimension:
+            raise click.BadParameter(f"{group!r}: expected DIMENSION=VALUE", param_hint="--group")
+        query["dimension"], query["value"] = dimension, value
+    path = f"/campaigns/{_path_id(campaign_id)}/vehicles?" + urllib.parse.urlencode(query)
+    data = call(server_url, token, "GET", path)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    rows = [("VEHICLE", "HARDWARE ID", "STATUS", "FROM", "INSTALLED", "LAST EVENT", "REASON")]
+    for item in data["items"]:
+        event = item.get("last_event") or {}
+        rows.append(
+            (
+                one_line(item["vehicle_id"], 40),
+                one_line(item["hardware_id"], 24),
+                item["status"],
+                one_line(item.get("from_version") or "-", 16),
+                one_line(item.get("installed_version") or "-", 16),
+                f"{event.get('type', '-')} {event.get('received_at', '')}".strip(),
+                one_line(item.get("reason") or "-", 60),
+            )
+        )
+    _table(rows)
+    shown = len(data["items"])
+    more = f"; next: --offset {data['next_offset']}" if data.get("next_offset") else ""
+    click.echo(f"{shown} of {data['total']} vehicles{more}")
+
+
+@campaign.command("history")
+@click.argument("campaign_id")
+@server_option
+@token_option
+@json_option
+def history_command(campaign_id: str, server_url: str, token: str, as_json: bool) -> None:
+    """What happened to a campaign, oldest first: who (an operator or the policy) and why."""
+    data = call(server_url, token, "GET", f"/campaigns/{_path_id(campaign_id)}/history")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for entry in data["items"]:
+        details = entry.get("details") or {}
+        why = details.get("reason")
+        click.echo(
+            f"{entry['at']}  {one_line(entry['actor'], 40):<12} {entry['action']}"
+            + (f": {one_line(why, 300)}" if why else "")
+        )
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 @campaign.command("list")
@@ -192,3 +326,25 @@ def show(item: dict[str, Any], as_json: bool) -> None:
         f"  vehicles  eligible {c.get('eligible', 0)}, admitted {c.get('admitted', 0)}, committed {c.get('committed', 0)}, "
         f"failed {c.get('failed', 0)}, rolled back {c.get('rolled_back', 0)}"
     )
+    for line in item.get("waiting") or []:
+        click.echo(f"  waiting   {one_line(line, 300)}")
+    groups = [g for g in item.get("groups") or [] if g["dimension"] != "campaign"]
+    if groups:
+        click.echo("  groups    (failures judged against the sequential test's bound)")
+        rows = [("    GROUP", "ADMITTED", "FINISHED", "FAILURES", "RATE", "HALTS AT", "")]
+        for g in item.get("groups") or []:
+            label = "all" if g["dimension"] == "campaign" else f"{g['dimension']}={g['value']}"
+            rate = "-" if g["failure_rate"] is None else f"{g['failure_rate']:.1%}"
+            halts = "-" if g["halts_at"] is None else f"{g['halts_at']} failures"
+            rows.append(
+                (
+                    f"    {one_line(label, 48)}",
+                    str(g["admitted"]),
+                    str(g["finished"]),
+                    str(g["failures"]),
+                    rate,
+                    halts,
+                    "BREACHED" if g["breached"] else "",
+                )
+            )
+        _table(rows)

@@ -9,22 +9,23 @@ campaign and vehicle id), then id — up to the stage's share, so admission is e
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 import rollout_policies as rp
 from overdrive.errors import OverdriveError
+from overdrive.text import one_line
 from server.audit import record
 from server.context import ServerContext
 from server.errors import BadRequest, Conflict, NotFoundError
 from server.models import (
     ABORTED,
     ACTIVE_STATES,
-    COMPLETED,
     DRAFT,
     PAUSED,
     RUNNING,
@@ -34,7 +35,6 @@ from server.models import (
     Membership,
     Vehicle,
 )
-from server.vehicles import iso
 
 SUCCEEDED = ("committed",)
 FAILED = ("failed", "rolled_back")
@@ -66,7 +66,7 @@ def resolve_policy(spec: Any) -> tuple[str, dict[str, Any]]:
     raise BadRequest("field 'policy' must be a preset name or a policy object")
 
 
-def _policy(campaign: Campaign) -> rp.Policy:
+def policy_of(campaign: Campaign) -> rp.Policy:
     return rp.parse_policy(campaign.policy, source=f"campaign {campaign.id}")
 
 
@@ -149,10 +149,26 @@ def _actor() -> str:
     return str(g.get("actor", "cli")) if has_request_context() else "cli"
 
 
+MIN_PREFIX = 4
+_PREFIX = re.compile(r"[0-9a-f-]{4,36}")
+
+
 def get(session: Session, campaign_id: str, *, lock: bool = False) -> Campaign:
+    """The campaign with this id, or with this unique id prefix (at least 4 characters: the
+    demo and the CLI print short ids)."""
     campaign = session.get(Campaign, campaign_id, with_for_update=lock)
+    if campaign is None and _PREFIX.fullmatch(campaign_id):
+        matches = list(
+            session.scalars(select(Campaign.id).where(Campaign.id.like(f"{campaign_id}%")).limit(2))
+        )
+        if len(matches) > 1:
+            raise Conflict(
+                f"campaign id prefix {campaign_id!r} matches several campaigns; give more"
+            )
+        if matches:
+            campaign = session.get(Campaign, matches[0], with_for_update=lock)
     if campaign is None:
-        raise NotFoundError(f"no campaign {campaign_id}")
+        raise NotFoundError(f"no campaign {one_line(campaign_id, 80)}")
     return campaign
 
 
@@ -181,8 +197,15 @@ def eligible_vehicles(
     ctx: ServerContext, session: Session, campaign: Campaign
 ) -> list[tuple[str, str]]:
     """(vehicle id, hardware id) pairs the campaign's filter selects, below each release."""
+    return [(vehicle, hw) for vehicle, hw, _version in eligible_memberships(ctx, session, campaign)]
+
+
+def eligible_memberships(
+    ctx: ServerContext, session: Session, campaign: Campaign
+) -> list[tuple[str, str, str]]:
+    """(vehicle id, hardware id, installed version) the campaign's filter selects."""
     f = campaign.filter
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, str, str]] = []
     releases = session.scalars(
         select(CampaignRelease).where(CampaignRelease.campaign_id == campaign.id)
     )
@@ -190,7 +213,7 @@ def eligible_vehicles(
         if "hardware_id" in f and release.hardware_id not in f["hardware_id"]:
             continue
         query = (
-            select(InstalledImage.vehicle_id)
+            select(InstalledImage.vehicle_id, InstalledImage.version)
             .join(Vehicle, Vehicle.id == InstalledImage.vehicle_id)
             .where(
                 InstalledImage.hardware_id == release.hardware_id,
@@ -212,7 +235,8 @@ def eligible_vehicles(
                 )
             )
         attribute_filters = {k: v for k, v in f.items() if k not in FILTER_KEYS}
-        ids = list(session.scalars(query))
+        installed = {vehicle: version for vehicle, version in session.execute(query)}
+        ids = list(installed)
         if attribute_filters:
             vehicles = {
                 v.id: v
@@ -229,7 +253,7 @@ def eligible_vehicles(
                     for k, vals in attribute_filters.items()
                 )
             ]
-        pairs.extend((vehicle_id, release.hardware_id) for vehicle_id in ids)
+        pairs.extend((vehicle_id, release.hardware_id, installed[vehicle_id]) for vehicle_id in ids)
     return pairs
 
 
@@ -258,10 +282,10 @@ def start(ctx: ServerContext, session: Session, campaign_id: str) -> Campaign:
     campaign = get(session, campaign_id, lock=True)
     if campaign.state != DRAFT:
         raise Conflict(f"campaign {campaign.id} is {campaign.state}; only a draft can start")
-    pairs = eligible_vehicles(ctx, session, campaign)
-    hardware = {hw for _v, hw in pairs}
+    pairs = eligible_memberships(ctx, session, campaign)
+    hardware = {hw for _v, hw, _version in pairs}
     clashes: dict[str, int] = {}
-    vehicle_ids = sorted({v for v, _hw in pairs})
+    vehicle_ids = sorted({v for v, _hw, _version in pairs})
     for start_at in range(0, len(vehicle_ids), _ID_BATCH):  # bind parameters are limited
         rows = session.execute(
             select(Membership.campaign_id, func.count())
@@ -294,8 +318,9 @@ def start(ctx: ServerContext, session: Session, campaign_id: str) -> Campaign:
                     "status": "pending",
                     "active": True,
                     "updated_at": stamp,
+                    "from_version": version,
                 }
-                for vehicle_id, hw in pairs
+                for vehicle_id, hw, version in pairs
             ],
         )
     transition(
@@ -315,7 +340,7 @@ def start(ctx: ServerContext, session: Session, campaign_id: str) -> Campaign:
 
 def admit(session: Session, campaign: Campaign) -> int:
     """Admit vehicles in (bucket, id) order up to the current stage's share; return how many."""
-    policy = _policy(campaign)
+    policy = policy_of(campaign)
     target = rp.admission_target(policy.stages[campaign.stage_index], campaign.eligible_count)
     admitted = (
         session.scalar(
@@ -348,7 +373,7 @@ def admit(session: Session, campaign: Campaign) -> int:
     return len(rows)
 
 
-def _deactivate(session: Session, campaign: Campaign) -> None:
+def deactivate(session: Session, campaign: Campaign) -> None:
     session.execute(
         update(Membership).where(Membership.campaign_id == campaign.id).values(active=None)
     )
@@ -380,9 +405,23 @@ def abort(session: Session, campaign_id: str, reason: str = "aborted by operator
         reason=reason,
         finished_at=utcnow(),
     )
-    _deactivate(session, campaign)
+    deactivate(session, campaign)
     record(session, "campaign.abort", f"campaign:{campaign.id}", reason=reason)
     return campaign
+
+
+def delete_draft(session: Session, campaign_id: str) -> str:
+    """Delete a campaign that never started (its id); started ones are kept for the record."""
+    campaign = get(session, campaign_id, lock=True)
+    if campaign.state != DRAFT:
+        raise Conflict(
+            f"campaign {campaign.id} is {campaign.state}; only a draft can be deleted "
+            "(abort a started one)"
+        )
+    session.execute(delete(CampaignRelease).where(CampaignRelease.campaign_id == campaign.id))
+    session.delete(campaign)
+    record(session, "campaign.delete", f"campaign:{campaign.id}", name=campaign.name)
+    return campaign.id
 
 
 def approve(session: Session, campaign_id: str) -> Campaign:
@@ -392,7 +431,7 @@ def approve(session: Session, campaign_id: str) -> Campaign:
     return campaign
 
 
-# ------------------------------------------------------------------------------ evaluation
+# ------------------------------------------------------------------------------ counts
 
 
 def counts(session: Session, campaign_id: str) -> dict[str, int]:
@@ -410,136 +449,14 @@ def counts(session: Session, campaign_id: str) -> dict[str, int]:
     return result
 
 
-def evaluate(session: Session, campaign: Campaign, now: datetime) -> str:
-    """Run the policy engine for one running campaign and apply its decision (compare-and-set)."""
-    policy = _policy(campaign)
-    c = counts(session, campaign.id)
-    succeeded = sum(c.get(s, 0) for s in SUCCEEDED)
-    failed = c.get("failed", 0)
-    rolled_back = c.get("rolled_back", 0)
-    in_progress = c["admitted"] - succeeded - failed - rolled_back
-    state = rp.StageState(
-        stage_index=campaign.stage_index,
-        stage_started_at=aware(campaign.stage_started_at) or now,
-        campaign_started_at=aware(campaign.started_at) or now,
-        now=now,
-        eligible=campaign.eligible_count,
-        admitted=c["admitted"],
-        succeeded=succeeded,
-        failed=failed,
-        rolled_back=rolled_back,
-        in_progress=in_progress,
-        approved=campaign.approved_stage > campaign.stage_index,
-    )
-    decision = rp.decide(policy, state)
-    kind = decision.kind
-    if kind == "advance":
-        transition(
-            session,
-            campaign,
-            expect=(RUNNING,),
-            stage_index=campaign.stage_index + 1,
-            stage_started_at=now,
-        )
-        admit(session, campaign)
-        record(
-            session,
-            "campaign.advance",
-            f"campaign:{campaign.id}",
-            stage=campaign.stage_index,
-            reason=decision.reason,
-        )
-    elif kind == "pause":
-        transition(session, campaign, expect=(RUNNING,), state=PAUSED, reason=decision.reason)
-        record(
-            session,
-            "campaign.pause",
-            f"campaign:{campaign.id}",
-            reason=decision.reason,
-            by="policy",
-        )
-    elif kind == "abort":
-        transition(
-            session,
-            campaign,
-            expect=(RUNNING,),
-            state=ABORTED,
-            reason=decision.reason,
-            finished_at=now,
-        )
-        _deactivate(session, campaign)
-        record(
-            session,
-            "campaign.abort",
-            f"campaign:{campaign.id}",
-            reason=decision.reason,
-            by="policy",
-        )
-    elif kind == "complete":
-        transition(
-            session,
-            campaign,
-            expect=(RUNNING,),
-            state=COMPLETED,
-            reason=decision.reason,
-            finished_at=now,
-        )
-        _deactivate(session, campaign)
-        record(session, "campaign.complete", f"campaign:{campaign.id}", reason=decision.reason)
-    else:
-        admit(session, campaign)  # eligible vehicles may have been admitted short earlier
-    return kind
-
-
 def tick(ctx: ServerContext, now: datetime | None = None) -> dict[str, str]:
-    """Evaluate every running campaign, each in its own transaction; return the decisions."""
-    now = now or utcnow()
-    with ctx.session() as session:
-        ids = list(session.scalars(select(Campaign.id).where(Campaign.state == RUNNING)))
-    decisions = {}
-    for campaign_id in ids:
-        try:
-            with ctx.transaction() as session:
-                campaign = get(session, campaign_id, lock=True)
-                if campaign.state == RUNNING:
-                    decisions[campaign_id] = evaluate(session, campaign, now)
-        except Conflict:
-            decisions[campaign_id] = "skipped (changed concurrently)"
-    return decisions
+    """Evaluate every running campaign (:func:`server.evaluator.tick`)."""
+    from server.evaluator import tick as evaluate_all
+
+    return evaluate_all(ctx, now)
 
 
 # ------------------------------------------------------------------------------ reading
-
-
-def campaign_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
-    releases = session.scalars(
-        select(CampaignRelease).where(CampaignRelease.campaign_id == campaign.id)
-    )
-    stages = campaign.policy.get("stages", [])
-    return {
-        "id": campaign.id,
-        "name": campaign.name,
-        "state": campaign.state,
-        "policy": campaign.policy_name,
-        "stage_index": campaign.stage_index,
-        "stage": stages[campaign.stage_index].get("name")
-        if campaign.stage_index < len(stages)
-        else None,
-        "stages": len(stages),
-        "stage_started_at": iso(campaign.stage_started_at) if campaign.stage_started_at else None,
-        "started_at": iso(campaign.started_at) if campaign.started_at else None,
-        "finished_at": iso(campaign.finished_at) if campaign.finished_at else None,
-        "approved_stage": campaign.approved_stage,
-        "reason": campaign.reason,
-        "filter": campaign.filter,
-        "releases": {
-            r.hardware_id: {"version": r.version, "release_counter": r.release_counter}
-            for r in releases
-        },
-        "counts": counts(session, campaign.id),
-        "created_at": iso(campaign.created_at),
-        "created_by": campaign.created_by,
-    }
 
 
 def active_campaign_rows(ctx: ServerContext) -> list[dict[str, Any]]:

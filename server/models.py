@@ -105,6 +105,9 @@ class Campaign(Base):
     created_by: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str | None] = mapped_column(Text)  # why it paused/aborted/completed
     eligible_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: The evaluator's last decision on a running campaign: what it waits for, until when, and
+    #: every judged group's counts (``rollout_policies.Decision.to_dict()`` plus ``at``).
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     #: Compare-and-set guard: every transition is UPDATE … WHERE version = :seen.
     version: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -142,6 +145,8 @@ class Membership(Base):
     #: pending → assigned → downloading … installed → committed | failed | rolled_back
     status: Mapped[str] = mapped_column(String(16), default="pending")
     reason: Mapped[str | None] = mapped_column(Text)
+    #: The version the vehicle ran on this hardware id when the campaign started (a cohort).
+    from_version: Mapped[str | None] = mapped_column(String(128))
     active: Mapped[bool | None] = mapped_column(Boolean, default=True)  # NULL once inactive
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -172,6 +177,33 @@ class Event(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class CampaignSample(Base):
+    """A campaign's vehicles per state at one evaluation (the dashboard's timeline chart)."""
+
+    __tablename__ = "campaign_samples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[str] = mapped_column(
+        ForeignKey("campaigns.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class DashboardSession(Base):
+    """A signed-in dashboard session; only the sha256 of its id is stored, so signing out (or
+    an administrator) revokes it server-side, whatever the browser keeps."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class AuditEntry(Base):
     """Every operator action, who did it and when."""
 
@@ -196,6 +228,8 @@ __all__ = [
     "AuditEntry",
     "Campaign",
     "CampaignRelease",
+    "CampaignSample",
+    "DashboardSession",
     "EnrollToken",
     "Event",
     "InstalledImage",

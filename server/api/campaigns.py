@@ -6,7 +6,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
-from server import campaigns
+from server import campaign_view, campaigns
 from server.auth import requires
 from server.context import context
 from server.errors import BadRequest
@@ -24,7 +24,7 @@ def create() -> ResponseReturnValue:
     body = json_body()
     with ctx.transaction() as session:
         campaign = campaigns.create(ctx, session, body)
-        return jsonify(campaigns.campaign_dict(session, campaign)), 201
+        return jsonify(campaign_view.campaign_dict(session, campaign)), 201
 
 
 @bp.get("/campaigns")
@@ -44,7 +44,7 @@ def list_campaigns() -> ResponseReturnValue:
         rows = session.scalars(
             query.order_by(Campaign.created_at.desc(), Campaign.id).limit(limit).offset(offset)
         )
-        items = [campaigns.campaign_dict(session, c) for c in rows]
+        items = [campaign_view.campaign_dict(session, c) for c in rows]
     return jsonify(
         {
             "items": items,
@@ -58,23 +58,94 @@ def list_campaigns() -> ResponseReturnValue:
 @requires("viewer")
 def status(campaign_id: str) -> ResponseReturnValue:
     with context().session() as session:
-        return jsonify(campaigns.campaign_dict(session, campaigns.get(session, campaign_id)))
+        return jsonify(campaign_view.campaign_dict(session, campaigns.get(session, campaign_id)))
 
 
 def _action(campaign_id: str, name: str) -> ResponseReturnValue:
     ctx = context()
+    reason = _reason(name) if name in ("pause", "abort") else None
     with ctx.transaction() as session:
         if name == "start":
             campaign = campaigns.start(ctx, session, campaign_id)
         elif name == "pause":
-            campaign = campaigns.pause(session, campaign_id)
+            campaign = campaigns.pause(session, campaign_id, reason or "paused by operator")
         elif name == "resume":
             campaign = campaigns.resume(session, campaign_id)
         elif name == "abort":
-            campaign = campaigns.abort(session, campaign_id)
+            campaign = campaigns.abort(session, campaign_id, reason or "aborted by operator")
         else:
             campaign = campaigns.approve(session, campaign_id)
-        return jsonify(campaigns.campaign_dict(session, campaign))
+        return jsonify(campaign_view.campaign_dict(session, campaign))
+
+
+MAX_REASON = 500
+
+
+def _reason(action: str) -> str | None:
+    """The operator's reason for a pause or abort (optional JSON body ``{"reason": …}``)."""
+    from flask import g, request
+
+    if not request.get_data(cache=True):
+        return None
+    body = json_body()
+    reason = body.get("reason")
+    if reason is None:
+        return None
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
+        raise BadRequest(
+            f"field 'reason' must be non-empty text of at most {MAX_REASON} characters"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in reason):
+        raise BadRequest("field 'reason' must be one line of text without control characters")
+    return f"{'paused' if action == 'pause' else 'aborted'} by {g.get('actor', 'operator')}: {reason.strip()}"
+
+
+@bp.delete("/campaigns/<campaign_id>")
+@requires("operator")
+def delete_draft(campaign_id: str) -> ResponseReturnValue:
+    with context().transaction() as session:
+        deleted = campaigns.delete_draft(session, campaign_id)
+    return jsonify({"id": deleted, "deleted": True})
+
+
+@bp.get("/campaigns/<campaign_id>/vehicles")
+@requires("viewer")
+def vehicles(campaign_id: str) -> ResponseReturnValue:
+    from flask import request
+
+    limit, offset = paging()
+    keys = (
+        "status",
+        "hardware_id",
+        "model",
+        "region",
+        "from_version",
+        "admitted",
+        "dimension",
+        "value",
+    )
+    filters = campaign_view.member_filters({k: request.args.get(k, "") for k in keys})
+    with context().session() as session:
+        campaign = campaigns.get(session, campaign_id)
+        return jsonify(
+            campaign_view.campaign_vehicles(session, campaign, filters, limit=limit, offset=offset)
+        )
+
+
+@bp.get("/campaigns/<campaign_id>/history")
+@requires("viewer")
+def history(campaign_id: str) -> ResponseReturnValue:
+    with context().session() as session:
+        campaign = campaigns.get(session, campaign_id)
+        return jsonify({"items": campaign_view.history(session, campaign)})
+
+
+@bp.get("/campaigns/<campaign_id>/timeline")
+@requires("viewer")
+def timeline(campaign_id: str) -> ResponseReturnValue:
+    with context().session() as session:
+        campaign = campaigns.get(session, campaign_id)
+        return jsonify(campaign_view.timeline(session, campaign))
 
 
 @bp.post("/campaigns/<campaign_id>/<any(start, pause, resume, abort, approve):action>")

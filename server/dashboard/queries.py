@@ -1,6 +1,6 @@
 """What the dashboard pages show, read from the database with the server's own domain code.
 
-Campaign data comes from :func:`server.campaigns.campaign_dict` and :func:`server.campaigns.counts`
+Campaign data comes from :func:`server.campaign_view.campaign_dict` and :func:`server.campaigns.counts`
 (the same numbers the API answers); this module only shapes it for people: a progress breakdown
 that adds up to the eligible fleet, the policy's stages as a stepper, the actions that make sense
 in the campaign's state.
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 import rollout_policies as rp
 from overdrive.errors import OverdriveError
 from server import campaigns
+from server.campaign_view import campaign_dict
 from server.context import ServerContext
 from server.dashboard.formatting import percent
 from server.errors import NotFoundError
@@ -206,7 +207,7 @@ def status_breakdown(counts: dict[str, int]) -> list[tuple[str, int]]:
 
 def campaign_view(session: Session, campaign: Campaign, *, events: int = 0) -> CampaignView:
     """A campaign with its counts and stages; ``events`` most recent events of its vehicles."""
-    data = campaigns.campaign_dict(session, campaign)
+    data = campaign_dict(session, campaign)
     stages = stage_views(campaign)
     view = CampaignView(
         data=data,

@@ -67,8 +67,7 @@ def test_hold_while_soaking_says_until_when() -> None:
     assert d.kind == "hold" and d.waiting_for == ("soak",)
     assert d.until == T0 + timedelta(hours=2)
     assert (
-        d.reason
-        == "holding at stage 'canary-1%': soaking until 2025-03-01T14:00:00+00:00 (1h30m left)"
+        d.reason == "holding at stage 'canary-1%': soaking until 2025-03-01 14:00 UTC, 1h30m left"
     )
     assert d.target == 10 and d.next_stage_index is None
 
@@ -77,7 +76,7 @@ def test_hold_for_more_finished_vehicles() -> None:
     d = decide(POLICY, state(hours=3, admitted=10, succeeded=6, in_progress=4, installed=1))
     assert d.kind == "hold" and d.waiting_for == ("sample",)
     assert d.reason == (
-        "holding at stage 'canary-1%': waiting for 4 more finished vehicles "
+        "holding at stage 'canary-1%': waiting for 4 more results "
         "(6 of 10 needed; 4 not finished, 4 in progress, 1 installed)"
     )
 
@@ -108,7 +107,7 @@ def test_hold_below_the_success_threshold_while_results_can_still_raise_it() -> 
 def test_hold_awaiting_approval() -> None:
     d = decide(POLICY, state(stage_index=1, admitted=500, succeeded=300))
     assert d.kind == "hold" and d.waiting_for == ("approval",)
-    assert d.reason == "holding at stage 'half': awaiting manual approval to advance to stage 'all'"
+    assert d.reason == "holding at stage 'half': waiting for approval to advance to stage 'all'"
     approved = decide(POLICY, state(stage_index=1, admitted=500, succeeded=300, approved=True))
     assert approved.kind == "advance" and approved.target == 1000
 
@@ -186,7 +185,7 @@ def test_approval_on_the_last_stage_gates_completion() -> None:
     p = preset("manual")
     done = state(stage_index=3, admitted=1000, succeeded=1000)
     d = decide(p, done)
-    assert d.kind == "hold" and d.reason.endswith("awaiting manual approval to complete")
+    assert d.kind == "hold" and d.reason.endswith("waiting for approval to complete")
     assert decide(p, replace(done, approved=True)).kind == "complete"
 
 

@@ -145,7 +145,7 @@ def test_manual_approval_gates() -> None:
     never = run_sim("manual", auto_approve_after=None, max_time=2 * DAY)
     assert (never.outcome, never.stage_index, never.halted_at) == ("running", 0, None)
     assert never.decisions[-1].waiting_for == ("approval",)
-    assert "awaiting manual approval to advance to stage 'manual-10%'" in never.reason
+    assert "waiting for approval to advance to stage 'manual-10%'" in never.reason
     assert never.ended_at == 2 * DAY
 
     at_once = run_sim("manual")
@@ -257,7 +257,9 @@ def test_canary_goal_at_100k_vehicles() -> None:
     them rolled back; a good release completes. (Tests make no timing assertions.)"""
     for seed, share in enumerate((Fraction(1, 200), Fraction(1, 10), Fraction(1, 2))):
         fleet = (("ecu-a", 1 - share), ("ecu-b", share))
-        result = run_sim(vehicles=100_000, fleet=fleet, fail_on=("ecu-b",), fail_rate=1.0, seed=seed)
+        result = run_sim(
+            vehicles=100_000, fleet=fleet, fail_on=("ecu-b",), fail_rate=1.0, seed=seed
+        )
         assert result.outcome in ("aborted", "paused")
         assert result.exposed <= 50, (seed, result.exposed)
         assert result.hardware["ecu-a"].rolled_back == 0

@@ -110,3 +110,58 @@ def test_campaign_commands(
     monkeypatch.setenv("OVERDRIVE_SERVER", "http://127.0.0.1:9")
     unreachable = cli("campaign", "list")
     assert unreachable.code == 1 and unreachable.error_lines[0].startswith("error: cannot reach")
+
+
+def test_seeing_why_from_the_command_line(
+    cli: Cli,
+    server_url: str,
+    ctx: Any,
+    tokens: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Status says what a running campaign waits for and shows its groups; the vehicles
+    behind a count are listed; pause/abort take a reason; short id prefixes work."""
+    from server.campaigns import tick
+
+    monkeypatch.setenv("OVERDRIVE_SERVER", server_url)
+    monkeypatch.setenv("OVERDRIVE_TOKEN", tokens["operator"])
+    created = cli(
+        "campaign", "create", "--name", "all", "--release", "ecu-a=1.1", "--policy", "canary", "--json"
+    )
+    campaign_id = json.loads(created.stdout)["id"]
+    short = campaign_id[:8]
+    assert cli("campaign", "start", short).code == 0
+    tick(ctx)
+    status = cli("campaign", "status", short)
+    assert status.code == 0, status.stderr
+    assert "  waiting   soaking until " in status.stdout and " UTC, " in status.stdout
+    assert "hardware_id=ecu-a" in status.stdout and "region=EU" in status.stdout
+    assert "HALTS AT" in status.stdout
+    data = json.loads(cli("campaign", "status", short, "--json").stdout)
+    assert data["reason"].startswith("holding at stage 'pilot-0.05%'") and data["waiting"]
+
+    listed = cli("campaign", "vehicles", short, "--status", "assigned")
+    assert listed.code == 0 and listed.stdout.endswith("0 of 0 vehicles\n")
+    admitted = cli("campaign", "vehicles", short, "--group", "region=EU", "--json")
+    assert json.loads(admitted.stdout)["total"] == 10
+    every = cli("campaign", "vehicles", short)
+    assert every.stdout.splitlines()[0].split()[:3] == ["VEHICLE", "HARDWARE", "ID"]
+    assert every.stdout.endswith("20 of 20 vehicles\n")
+    bad = cli("campaign", "vehicles", short, "--status", "nope")
+    assert bad.code != 0 and "status must be one of" in bad.stderr
+    assert "--group" in cli("campaign", "vehicles", short, "--group", "x").stderr
+
+    paused = cli("campaign", "pause", short, "--reason", "waiting for the supplier")
+    assert paused.code == 0 and "waiting for the supplier" in paused.stdout
+    history = cli("campaign", "history", short)
+    assert "campaign.pause: paused by" in history.stdout
+    assert cli("campaign", "abort", short, "--reason", "superseded").code == 0
+
+    draft = json.loads(
+        cli(
+            "campaign", "create", "--name", "d", "--release", "ecu-a=1.1", "--policy", "canary", "--json"
+        ).stdout
+    )["id"]
+    assert cli("campaign", "delete", draft[:8]).stdout == f"deleted draft campaign {draft}\n"
+    gone = cli("campaign", "status", draft)
+    assert gone.code != 0 and "404" in gone.stderr

@@ -149,7 +149,14 @@ def test_staged_campaign_pause_resume_complete(
         "campaign.start",
         "campaign.create",
     ]
-    assert audit[0]["actor"] == "cli" or audit[0]["details"].get("by") == "policy"
+    # Automatic transitions are the policy's, with its reason; the operator's are theirs.
+    assert [e["actor"] for e in audit[:3]] == ["policy", "policy", "op"] or audit[2]["actor"]
+    assert audit[0]["actor"] == audit[1]["actor"] == "policy"
+    assert "failure rate" in audit[0]["details"]["reason"]
+    history = http.get(
+        f"/api/v1/campaigns/{campaign['id'][:8]}/history", headers=auth(tokens["viewer"])
+    ).json["items"]
+    assert [e["action"] for e in history][-2:] == ["campaign.advance", "campaign.pause"]
 
     # The operator aborts it; the vehicles are free for the next campaign.
     act(http, op, campaign["id"], "resume")

@@ -1,0 +1,272 @@
+"""What operators read about a campaign: its state and why, per-group counts, the vehicles
+behind every count, its history and its timeline. Read-only; the API, the CLI (through the API)
+and the dashboard all show these same dicts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+import rollout_policies as rp
+from rollout_policies.units import format_duration
+from server.campaigns import aware, counts, policy_of, utcnow
+from server.errors import BadRequest
+from server.evaluator import group_counts
+from server.models import (
+    RUNNING,
+    AuditEntry,
+    Campaign,
+    CampaignRelease,
+    CampaignSample,
+    Event,
+    InstalledImage,
+    Membership,
+    Vehicle,
+)
+from server.vehicles import iso
+
+MEMBER_STATUSES = (
+    "pending",
+    "assigned",
+    "downloading",
+    "downloaded",
+    "installing",
+    "installed",
+    "committed",
+    "failed",
+    "rolled_back",
+)
+HISTORY_LIMIT = 200
+SAMPLE_LIMIT = 2000
+
+
+def campaign_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
+    """The campaign as the API answers it: state, stage, why it waits, counts and groups."""
+    releases = session.scalars(
+        select(CampaignRelease).where(CampaignRelease.campaign_id == campaign.id)
+    )
+    stages = campaign.policy.get("stages", [])
+    decision = campaign.decision if campaign.state == RUNNING else None
+    waiting = waits(decision, utcnow()) if decision else []
+    return {
+        "id": campaign.id,
+        "name": campaign.name,
+        "state": campaign.state,
+        "policy": campaign.policy_name,
+        "stage_index": campaign.stage_index,
+        "stage": stages[campaign.stage_index].get("name")
+        if campaign.stage_index < len(stages)
+        else None,
+        "stages": len(stages),
+        "stage_started_at": iso(campaign.stage_started_at) if campaign.stage_started_at else None,
+        "started_at": iso(campaign.started_at) if campaign.started_at else None,
+        "finished_at": iso(campaign.finished_at) if campaign.finished_at else None,
+        "approved_stage": campaign.approved_stage,
+        "reason": campaign.reason if decision is None else decision.get("reason"),
+        "waiting": waiting,
+        "waiting_for": decision.get("waiting_for", []) if decision else [],
+        "until": decision.get("until") if decision else None,
+        "evaluated_at": decision.get("at") if decision else None,
+        "filter": campaign.filter,
+        "releases": {
+            r.hardware_id: {"version": r.version, "release_counter": r.release_counter}
+            for r in releases
+        },
+        "counts": counts(session, campaign.id),
+        "groups": groups(session, campaign),
+        "created_at": iso(campaign.created_at),
+        "created_by": campaign.created_by,
+    }
+
+
+def waits(decision: dict[str, Any], now: datetime) -> list[str]:
+    """The hold's reasons, one line each, with a soak's time left counted from ``now``."""
+    lines = list(decision.get("waits") or [])
+    until = decision.get("until")
+    if until and lines and lines[0].startswith("soaking until"):
+        end = datetime.fromisoformat(until)
+        left = max(0, math.ceil((end - now).total_seconds()))
+        lines[0] = f"soaking until {rp.clock(end)}, {format_duration(timedelta(seconds=left))} left"
+    return lines
+
+
+def groups(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
+    """Every judged group now: counts, rate, and what the sequential test holds it against."""
+    if campaign.started_at is None:
+        return []
+    policy = policy_of(campaign)
+    c = counts(session, campaign.id)
+    succeeded = c.get("committed", 0)
+    failures = c.get("failed", 0) + c.get("rolled_back", 0)
+    overall = rp.GroupCounts(rp.OVERALL, "all", c["eligible"], c["admitted"], succeeded, failures)
+    verdicts = rp.judge(policy.judge, (overall, *group_counts(session, campaign, policy)))
+    p0 = str(policy.judge.acceptable_failure_rate)
+    return [{**v.to_dict(), "acceptable_failure_rate": p0} for v in verdicts]
+
+
+# ------------------------------------------------------------------------------ vehicles
+
+
+def member_filters(args: dict[str, str]) -> dict[str, str]:
+    """The vehicle-list filters of a request, checked (unknown values are a 400)."""
+    status = args.get("status") or None
+    if status is not None and status not in (*MEMBER_STATUSES, "finished", "failures"):
+        raise BadRequest(
+            f"status must be one of {', '.join(MEMBER_STATUSES)}, finished or failures"
+        )
+    return {k: v for k, v in args.items() if v}
+
+
+def campaign_vehicles(
+    session: Session,
+    campaign: Campaign,
+    filters: dict[str, str],
+    *,
+    limit: int,
+    offset: int,
+) -> dict[str, Any]:
+    """The vehicles behind a campaign's counts: membership status and reason, installed
+    version, model, region, last event; filtered by status, hardware id, model, region,
+    stage, or a group (``dimension`` + ``value`` as in ``groups``)."""
+    query = (
+        select(Membership, Vehicle, InstalledImage.version)
+        .join(Vehicle, Vehicle.id == Membership.vehicle_id)
+        .outerjoin(
+            InstalledImage,
+            (InstalledImage.vehicle_id == Membership.vehicle_id)
+            & (InstalledImage.hardware_id == Membership.hardware_id),
+        )
+        .where(Membership.campaign_id == campaign.id)
+    )
+    query = _filtered(query, filters)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows: Sequence[Any] = session.execute(
+        query.order_by(Membership.updated_at.desc(), Membership.vehicle_id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    last = _last_events(session, campaign.id, [m.vehicle_id for m, _v, _ver in rows])
+    items = [
+        {
+            "vehicle_id": m.vehicle_id,
+            "hardware_id": m.hardware_id,
+            "status": m.status,
+            "reason": m.reason,
+            "admitted": m.admitted,
+            "admitted_stage": m.admitted_stage,
+            "from_version": m.from_version,
+            "installed_version": version,
+            "model": v.model,
+            "region": v.region,
+            "updated_at": iso(m.updated_at) if m.updated_at else None,
+            "last_event": last.get((m.vehicle_id, m.hardware_id)),
+        }
+        for m, v, version in rows
+    ]
+    return {
+        "items": items,
+        "total": total,
+        "next_offset": offset + limit if offset + limit < total else None,
+    }
+
+
+_Members = Select[Membership, Vehicle, str]
+
+
+def _filtered(query: _Members, filters: dict[str, str]) -> _Members:
+    status = filters.get("status")
+    if status == "finished":
+        query = query.where(Membership.status.in_(("committed", "failed", "rolled_back")))
+    elif status == "failures":
+        query = query.where(Membership.status.in_(("failed", "rolled_back")))
+    elif status:
+        query = query.where(Membership.status == status)
+    for key, column in (
+        ("hardware_id", Membership.hardware_id),
+        ("model", Vehicle.model),
+        ("region", Vehicle.region),
+        ("from_version", Membership.from_version),
+    ):
+        if key in filters:
+            query = query.where(column == filters[key])
+    if "admitted" in filters:
+        query = query.where(Membership.admitted.is_(filters["admitted"] == "true"))
+    dimension, value = filters.get("dimension"), filters.get("value")
+    if dimension and value is not None and dimension != rp.OVERALL:
+        from server.evaluator import NONE_VALUE, dimension_column
+
+        selected = dimension_column(dimension)
+        query = query.where(selected.is_(None) if value == NONE_VALUE else selected == value)
+    return query
+
+
+def _last_events(
+    session: Session, campaign_id: str, vehicle_ids: list[str]
+) -> dict[tuple[str, str | None], dict[str, Any]]:
+    """The last event each of these vehicles reported for the campaign (by arrival)."""
+    if not vehicle_ids:
+        return {}
+    rows = session.scalars(
+        select(Event)
+        .where(Event.campaign_id == campaign_id, Event.vehicle_id.in_(vehicle_ids))
+        .order_by(Event.received_at)
+    )
+    last: dict[tuple[str, str | None], dict[str, Any]] = {}
+    for event in rows:
+        last[(event.vehicle_id, event.hardware_id)] = {
+            "type": event.type,
+            "reason": event.reason,
+            "received_at": iso(event.received_at),
+        }
+    return last
+
+
+# ------------------------------------------------------------------------------ history
+
+
+def history(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
+    """Every action on the campaign, oldest first: who (an operator, or ``policy``) and why."""
+    from server.audit import entry_dict
+
+    entries = session.scalars(
+        select(AuditEntry)
+        .where(AuditEntry.target == f"campaign:{campaign.id}")
+        .order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
+        .limit(HISTORY_LIMIT)
+    )
+    return [entry_dict(e) for e in reversed(list(entries))]
+
+
+def timeline(session: Session, campaign: Campaign) -> dict[str, Any]:
+    """Vehicles per state over time, one sample per evaluation that changed the counts."""
+    samples = list(
+        session.scalars(
+            select(CampaignSample)
+            .where(CampaignSample.campaign_id == campaign.id)
+            .order_by(CampaignSample.at.desc(), CampaignSample.id.desc())
+            .limit(SAMPLE_LIMIT)
+        )
+    )
+    samples.reverse()
+    return {
+        "states": ["pending", "in_progress", "committed", "failures"],
+        "samples": [{"at": iso(aware(s.at) or s.at), **_states(s.counts)} for s in samples],
+    }
+
+
+def _states(c: dict[str, int]) -> dict[str, int]:
+    failures = c.get("failed", 0) + c.get("rolled_back", 0)
+    committed = c.get("committed", 0)
+    admitted = c.get("admitted", 0)
+    return {
+        "pending": c.get("eligible", 0) - admitted,
+        "in_progress": admitted - committed - failures,
+        "committed": committed,
+        "failures": failures,
+    }
