@@ -8,8 +8,9 @@ Every check here happens before a byte is written to a slot:
 2. python-tuf's ngclient refreshes the image repository (root rotation, expiry, rollback and
    mix-and-match protection) and finds the assigned target;
 3. the director's hash and length equal the image repository's;
-4. the target is for our hardware id, and its release counter is above what we run
-   (anti-rollback);
+4. the target is for our hardware id, the release engineers have not withdrawn it
+   (``custom["yanked"]``, however old the assignment), and its release counter is above what we
+   run (anti-rollback);
 5. a delta's source image is exactly the image in our active slot.
 """
 
@@ -31,7 +32,13 @@ from client.state import SlotImage
 from overdrive.envelope import ASSIGNMENT, EnvelopeError, verify_envelope
 from overdrive.fetcher import DEFAULT_DEADLINE_S, LocalOrHttpFetcher
 from overdrive.text import one_line
-from overdrive.tuf_layout import DIRECTOR_KEYS_TARGET, BundleInfo, LayoutError, target_storage_key
+from overdrive.tuf_layout import (
+    DIRECTOR_KEYS_TARGET,
+    BundleInfo,
+    LayoutError,
+    Yank,
+    target_storage_key,
+)
 
 TRUSTED_ROOT = "trusted_root.json"
 
@@ -216,6 +223,7 @@ def check_target(
             "wrong_hardware",
             f"target {path} is for hardware id {info.hardware_id!r}, not {hardware_id!r}",
         )
+    check_not_withdrawn(target, info)
     installed = max(committed_counter, active.release_counter if active else 0)
     if info.release_counter <= installed:
         raise Refused(
@@ -230,3 +238,23 @@ def check_target(
                 f"delta {path} is for source image {info.source.sha256[:12]}…, the active slot holds {active.sha256[:12] + '…' if active else 'nothing'}",
             )
     return info
+
+
+def check_not_withdrawn(target: TargetFile, info: BundleInfo) -> None:
+    """Step 4: refuse a target the release engineers withdrew (``overdrive release yank``).
+
+    The withdrawal is in the targets metadata TUF just verified, so it holds against any
+    assignment, however it came: a server with a stale release index, an old campaign, a
+    replaying director. A malformed withdrawal marker is refused too (fail closed).
+    """
+    try:
+        yank = Yank.from_custom(target.custom, target.path)
+    except LayoutError as e:
+        raise Refused("malformed_target", str(e)) from e
+    if yank is not None:
+        raise Refused(
+            "withdrawn",
+            one_line(
+                f"release {info.version} ({target.path}) was withdrawn at {yank.at}: {yank.reason}"
+            ),
+        )

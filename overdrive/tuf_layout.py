@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from overdrive.bundle.errors import BundleError
@@ -30,6 +31,10 @@ TOP_LEVEL_ROLES = ("root", "targets", "snapshot", "timestamp")
 DIRECTOR_KEYS_TARGET = "director/keys.json"
 #: Namespace of our fields inside a target's ``custom``.
 CUSTOM_KEY = "overdrive"
+#: A withdrawn target's ``custom`` carries ``{"reason": …, "at": ISO-UTC}`` under this key.
+YANKED_KEY = "yanked"
+#: The longest withdrawal reason (it is shown on dashboards and in vehicle events).
+MAX_REASON_LENGTH = 500
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -161,3 +166,66 @@ def _manifest_ref(raw: Any, where: str) -> tuple[str | None, int | None]:
     ):
         raise LayoutError(f"{where}: manifest must be {{sha256: 64 hex digits, length: bytes}}")
     return sha, length
+
+
+@dataclass(frozen=True)
+class Yank:
+    """Why and when the release engineers withdrew a target (``overdrive release yank``).
+
+    It sits in the target's ``custom`` beside the bundle description, not inside it: the bundle
+    is unchanged (same bytes, same hashes), only its standing in the signed repository changed.
+    """
+
+    reason: str
+    at: str  # ISO 8601, UTC: 2024-05-01T12:00:00Z
+
+    def to_custom(self) -> dict[str, str]:
+        return {"reason": self.reason, "at": self.at}
+
+    @classmethod
+    def from_custom(cls, custom: Any, where: str = "target") -> Yank | None:
+        """The withdrawal recorded in a target's ``custom``; ``None`` if it is not withdrawn.
+
+        Strict, because vehicles act on it: anything but ``{reason: one line, at: ISO-UTC}``
+        is a :class:`LayoutError` (callers treat that as withdrawn too: fail closed).
+        """
+        if not isinstance(custom, dict) or YANKED_KEY not in custom:
+            return None
+        raw = custom[YANKED_KEY]
+        reason = raw.get("reason") if isinstance(raw, dict) else None
+        at = raw.get("at") if isinstance(raw, dict) else None
+        if not isinstance(reason, str) or not isinstance(at, str):
+            raise LayoutError(f"{where}: custom.{YANKED_KEY} must be {{reason: text, at: time}}")
+        try:
+            check_reason(reason)
+        except LayoutError as e:
+            raise LayoutError(f"{where}: custom.{YANKED_KEY}: {e}") from e
+        if _utc(at) is None:
+            raise LayoutError(f"{where}: custom.{YANKED_KEY}.at must be an ISO 8601 UTC time")
+        return cls(reason, at)
+
+
+def check_reason(reason: str) -> str:
+    """``reason`` if it can explain a withdrawal: one non-blank line of printable text."""
+    if not reason.strip():
+        raise LayoutError("the reason must not be empty")
+    if not reason.isprintable():
+        raise LayoutError("the reason must be one line of printable text (no newlines)")
+    if len(reason) > MAX_REASON_LENGTH:
+        raise LayoutError(f"the reason must be at most {MAX_REASON_LENGTH} characters")
+    return reason
+
+
+def utc_stamp(moment: datetime) -> str:
+    """``moment`` as the ISO 8601 UTC text a withdrawal records."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _utc(text: str) -> datetime | None:
+    """``text`` as an aware UTC time, or ``None`` if it is no ISO 8601 time with offset 0."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    offset = moment.utcoffset()
+    return moment if offset is not None and not offset.total_seconds() else None

@@ -319,13 +319,12 @@ def _assignments(
         if installed is not None and installed["sha256"] == sha256:
             continue  # already there; the vehicle reports "committed" itself
         try:
-            bundle = (
-                ctx.releases.index()
-                .get(hw, version)
-                .best_for(installed["sha256"] if installed else None)
-            )
+            release = ctx.releases.index().find(hw, version)
         except OverdriveError:
-            continue  # the release vanished from the verified repository: offer nothing
+            continue  # no verified repository to offer from right now
+        if release is None or release.yanked is not None:
+            continue  # vanished from the verified repository, or withdrawn: offer nothing
+        bundle = release.best_for(installed["sha256"] if installed else None)
         payload = {
             "_type": "assignment",
             "vehicle_id": vehicle_id,

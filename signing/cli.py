@@ -16,8 +16,9 @@ import click
 
 from overdrive.bundle.cli import parse_size
 from overdrive.durations import parse_duration
+from overdrive.releases import withdrawal_reason
 from overdrive.storage import Storage, open_storage
-from overdrive.tuf_layout import BundleInfo
+from overdrive.tuf_layout import BundleInfo, LayoutError, Yank
 from signing.errors import KeyError_, RepositoryError
 from signing.keys import KEY_TYPES, KeyDirectory, env_passphrase, generate_key, prompt_passphrase
 from signing.release import BuildOptions, add_release
@@ -374,6 +375,9 @@ def repo_status(storage_url: str, keys_dir: Path | None, as_json: bool) -> None:
                 for b in v["bundles"]
             )
             click.echo(f"  {v['version']:<12} counter {v['release_counter']:<4} {bundles}")
+            if v["yanked"]:
+                since = f" since {v['yanked']['at']}" if v["yanked"]["at"] else ""
+                click.echo(f"  {'':<12} WITHDRAWN{since}: {v['yanked']['reason']}")
 
 
 def repository_status(repo_: ImageRepository) -> dict[str, Any]:
@@ -402,8 +406,15 @@ def repository_status(repo_: ImageRepository) -> dict[str, Any]:
             continue
         entry = hardware.setdefault(info.hardware_id, {}).setdefault(
             info.version,
-            {"version": info.version, "release_counter": info.release_counter, "bundles": []},
+            {
+                "version": info.version,
+                "release_counter": info.release_counter,
+                "bundles": [],
+                "yanked": None,
+            },
         )
+        yanked = withdrawal_of(target.custom, path)
+        entry["yanked"] = entry["yanked"] or yanked
         entry["bundles"].append(
             {
                 "path": path,
@@ -412,6 +423,7 @@ def repository_status(repo_: ImageRepository) -> dict[str, Any]:
                 "sha256": target.hashes["sha256"],
                 "source_version": info.source.version if info.source else None,
                 "image_length": info.image.length,
+                "yanked": yanked,
             }
         )
     staged = repo_.load_staged()
@@ -424,6 +436,16 @@ def repository_status(repo_: ImageRepository) -> dict[str, Any]:
             for hw, versions in hardware.items()
         },
     }
+
+
+def withdrawal_of(custom: Any, path: str) -> dict[str, str | None] | None:
+    """A target's withdrawal for ``repo status``: ``{reason, at}``, or ``None``. A malformed
+    marker shows as a withdrawal (vehicles refuse such a target) with what is wrong with it."""
+    try:
+        yank = Yank.from_custom(custom, path)
+    except LayoutError:
+        return {"reason": withdrawal_reason(custom, path), "at": None}
+    return dict(yank.to_custom()) if yank is not None else None
 
 
 def human(size: int) -> str:
@@ -576,7 +598,7 @@ def repo_discard(storage_url: str) -> None:
 
 @click.group()
 def release() -> None:
-    """Register a build as signed update bundles."""
+    """Register a build as signed update bundles, or withdraw a release."""
 
 
 @release.command("add")
@@ -641,4 +663,47 @@ def release_add(
     if result.staged:
         click.echo(
             "collect signatures with 'overdrive repo sign --role targets', then 'overdrive repo publish'"
+        )
+
+
+@release.command("yank")
+@click.argument("hardware_id")
+@click.argument("version")
+@click.option("--reason", required=True, help="Why it is withdrawn (one line; vehicles report it).")
+@storage_option
+@keys_option
+@click.option("--stage-only", is_flag=True, help="Stage the targets change for more signatures.")
+@passphrase_option
+def release_yank(
+    hardware_id: str,
+    version: str,
+    reason: str,
+    storage_url: str,
+    keys_dir: Path,
+    stage_only: bool,
+    passphrase_env: str | None,
+) -> None:
+    """Withdraw release VERSION of HARDWARE_ID: servers stop offering it, vehicles refuse it."""
+    from signing.yank import yank_release
+
+    repo_ = load_repo(storage_url, keys_dir, passphrase_env)
+    result = yank_release(repo_, hardware_id, version, reason, stage_only=stage_only)
+    if result.already:
+        click.echo(
+            f"{hardware_id} {version} is already withdrawn (since {result.yank.at}: "
+            f"{result.yank.reason}); nothing to do"
+        )
+        return
+    verb = "staged the withdrawal of" if result.staged else "withdrew"
+    click.echo(f"{verb} {hardware_id} {version}: {result.yank.reason}")
+    for path in result.paths:
+        click.echo(f"  {path}")
+    if result.staged:
+        click.echo(
+            "collect signatures with 'overdrive repo sign --role targets', then 'overdrive repo publish'"
+        )
+    else:
+        click.echo(
+            f"published targets v{repo_.targets.signed.version}, "
+            f"timestamp v{repo_.timestamp.signed.version}"
         )
