@@ -138,17 +138,15 @@ def withdrawn(ctx: ServerContext, session: Session, campaign: Campaign) -> str |
         index = ctx.releases.index()
     except Exception:  # an unreadable repository is /readyz's business, not a pause
         return None
-    find = getattr(index, "find", None)
     releases = session.scalars(
         select(CampaignRelease).where(CampaignRelease.campaign_id == campaign.id)
     )
     for release in releases:
-        found = find(release.hardware_id, release.version) if find else None
-        reason = getattr(found, "yanked", None)
-        if reason:
+        found = index.find(release.hardware_id, release.version)
+        if found is not None and found.yanked:
             return (
                 f"release {release.version} of hardware id {release.hardware_id} was withdrawn "
-                f"from the image repository: {reason}"
+                f"from the image repository: {found.yanked}"
             )
     return None
 

@@ -17,6 +17,7 @@ from tuf.api.metadata import Metadata, TargetFile
 from overdrive.releases import ReleaseIndex
 from overdrive.storage import LocalStorage
 from overdrive.tuf_layout import YANKED_KEY, LayoutError, Yank
+from server.campaigns import tick
 from tests.conftest import Cli, Result, Workspace, generate_keys, make_image, mutate
 from tests.live_server import api, provision, run_once, serve_live, start_campaign
 from tests.repo_fixtures import Published
@@ -339,10 +340,23 @@ def test_server_refuses_campaigns_and_stops_offering(
 ) -> None:
     with serve_live(published, tmp_path) as live:
         car = provision(cli, live, tmp_path, "car-1")
-        start_campaign(live, "1.1")  # running before the withdrawal
+        running = start_campaign(live, "1.1")  # running before the withdrawal
         result = yank(cli, published.storage, published.keys, "ecu-a", "1.1", "--reason", REASON)
         assert result.code == 0, result.stderr
         live.ctx.releases.index(force=True)  # the server's next refresh of the repository
+
+        # The evaluator pauses the running campaign, with the withdrawal's reason, by policy.
+        assert tick(live.ctx) == {running: "pause"}
+        paused = api(live, "GET", f"/campaigns/{running}")
+        assert paused["state"] == "paused"
+        assert paused["reason"] == (
+            f"release 1.1 of hardware id ecu-a was withdrawn from the image repository: {REASON}"
+        )
+        history = api(live, "GET", f"/campaigns/{running}/history")["items"]
+        assert (history[-1]["action"], history[-1]["actor"]) == ("campaign.pause", "policy")
+        resumed = api(live, "POST", f"/campaigns/{running}/resume")
+        assert resumed["state"] == "running"
+        assert tick(live.ctx) == {running: "pause"}  # resuming does not bring it back
 
         # The running campaign's vehicle is offered nothing.
         run = run_once(cli, car)
