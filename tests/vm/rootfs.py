@@ -155,8 +155,8 @@ STATE_DIRS = ("var/lib/systemd/linger", "var/lib/systemd/backlight", "var/lib/sy
 FSTAB = """\
 # Root is mounted read-only: the updater hashes slots, so a slot's bytes never change.
 /dev/root             /                   ext4   ro,noatime                                    0 0
-PARTLABEL=esp         /boot/efi           vfat   rw,umask=0077,nofail,x-systemd.device-timeout=20s  0 0
-LABEL=overdrive-data  /var/lib/overdrive  ext4   rw,noatime,nofail,x-systemd.device-timeout=20s     0 2
+PARTLABEL=esp         /boot/efi           vfat   rw,umask=0077,nofail,x-systemd.device-timeout=180s  0 0
+LABEL=overdrive-data  /var/lib/overdrive  ext4   rw,noatime,nofail,x-systemd.device-timeout=180s     0 2
 tmpfs                 /tmp                tmpfs  mode=1777,nosuid,nodev,size=128m              0 0
 tmpfs                 /var/tmp            tmpfs  mode=1777,nosuid,nodev,size=64m               0 0
 tmpfs                 /var/log            tmpfs  mode=0755,nosuid,nodev,size=32m               0 0
