@@ -150,22 +150,25 @@ def main() -> None:
         "(in-flight installs included).",
         "",
         "| failing variant | share of fleet | fails on | goal (exposed ≤) | exposed, median "
-        "| exposed, worst | outcome | meets goal |",
+        "| exposed, worst | outcome | seeds meeting the goal |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     met_all = True
+    runs = met_runs = 0
     for case in cases:
         rows = by_case[case]
         exposures = [r[1] for r in rows]
         outcomes = sorted({r[0] for r in rows})
         worst = max(exposures)
-        met = worst <= case.goal and "completed" not in outcomes
+        good = sum(1 for r in rows if r[1] <= case.goal and r[0] != "completed")
+        runs, met_runs = runs + len(rows), met_runs + good
+        met = good == len(rows)
         met_all &= met
         where = "hardware id ecu-x" if case.dimension == "hardware_id" else "region xx"
         lines.append(
             f"| {where} | {case.share} | {case.fail_rate:.0%} of it | {case.goal} "
             f"| {statistics.median(exposures):g} | {worst} | {', '.join(outcomes)} "
-            f"| {'yes' if met else '**no**'} |"
+            f"| {good} of {len(rows)}{'' if met else ' **(miss)**'} |"
         )
     healthy = by_case[None]
     completed = sum(1 for r in healthy if r[0] == "completed")
@@ -179,7 +182,8 @@ def main() -> None:
         "",
         f"CPU per simulated campaign: median {statistics.median(r[2] for r in results):.2f} s.",
         "",
-        f"All goals met: {'yes' if met_all else '**no**'}.",
+        f"Failing-variant runs within their goal: {met_runs} of {runs}. "
+        f"All goals met in every run: {'yes' if met_all else '**no**'}.",
     ]
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text("\n".join(lines) + "\n")

@@ -20,7 +20,28 @@ def render(result: SimulationResult, source: str) -> str:
     """The whole report; ``source`` names where the policy came from (``preset 'canary'``)."""
     config = result.config
     lines = [*assumptions(config, source), "", *timeline(result), "", *figures(result)]
+    if len(result.groups) > 1:
+        lines += ["", *groups(result)]
     return "\n".join(lines)
+
+
+def groups(result: SimulationResult) -> list[str]:
+    """Per hardware id and cohort value: who got the release, who was harmed, and whether the
+    policy's sequential test judged the group."""
+    rows = [("GROUP", "VEHICLES", "ADMITTED", "STARTED", "ROLLED BACK", "EXPOSED", "JUDGED")]
+    for g in result.groups:
+        rows.append(
+            (
+                g.value if g.dimension == "hardware_id" else f"{g.dimension}={g.value}",
+                f"{g.vehicles:,}",
+                f"{g.admitted:,}",
+                f"{g.started:,}",
+                f"{g.rolled_back:,}",
+                f"{g.exposed:,}",
+                "yes" if g.judged else "no",
+            )
+        )
+    return table(rows)
 
 
 def assumptions(config: SimulationConfig, source: str) -> list[str]:
@@ -28,6 +49,8 @@ def assumptions(config: SimulationConfig, source: str) -> list[str]:
     policy = config.policy
     deadline = f"; deadline {format_duration(policy.deadline)}" if policy.deadline else ""
     fleet = ", ".join(f"{hw} {_share(float(share))}" for hw, share in config.fleet)
+    for name, values in config.cohorts:
+        fleet += "; " + ", ".join(f"{name} {v} {_share(float(share))}" for v, share in values)
     lines = [
         f"policy: {source}: {policy.summary()}{deadline}",
         f"fleet: {config.vehicles:,} vehicles ({fleet}), one campaign over all of them",
@@ -74,11 +97,11 @@ def figures(result: SimulationResult) -> list[str]:
     n = result.eligible
     lines = [f"outcome: {_outcome(result)}"]
     lines.append(f"  reason: {result.reason}")
-    bad_hw = list(result.config.fail_on) if result.config.fail_rate else []
-    committed_bad = sum(result.hardware[hw].succeeded for hw in bad_hw)
+    bad = list(result.config.fail_on) if result.config.fail_rate else []
+    committed_bad = result.exposed - result.rolled_back  # harmed without a rollback
     detail = f"{result.rolled_back:,} rolled back"
-    if bad_hw:
-        detail += f" + {committed_bad:,} committed it on {', '.join(bad_hw)}"
+    if bad:
+        detail += f" + {committed_bad:,} committed it on {', '.join(bad)}"
     lines.append(
         f"exposed (blast radius): {result.exposed:,} = {_percent(result.exposed, n)} of the fleet ({detail})"
     )
