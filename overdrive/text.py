@@ -21,6 +21,10 @@ LINE_LIMIT = 500
 # reorder what a terminal or a web page shows), and surrogates (not encodable as UTF-8).
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _SPACES = re.compile(r"\s+")
+# What text someone sends may not hold (see text_problem): on one line, the controls and
+# separators above; in multi-line text, the same except tab, line feed and carriage return.
+_NOT_ONE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def one_line(text: object, limit: int = LINE_LIMIT) -> str:
@@ -59,3 +63,25 @@ def clean_json(value: Any, limit: int = LINE_LIMIT, *, depth: int = 32) -> Any:
     if isinstance(value, list | tuple):
         return [clean_json(v, limit, depth=depth - 1) for v in value]
     return value
+
+
+def text_problem(text: str, *, multiline: bool = False) -> str | None:
+    """Why ``text``, as someone sent it, cannot be stored and shown as it is; None if it can.
+
+    :func:`one_line` repairs text we relay; this judges text a client *sends* (a vehicle's
+    attributes, an event's reason, a name), which is refused rather than silently changed, so the
+    sender learns what is wrong: a lone surrogate (not encodable as UTF-8, so not storable, and a
+    500 wherever it is rendered), or a control character, separator or bidi control (line breaks
+    and tabs are allowed in ``multiline`` text only). The answer names the character by code
+    point, never echoes it.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"a lone surrogate (U+{ord(text[e.start]):04X}), which is not valid Unicode text"
+    found = (_NOT_TEXT if multiline else _NOT_ONE_LINE).search(text)
+    if found is None:
+        return None
+    char = found.group()
+    what = "a line break" if char in "\n\r\u2028\u2029" else "a control character"
+    return f"{what} (U+{ord(char):04X})"

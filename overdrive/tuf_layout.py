@@ -46,7 +46,7 @@ class LayoutError(OverdriveError):
 
 def check_segment(what: str, value: str) -> str:
     """``value`` if it can be one path segment of a target name (hardware id, version)."""
-    if not _SEGMENT.match(value) or ".." in value:
+    if not _SEGMENT.fullmatch(value) or ".." in value:
         raise LayoutError(
             f"invalid {what} {value!r}: use letters, digits and . _ + - "
             "(starting with a letter or digit, at most 128 characters)"

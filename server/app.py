@@ -16,7 +16,15 @@ from server.config import ServerConfig
 from server.context import EXTENSION, ReleaseCache, ServerContext
 from server.db import DirectConnections, make_engine, make_sessionmaker
 from server.director import Director
-from server.errors import RETRY_AFTER, ApiError, BadRequest, database_down_body, error_body
+from server.errors import (
+    DATA_ERRORS,
+    RETRY_AFTER,
+    ApiError,
+    BadRequest,
+    database_down_body,
+    error_body,
+    from_database_error,
+)
 from server.metrics import Metrics
 
 log = logging.getLogger("overdrive.server")
@@ -93,6 +101,15 @@ def _register_error_handlers(app: Flask) -> None:
             if name.lower() != "content-type":
                 response.headers[name] = value
         return response
+
+    def data_error(error: Exception) -> ResponseReturnValue:
+        # A unique violation (two requests racing) is a 409, a value too long a 400: never a 500.
+        answer = from_database_error(error)
+        log.info("%s on %s %s: %s", answer.code, request.method, request.path, answer)
+        return body(answer.status, answer.code, str(answer))
+
+    for kind in DATA_ERRORS:
+        app.register_error_handler(kind, data_error)
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(psycopg.OperationalError)

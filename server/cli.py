@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from server.config import ServerConfig
+from server.config import ServerConfig, state_dir_from
 
 db_option = click.option(
     "--db",
@@ -49,9 +49,11 @@ def server() -> None:
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("overdrive-server-state"),
-    show_default=True,
-    help="Where the server keeps its verified TUF metadata.",
+    envvar="OVERDRIVE_STATE_DIR",
+    default=None,
+    help="Where the server keeps its verified TUF metadata, one subdirectory per repository "
+    "[env OVERDRIVE_STATE_DIR; default $XDG_STATE_HOME/overdrive/server, else "
+    "~/.local/state/overdrive/server].",
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
@@ -95,7 +97,7 @@ def run(
     director_key: Path | None,
     director_passphrase_env: str | None,
     trusted_root: Path | None,
-    state_dir: Path,
+    state_dir: Path | None,
     host: str,
     port: int,
     workers: int,
@@ -113,7 +115,7 @@ def run(
         director_key=director_key,
         director_passphrase_env=director_passphrase_env,
         trusted_root=trusted_root,
-        state_dir=state_dir,
+        state_dir=state_dir_from(state_dir),
         poll_interval=poll_interval,
         tick_interval=tick_interval,
         durable_polls=durable_polls,
@@ -180,9 +182,15 @@ def _context(db_url: str, storage_url: str | None = None) -> Any:
     from server.migrate import upgrade
 
     upgrade(db_url)
-    app = create_app(
-        ServerConfig(db_url=db_url, storage_url=storage_url, tick_interval=0), start_ticker=False
+    import os
+
+    config = ServerConfig(
+        db_url=db_url,
+        storage_url=storage_url,
+        tick_interval=0,
+        state_dir=state_dir_from(os.environ.get("OVERDRIVE_STATE_DIR")),  # as `run` does
     )
+    app = create_app(config, start_ticker=False)
     return app.extensions[EXTENSION]
 
 

@@ -8,6 +8,25 @@ from pathlib import Path
 
 from overdrive.errors import UsageError
 
+STATE_DIR_ENV = "OVERDRIVE_STATE_DIR"
+
+
+def default_state_dir() -> Path:
+    """Where a server keeps its state (pinned TUF metadata) unless told otherwise: an absolute
+    path, whatever the working directory: ``$XDG_STATE_HOME/overdrive/server`` if that is set
+    (and absolute, as the XDG spec requires), else ``~/.local/state/overdrive/server``."""
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "overdrive" / "server"
+
+
+def state_dir_from(value: str | os.PathLike[str] | None) -> Path:
+    """``value`` (``--state-dir`` or ``$OVERDRIVE_STATE_DIR``) made absolute (``~`` expanded,
+    relative to the working directory at start-up), or :func:`default_state_dir` if unset."""
+    if value is None or str(value) == "":
+        return default_state_dir()
+    return Path(value).expanduser().absolute()
+
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
@@ -28,7 +47,8 @@ class ServerConfig:
     director_key: Path | None = None
     director_passphrase_env: str | None = None
     trusted_root: Path | None = None
-    state_dir: Path = field(default_factory=lambda: Path("overdrive-server-state"))
+    #: Pinned TUF state, one subdirectory per repository (see ``ReleaseCache.trust_dir``).
+    state_dir: Path = field(default_factory=default_state_dir)
     #: Seconds between polls that a vehicle is told when there is nothing to do.
     poll_interval: int = 900
     #: How long a signed assignment stays valid.
@@ -57,7 +77,7 @@ class ServerConfig:
             director_key=Path(key) if key else None,
             director_passphrase_env=env.get("OVERDRIVE_DIRECTOR_PASSPHRASE_ENV") or None,
             trusted_root=Path(root) if root else None,
-            state_dir=Path(env.get("OVERDRIVE_STATE_DIR", "overdrive-server-state")),
+            state_dir=state_dir_from(env.get(STATE_DIR_ENV)),
             poll_interval=_env_int("OVERDRIVE_POLL_INTERVAL", cls.poll_interval),
             assignment_ttl=_env_int("OVERDRIVE_ASSIGNMENT_TTL", cls.assignment_ttl),
             tick_interval=_env_int("OVERDRIVE_TICK_INTERVAL", cls.tick_interval),
@@ -70,7 +90,7 @@ class ServerConfig:
         """The environment that makes :meth:`from_env` return this config (for gunicorn workers)."""
         env = {
             "OVERDRIVE_DB": self.db_url,
-            "OVERDRIVE_STATE_DIR": str(self.state_dir),
+            STATE_DIR_ENV: str(self.state_dir),
             "OVERDRIVE_POLL_INTERVAL": str(self.poll_interval),
             "OVERDRIVE_ASSIGNMENT_TTL": str(self.assignment_ttl),
             "OVERDRIVE_TICK_INTERVAL": str(self.tick_interval),

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+from sqlalchemy.exc import DataError, IntegrityError
+
 from overdrive.errors import OverdriveError
+from overdrive.text import one_line
 
 
 def error_body(status: int, code: str, message: str) -> dict[str, Any]:
@@ -57,3 +61,42 @@ class Conflict(ApiError):
 
 class Unavailable(ApiError):
     status, code = 503, "unavailable"
+
+
+#: Database errors that are about the request's data, not about the database being down.
+DATA_ERRORS: tuple[type[Exception], ...] = (
+    IntegrityError,
+    DataError,
+    psycopg.IntegrityError,
+    psycopg.DataError,
+)
+
+
+def from_database_error(error: Exception) -> ApiError:
+    """The 4xx answer for a :data:`DATA_ERRORS` error, with a one-line message and no SQL.
+
+    A unique or foreign-key violation is what two requests racing for the same rows end in (two
+    overlapping campaigns started at the same moment: the database's unique index decides, and
+    the loser gets this 409 instead of a 500); a value the column cannot hold is a 400.
+    """
+    cause = getattr(error, "orig", None) or error
+    if isinstance(error, IntegrityError | psycopg.IntegrityError):
+        return Conflict(
+            f"conflicting change ({_constraint(cause)}): another request changed the same data "
+            "at the same time, or it already exists; reload and try again",
+            code="conflict",
+        )
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return BadRequest(f"a value does not fit the database: {one_line(first, 200)}")
+
+
+def _constraint(cause: BaseException) -> str:
+    """The violated constraint's name (PostgreSQL), or the columns SQLite names."""
+    diag = getattr(cause, "diag", None)
+    name = getattr(diag, "constraint_name", None)
+    if isinstance(name, str) and name:
+        return one_line(name, 80)
+    text = str(cause)
+    if "constraint failed: " in text:  # SQLite: "UNIQUE constraint failed: table.column"
+        return one_line(text.split("constraint failed: ", 1)[1], 80)
+    return "constraint violated"

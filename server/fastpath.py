@@ -6,7 +6,8 @@ object) then costs about as much as the poll's own work. :class:`PollFastPath` i
 middleware that answers a *well-formed* poll (``POST /api/v1/vehicles/<id>/poll`` with a JSON
 object of an acceptable size) directly with :func:`server.poll.poll`, and hands every other
 request, and every poll it would have to judge (a malformed or oversize body, an odd content
-type, a NUL anywhere), to the Flask app unchanged, so errors keep exactly one implementation.
+type, a NUL or a lone surrogate anywhere), to the Flask app unchanged, so errors keep exactly one
+implementation.
 Answers, errors (:func:`server.errors.error_body`) and metrics are the same as the Flask route's.
 """
 
@@ -23,9 +24,16 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.http import HTTP_STATUS_CODES
 
 from server.context import ServerContext
-from server.errors import RETRY_AFTER, ApiError, database_down_body, error_body
+from server.errors import (
+    DATA_ERRORS,
+    RETRY_AFTER,
+    ApiError,
+    database_down_body,
+    error_body,
+    from_database_error,
+)
 from server.poll import poll, record_poll
-from server.validation import may_hold_nul
+from server.validation import may_hold_nul, may_hold_surrogate
 
 log = logging.getLogger("overdrive.server")
 
@@ -89,6 +97,9 @@ class PollFastPath:
             result = poll(self.ctx, vehicle_id, data)
         except ApiError as e:
             return _status(e.status), error_body(e.status, e.code, str(e)), []
+        except DATA_ERRORS as e:  # e.g. a race on a unique key: a 409, as in the Flask app
+            answer = from_database_error(e)
+            return _status(answer.status), error_body(answer.status, answer.code, str(answer)), []
         except (OperationalError, psycopg.OperationalError) as e:
             log.warning("database unavailable on POST %s/poll: %s", vehicle_id, e)
             return _status(503), database_down_body(), [RETRY_AFTER]
@@ -100,8 +111,9 @@ class PollFastPath:
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
-    """``body`` as a JSON object, if it is plainly one (UTF-8, no NUL anywhere), else None."""
-    if may_hold_nul(body):
+    """``body`` as a JSON object, if it is plainly one (UTF-8, no NUL or lone surrogate
+    anywhere), else None."""
+    if may_hold_nul(body) or may_hold_surrogate(body):
         return None
     try:
         data = json.loads(body)

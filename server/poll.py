@@ -36,10 +36,19 @@ from overdrive.envelope import MANIFEST
 from overdrive.errors import OverdriveError
 from server.context import ServerContext
 from server.db import DirectConnections
-from server.errors import BadRequest, Conflict, NotFoundError
+from server.errors import BadRequest, Conflict
 from server.models import RUNNING, Campaign, CampaignRelease, InstalledImage, Membership, Vehicle
 from server.validation import MAX_INT32, field
-from server.vehicles import FINAL, iso, parse_images, parse_time, utcnow, verify_message
+from server.vehicles import (
+    FINAL,
+    iso,
+    parse_images,
+    parse_status,
+    parse_time,
+    unknown_vehicle,
+    utcnow,
+    verify_message,
+)
 
 __all__ = ["PollResult", "poll", "record_poll"]
 
@@ -267,7 +276,7 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
     with _statements(ctx) as db:
         rows = db.rows("read_vehicle", {"vid": vehicle_id})
         if not rows:
-            raise NotFoundError(f"unknown vehicle {vehicle_id}")
+            unknown_vehicle(vehicle_id, envelope, MANIFEST)  # the same 401 as a bad signature
         public_key, stored_counter, *_image, has_work = rows[0]
         manifest = verify_message(public_key, vehicle_id, envelope, MANIFEST)
         counter = field(manifest, "counter", int, where="signed.")
@@ -284,7 +293,7 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
         if not 8 <= len(nonce) <= 128:
             raise BadRequest("field 'signed.nonce' must be 8..128 characters")
         images = parse_images(manifest.get("images", {}), "signed.images")
-        status = {k: manifest[k] for k in ("slot", "state", "last_result") if k in manifest}
+        status = parse_status(manifest)
 
         advanced = db.count(
             "advance", {"vid": vehicle_id, "counter": counter, "now": stamp, "status": status}

@@ -4,22 +4,35 @@
 A vehicle proves every message with the ed25519 key it registered. A manifest carries a counter
 that must grow and a timestamp close to ours, so a replayed poll is refused; events carry their own
 ids, so a re-sent batch (after a timeout, say) is stored exactly once.
+
+What a vehicle may say is bounded, so that no vehicle can fill a page or a feed meant for others:
+
+* a message for an unknown vehicle id gets exactly the 401 (and body) of a registered vehicle's
+  message that does not verify, so vehicle ids cannot be enumerated;
+* a manifest reports at most :data:`MAX_IMAGES` hardware ids, and registration at most
+  :data:`MAX_ATTRIBUTES` short one-line attributes; strings are bounded and storable text;
+* an event may name only a campaign (and hardware id) the vehicle is a member of; anything else
+  refuses the batch with a 400 naming the event (the client then isolates that event);
+* feeds are ordered by when the server received events; the vehicle's own ``at`` is kept as
+  ``occurred_at`` only when plausible (see :func:`bound_time`).
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
-from typing import Any
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
 
 from securesystemslib.signer import Key, SSlibKey
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from overdrive.envelope import EVENTS, EnvelopeError, verify_envelope
+from overdrive.text import text_problem
 from server.auth import hash_secret
 from server.context import ServerContext
-from server.errors import BadRequest, Conflict, NotFoundError, Unauthorized
+from server.errors import BadRequest, Conflict, Unauthorized
 from server.models import (
     EnrollToken,
     Event,
@@ -27,7 +40,7 @@ from server.models import (
     Membership,
     Vehicle,
 )
-from server.validation import ID_PATTERN, MAX_INT32, field, identifier
+from server.validation import ID_PATTERN, MAX_INT32, bounded_json, field, identifier, shown, text
 
 EVENT_TYPES = (
     "assigned",
@@ -42,6 +55,20 @@ EVENT_TYPES = (
 )
 FINAL = ("committed", "failed", "rolled_back")
 MAX_EVENTS = 100
+#: Hardware ids one manifest (or registration) may report.
+MAX_IMAGES = 64
+#: Registration attributes: how many, and how long names and string values may be (model and
+#: region are stored in 128-character columns).
+MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTE_NAME = 64
+MAX_ATTRIBUTE_TEXT = 128
+#: An event's one-line reason (the client cuts its strings to 500), and its details as JSON.
+MAX_REASON = 1000
+MAX_DETAILS_BYTES = 8192
+#: A manifest's slot and update state (one-line strings), and all its status fields as JSON.
+MAX_STATUS_TEXT = 64
+MAX_STATUS_BYTES = 4096
+STATUS_FIELDS = ("slot", "state", "last_result")
 
 
 def utcnow() -> datetime:
@@ -59,7 +86,7 @@ def parse_time(value: Any, label: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as e:
-        raise BadRequest(f"field '{label}' is not an ISO 8601 time: {value!r}") from e
+        raise BadRequest(f"field '{label}' is not an ISO 8601 time: {shown(value)}") from e
     return aware(parsed)
 
 
@@ -68,8 +95,13 @@ def iso(value: datetime) -> str:
 
 
 def parse_images(raw: Any, label: str) -> dict[str, dict[str, Any]]:
+    """The installed images a vehicle reports (at most :data:`MAX_IMAGES`), checked."""
     if not isinstance(raw, dict):
         raise BadRequest(f"field '{label}' must be an object of hardware id → image")
+    if len(raw) > MAX_IMAGES:
+        raise BadRequest(
+            f"field '{label}' reports {len(raw)} hardware ids; at most {MAX_IMAGES} are accepted"
+        )
     images = {}
     for hw, image in raw.items():
         identifier(hw, "hardware id")
@@ -82,11 +114,50 @@ def parse_images(raw: Any, label: str) -> dict[str, dict[str, Any]]:
         version = field(image, "version", str, where=where)
         if not 0 < len(version) <= 128:
             raise BadRequest(f"field '{where}version' must be 1..128 characters")
+        text(version, f"{where}version", limit=128)
         counter = field(image, "release_counter", int, where=where, required=False, default=0)
         if not 0 <= counter <= MAX_INT32:
             raise BadRequest(f"field '{where}release_counter' must be 0..{MAX_INT32}")
         images[hw] = {"version": version, "sha256": sha, "release_counter": counter}
     return images
+
+
+def parse_attributes(raw: dict[str, Any]) -> dict[str, Any]:
+    """Registration attributes: at most :data:`MAX_ATTRIBUTES`, each a short one-line name with a
+    short one-line string, a finite number or a boolean (what fleet filters and pages show)."""
+    if len(raw) > MAX_ATTRIBUTES:
+        raise BadRequest(
+            f"field 'attributes' has {len(raw)} entries; at most {MAX_ATTRIBUTES} are accepted"
+        )
+    for name, value in raw.items():
+        if not 0 < len(name) <= MAX_ATTRIBUTE_NAME or text_problem(name) is not None:
+            raise BadRequest(
+                f"attribute name {shown(name)} must be 1..{MAX_ATTRIBUTE_NAME} characters "
+                "of one-line text"
+            )
+        label = f"attributes.{name}"
+        if isinstance(value, str):
+            text(value, label, limit=MAX_ATTRIBUTE_TEXT)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise BadRequest(f"field '{label}' must be a finite number")
+        elif not isinstance(value, int | float | bool):
+            raise BadRequest(f"attribute {shown(name)} must be a string, number or boolean")
+    return raw
+
+
+def parse_status(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The slot, update state and last result a manifest reports, as stored on the vehicle:
+    one-line strings of at most :data:`MAX_STATUS_TEXT` characters (or null), and at most
+    :data:`MAX_STATUS_BYTES` of JSON in all."""
+    status = {k: manifest[k] for k in STATUS_FIELDS if k in manifest}
+    for name in ("slot", "state"):
+        value = status.get(name)
+        if value is not None and not isinstance(value, str):
+            raise BadRequest(f"field 'signed.{name}' must be a string")
+        if value is not None:
+            text(value, f"signed.{name}", limit=MAX_STATUS_TEXT)
+    bounded_json(status, "signed.last_result", MAX_STATUS_BYTES)
+    return status
 
 
 def vehicle_key_from_text(public_key: str) -> dict[str, Key]:
@@ -116,9 +187,7 @@ def register(ctx: ServerContext, body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("field 'public_key' must be a TUF key object with a keyid") from e
     if key.keytype != "ed25519":
         raise BadRequest("field 'public_key' must be an ed25519 key")
-    for name, value in attributes.items():
-        if not isinstance(value, str | int | float | bool):
-            raise BadRequest(f"attribute {name!r} must be a string, number or boolean")
+    parse_attributes(attributes)
     stamp = utcnow()
     with ctx.transaction() as session:
         enroll = session.scalar(
@@ -155,12 +224,16 @@ def register(ctx: ServerContext, body: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ messages
 
 
-def verify_message(public_key: str, vehicle_id: str, envelope: Any, kind: str) -> dict[str, Any]:
-    """The payload of a ``kind`` message if the vehicle's stored key signed it for itself."""
+def verify_message(
+    public_key: str | None, vehicle_id: str, envelope: Any, kind: str
+) -> dict[str, Any]:
+    """The payload of a ``kind`` message if the vehicle's stored key signed it for itself
+    (``public_key`` None: no vehicle has this id, so nothing verifies; see :func:`unknown_vehicle`)."""
+    keys = vehicle_key_from_text(public_key) if public_key is not None else {}
     try:
-        payload = verify_envelope(envelope, vehicle_key_from_text(public_key), kind)
-    except EnvelopeError as e:
-        raise Unauthorized(f"{e} (vehicle {vehicle_id})") from e
+        payload = verify_envelope(envelope, keys, kind)
+    except EnvelopeError as e:  # the same words whether or not the vehicle exists
+        raise Unauthorized(str(e)) from e
     if payload.get("vehicle_id") != vehicle_id:
         raise Unauthorized("message is signed for another vehicle")
     return payload
@@ -171,8 +244,16 @@ def authenticate_message(
 ) -> tuple[Vehicle, dict[str, Any]]:
     vehicle = session.get(Vehicle, vehicle_id, with_for_update=True)
     if vehicle is None:
-        raise NotFoundError(f"unknown vehicle {vehicle_id}")
+        unknown_vehicle(vehicle_id, envelope, kind)
     return vehicle, verify_message(vehicle.public_key, vehicle_id, envelope, kind)
+
+
+def unknown_vehicle(vehicle_id: str, envelope: Any, kind: str) -> NoReturn:
+    """Refuse a message for a vehicle id nobody registered with exactly the 401 a registered
+    vehicle's message gets when it does not verify: the envelope is checked the same way, against
+    no key at all, so the answer cannot tell which vehicle ids exist."""
+    verify_message(None, vehicle_id, envelope, kind)  # raises: no key, no valid signature
+    raise Unauthorized(f"{kind} is not signed by a trusted key")
 
 
 # ------------------------------------------------------------------------------ events
@@ -181,10 +262,14 @@ def authenticate_message(
 def report_events(
     ctx: ServerContext, vehicle_id: str, envelope: Any
 ) -> tuple[dict[str, int], list[str]]:
-    """Store the new events of a signed batch; return the counts and the new events' types."""
+    """Store the new events of a signed batch; return the counts and the new events' types.
+
+    The whole batch is refused (400, naming the event) if one event is malformed or names a
+    campaign the vehicle is not a member of; event times are bounded by :func:`bound_time`.
+    """
     stamp = utcnow()
     with ctx.transaction() as session:
-        _vehicle, payload = authenticate_message(session, vehicle_id, envelope, EVENTS)
+        vehicle, payload = authenticate_message(session, vehicle_id, envelope, EVENTS)
         raw_events = field(payload, "events", list, where="signed.")
         if len(raw_events) > MAX_EVENTS:
             raise BadRequest(f"at most {MAX_EVENTS} events per report")
@@ -192,6 +277,10 @@ def report_events(
         ids = [e["event_id"] for e in events]
         if len(set(ids)) != len(ids):
             raise BadRequest("duplicate event ids in one report")
+        _check_memberships(session, vehicle_id, events)
+        skew = timedelta(seconds=ctx.config.clock_skew)
+        for event in events:
+            bound_time(event, aware(vehicle.registered_at) - skew, stamp + skew, stamp)
         known = (
             set(
                 session.scalars(
@@ -217,16 +306,21 @@ def _parse_event(raw: Any, index: int) -> dict[str, Any]:
     event_id = field(raw, "id", str, where=where)
     if not 8 <= len(event_id) <= 64:
         raise BadRequest(f"field '{where}id' must be 8..64 characters")
+    text(event_id, f"{where}id", limit=64)
     kind = field(raw, "type", str, where=where)
     if kind not in EVENT_TYPES:
         raise BadRequest(f"field '{where}type' must be one of {', '.join(EVENT_TYPES)}")
     details = field(raw, "details", dict, where=where, required=False, default={})
+    bounded_json(details, f"{where}details", MAX_DETAILS_BYTES)
+    reason = field(raw, "reason", str, where=where, required=False)
+    if reason is not None:
+        text(reason, f"{where}reason", limit=MAX_REASON)
     return {
         "event_id": event_id,
         "type": kind,
         "campaign_id": _optional_id(raw, "campaign_id", where, 36),
         "hardware_id": _optional_id(raw, "hardware_id", where, 128),
-        "reason": field(raw, "reason", str, where=where, required=False),
+        "reason": reason,
         "details": details,
         "occurred_at": parse_time(raw.get("at"), f"{where}at"),
     }
@@ -234,9 +328,55 @@ def _parse_event(raw: Any, index: int) -> dict[str, Any]:
 
 def _optional_id(raw: dict[str, Any], name: str, where: str, limit: int) -> str | None:
     value = field(raw, name, str, where=where, required=False)
-    if value is not None and (len(value) > limit or not ID_PATTERN.match(value)):
+    if value is not None and (len(value) > limit or not ID_PATTERN.fullmatch(value)):
         raise BadRequest(f"field '{where}{name}' is not a valid id (max {limit} characters)")
     return value
+
+
+def _check_memberships(session: Session, vehicle_id: str, events: list[dict[str, Any]]) -> None:
+    """Refuse (400, code ``not_a_member``) an event naming a campaign, or a campaign and hardware
+    id, that this vehicle has no membership of: a vehicle reports only on its own updates, so no
+    vehicle can write into another campaign's feed."""
+    campaign_ids = {e["campaign_id"] for e in events if e["campaign_id"]}
+    if not campaign_ids:
+        return
+    rows = session.execute(
+        select(Membership.campaign_id, Membership.hardware_id).where(
+            Membership.vehicle_id == vehicle_id, Membership.campaign_id.in_(campaign_ids)
+        )
+    ).all()
+    mine = {(campaign_id, hw) for campaign_id, hw in rows}
+    campaigns = {campaign_id for campaign_id, _hw in rows}
+    for index, event in enumerate(events):
+        campaign_id, hw = event["campaign_id"], event["hardware_id"]
+        if not campaign_id:
+            continue
+        if campaign_id not in campaigns or (hw and (campaign_id, hw) not in mine):
+            scope = f" for hardware id {hw}" if hw and campaign_id in campaigns else ""
+            raise BadRequest(
+                f"signed.events[{index}]: vehicle {vehicle_id} is not a member of campaign "
+                f"{campaign_id}{scope}",
+                code="not_a_member",
+            )
+
+
+def bound_time(
+    event: dict[str, Any], earliest: datetime, latest: datetime, stamp: datetime
+) -> None:
+    """Keep a vehicle-supplied event time only if it is plausible, else use ``stamp``.
+
+    A vehicle's clock is trusted only within bounds: an ``at`` later than ``latest`` (receipt
+    plus the allowed clock skew) or earlier than ``earliest`` (the vehicle's registration less
+    that skew) is not refused (the event's report still counts, e.g. a reset clock's
+    "committed") but stored with ``occurred_at`` = the time it was received, and the time it
+    claimed kept in ``details["claimed_at"]``. Feeds order by ``received_at`` anyway, so no
+    date, however far off, moves an event ahead of others.
+    """
+    occurred: datetime = event["occurred_at"]
+    if earliest <= occurred <= latest:
+        return
+    event["details"] = {**event["details"], "claimed_at": occurred.isoformat()}
+    event["occurred_at"] = stamp
 
 
 def _apply_to_membership(

@@ -33,7 +33,7 @@ PassphraseSource = Callable[[str], bytes]
 
 def check_key_name(name: str) -> str:
     """Return ``name`` if it is a valid key file name."""
-    if not _NAME.match(name) or name.endswith(".pub"):
+    if not _NAME.fullmatch(name) or name.endswith(".pub"):
         raise KeyError_(f"invalid key name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
     return name
 

@@ -121,7 +121,7 @@ class ImageRepository:
     def root_versions(storage: Storage) -> list[int]:
         versions = []
         for key in storage.list(METADATA_PREFIX):
-            match = _ROOT_FILE.match(key)
+            match = _ROOT_FILE.fullmatch(key)
             if match:
                 versions.append(int(match.group(1)))
         return sorted(versions)

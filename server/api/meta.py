@@ -19,6 +19,9 @@ def healthz() -> ResponseReturnValue:
 
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
+    """Ready: the database answers, the director key is loaded, and the image repository (if
+    configured) verifies, so campaigns can be created and assignments signed; else a 503 listing
+    each problem with its reason."""
     ctx = context()
     problems = []
     try:
@@ -28,6 +31,9 @@ def readyz() -> ResponseReturnValue:
         problems.append(f"database: {type(e).__name__}")
     if ctx.director is None:
         problems.append("no director key")
+    repository = ctx.releases.problem()  # e.g. re-initialised with keys the server does not trust
+    if repository is not None:
+        problems.append(f"image repository: {repository}")
     if problems:
         return jsonify({"status": "not ready", "problems": problems}), 503
     return jsonify({"status": "ready"})

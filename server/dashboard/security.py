@@ -1,10 +1,18 @@
-"""Dashboard sign-in, roles and CSRF protection, on Flask's signed session cookie.
+"""Dashboard sign-in, roles and CSRF protection: server-side sessions, named by a signed cookie.
 
-Signing in takes an API token (any role), checks it like the API does, and keeps only the token's
-sha256 (the same hash the ``api_tokens`` table stores) in the session cookie, never the token
-itself: the cookie is signed, not encrypted, and a stolen cookie must not become a stolen API
-token. Every request looks the hash up again, so a revoked token or a changed role takes effect
-at once. Sessions also end after :data:`SESSION_HOURS`.
+Signing in takes an API token (any role), checks it like the API does, and starts a session: a
+``dashboard_sessions`` row keyed by the sha256 of a random session id (the id itself is only in
+the cookie, so the table cannot be replayed as cookies). The cookie holds that id, the token's
+sha256 (the same hash the ``api_tokens`` table stores; never the token itself: the cookie is
+signed, not encrypted, and a stolen cookie must not become a stolen API token) and the CSRF token.
+
+Every request checks both rows: the session must exist, not be revoked and not be past its
+``expires_at`` (:data:`SESSION_HOURS` after sign-in), and the token must still be valid. So
+signing out (which sets ``revoked_at``) ends the session for good, whatever copy of the cookie
+anyone kept; and revoking an API token ends every session signed in with it at its next request
+(the cookie names the token, and the session row is then marked revoked too). A changed role
+takes effect at once, as it is read from the token. Signing in again revokes the session the
+browser had; expired rows are deleted at each sign-in.
 
 The cookie is HttpOnly and SameSite=Strict, and Secure when the request came over HTTPS (or
 always, with ``OVERDRIVE_SECURE_COOKIES=1`` behind a TLS-terminating proxy). Every POST also
@@ -22,21 +30,22 @@ import hmac
 import logging
 import os
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from flask import Flask, Request, flash, g, has_request_context, redirect, request, session, url_for
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from server.auth import ROLES, hash_secret
 from server.context import EXTENSION, context
 from server.errors import BadRequest, Forbidden, Unauthorized
-from server.models import ApiToken
+from server.models import ApiToken, DashboardSession
 
 log = logging.getLogger("overdrive.dashboard")
 
@@ -125,16 +134,22 @@ def current_user() -> User | None:
 
 
 def load_user() -> User | None:
-    """Check the session's token hash against the database; end the session if it is stale."""
-    digest = session.get("token")
-    if not isinstance(digest, str):
-        return None
-    since = session.get("since")
-    if not isinstance(since, int | float) or time.time() - since > SESSION_HOURS * 3600:
-        end_session("Your session has expired. Please sign in again.")
+    """The user of this request's session, if its row and its token are both still valid; a
+    session that is not is forgotten (and its row revoked if only its token went stale)."""
+    sid, digest = session.get("sid"), session.get("token")
+    if not isinstance(sid, str) or not isinstance(digest, str):
+        if "token" in session:  # a cookie from before server-side sessions: sign in again
+            _forget("Your session has expired. Please sign in again.")
         return None
     with context().session() as db:
+        row = db.get(DashboardSession, hash_secret(sid))
         token = db.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+    if row is None or row.revoked_at is not None:
+        _forget("Your session has ended. Please sign in again.")
+        return None
+    if _aware(row.expires_at) <= _now():
+        _forget("Your session has expired. Please sign in again.")
+        return None
     if token is None or token.revoked_at is not None:
         end_session("Your API token is no longer valid. Please sign in with another one.")
         return None
@@ -142,7 +157,7 @@ def load_user() -> User | None:
 
 
 def sign_in(secret: str) -> User:
-    """Validate an API token like the API does and start a fresh session for it."""
+    """Validate an API token like the API does and start a fresh server-side session for it."""
     secret = secret.strip()
     if not secret:
         raise BadRequest("Paste your API token to sign in.")
@@ -155,19 +170,63 @@ def sign_in(secret: str) -> User:
         )
     if token.revoked_at is not None:
         raise Unauthorized("That token has been revoked. Ask an admin for a new one.")
-    session.clear()  # a new session on every sign-in: no fixation of an old one
+    user = User(token.id, token.name, token.role)
+    previous = session.get("sid")
+    sid, stamp = secrets.token_urlsafe(32), _now()
+    with context().transaction() as db:
+        if isinstance(previous, str):  # a new session on every sign-in: no fixation of an old one
+            _revoke(db, previous, stamp)
+        db.execute(delete(DashboardSession).where(DashboardSession.expires_at < stamp))
+        db.add(
+            DashboardSession(
+                id_hash=hash_secret(sid),
+                actor=user.actor[:128],
+                role=user.role,
+                created_at=stamp,
+                expires_at=stamp + timedelta(hours=SESSION_HOURS),
+            )
+        )
+    session.clear()
+    session["sid"] = sid
     session["token"] = digest
-    session["since"] = time.time()
     session["csrf"] = secrets.token_urlsafe(32)
     log.info("dashboard sign-in: %s (%s)", token.name, token.role)
-    return User(token.id, token.name, token.role)
+    return user
 
 
 def end_session(message: str | None = None) -> None:
-    """Forget the signed-in token (and the CSRF token with it); optionally say why."""
+    """Sign out: revoke this session's row (so no copy of the cookie works again), forget the
+    cookie's contents (the CSRF token with them), and optionally say why."""
+    sid = session.get("sid")
+    if isinstance(sid, str):
+        with context().transaction() as db:
+            _revoke(db, sid, _now())
+    _forget(message)
+
+
+def _forget(message: str | None) -> None:
+    """Clear the cookie's session (nothing to revoke: its row is already invalid)."""
     session.clear()
     if message:
         flash(message, "info")
+
+
+def _revoke(db: Session, sid: str, stamp: datetime) -> None:
+    """Mark the session named ``sid`` revoked (if it is not already)."""
+    db.execute(
+        update(DashboardSession)
+        .where(DashboardSession.id_hash == hash_secret(sid), DashboardSession.revoked_at.is_(None))
+        .values(revoked_at=stamp)
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every time stored here is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 # ------------------------------------------------------------------------------ CSRF

@@ -130,7 +130,12 @@ class Served:
 def serve(db: str, published: Published, tmp_path: Path, workers: int = 2) -> Iterator[Served]:
     upgrade(db)
     ctx: ServerContext = create_app(
-        ServerConfig(db_url=db, tick_interval=0, storage_url=str(published.storage)),
+        ServerConfig(
+            db_url=db,
+            tick_interval=0,
+            storage_url=str(published.storage),
+            state_dir=tmp_path / "context-state",
+        ),
         start_ticker=False,
     ).extensions[EXTENSION]
     with ctx.transaction() as session:

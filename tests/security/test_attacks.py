@@ -41,7 +41,7 @@ from overdrive.envelope import sign_envelope
 from overdrive.storage import LocalStorage
 from overdrive.tuf_layout import metadata_key
 from server.director import Director
-from server.models import Event, Membership
+from server.models import Campaign, Event, Membership
 from signing.keys import KeyDirectory
 from signing.repository import ImageRepository, to_bytes
 from tests.client.conftest import Car, LiveServer, provision
@@ -281,12 +281,51 @@ def fake_director(live_server: LiveServer) -> Iterator[FakeDirector]:
         assert not director.errors, director.errors
 
 
+FORGED_CAMPAIGN = "forged-campaign"
+
+
+def enlist(live: LiveServer, vehicle_id: str) -> None:
+    """Make ``vehicle_id`` a member of :data:`FORGED_CAMPAIGN` on the real server (a draft that
+    never starts, with inactive memberships): the campaign the attacker's director claims its
+    assignments are for. The server accepts a vehicle's events only about its own campaigns, so
+    without this the vehicle's reports of refused assignments would be refused in turn."""
+    with live.ctx.transaction() as session:
+        if session.get(Campaign, FORGED_CAMPAIGN) is None:
+            session.add(
+                Campaign(
+                    id=FORGED_CAMPAIGN,
+                    name="forged",
+                    state="draft",
+                    policy_name="immediate",
+                    policy={},
+                    filter={},
+                    created_at=datetime.now(UTC),
+                    created_by="test",
+                )
+            )
+            session.flush()
+        for hw in ("ecu-a", "ecu-b"):
+            if session.get(Membership, (FORGED_CAMPAIGN, vehicle_id, hw)) is None:
+                session.add(
+                    Membership(
+                        campaign_id=FORGED_CAMPAIGN,
+                        vehicle_id=vehicle_id,
+                        hardware_id=hw,
+                        bucket=0,
+                        active=None,
+                        status="pending",
+                    )
+                )
+
+
 @dataclass
 class Forge:
-    """Builds assignments the way ``server.vehicles`` does, from the genuine signed targets."""
+    """Builds assignments the way ``server.vehicles`` does, from the genuine signed targets;
+    ``enlist`` makes the polling vehicle a member of the forged campaign on the real server."""
 
     director: Director
     targets: dict[str, TargetFile]
+    enlist: Callable[[str], None] | None = None
 
     def payload(self, manifest: dict[str, Any], path: str, **changes: Any) -> dict[str, Any]:
         target = self.targets[path]
@@ -298,7 +337,7 @@ class Forge:
             "nonce": manifest["nonce"],
             "issued": iso(now),
             "expires": iso(now + timedelta(hours=1)),
-            "campaign_id": "forged-campaign",
+            "campaign_id": FORGED_CAMPAIGN,
             "hardware_id": info.get("hardware_id", "ecu-a"),
             "version": info.get("version", "1.1"),
             "release_counter": info.get("release_counter", 2),
@@ -307,6 +346,8 @@ class Forge:
             "maintenance_windows": [],
         }
         payload.update(changes)
+        if self.enlist is not None and payload["campaign_id"] == FORGED_CAMPAIGN:
+            self.enlist(manifest["vehicle_id"])
         return payload
 
     def assignment(
@@ -320,7 +361,11 @@ class Forge:
 def forge(live_server: LiveServer) -> Forge:
     published = live_server.published
     repo = ImageRepository.load(LocalStorage(published.storage), KeyDirectory(published.keys))
-    return Forge(Director.from_file(published.director_key), repo.bundle_targets())
+    return Forge(
+        Director.from_file(published.director_key),
+        repo.bundle_targets(),
+        lambda vehicle_id: enlist(live_server, vehicle_id),
+    )
 
 
 # ----------------------------------------------------------------------------- 1. the bundle

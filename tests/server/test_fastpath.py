@@ -61,7 +61,7 @@ def test_the_same_answers_both_ways(
     assert status == 401 and body["error"]["code"] == "unauthorized"
 
     status, body = answer(http, "/api/v1/vehicles/nobody/poll" + ROUTES[via], car.manifest())
-    assert status == 404 and body["error"]["code"] == "not_found"
+    assert status == 401 and body["error"]["code"] == "unauthorized"  # as for a bad signature
 
     missing = car.manifest()
     del missing["signed"]["nonce"]

@@ -105,8 +105,9 @@ def test_poll_replay_and_forgery(http: FlaskClient, fleet: list[SimVehicle]) -> 
     assert "expected a vehicle_manifest" in error_of(
         http.post(f"/api/v1/vehicles/{car.vehicle_id}/poll", json=wrong_type)
     )
+    # An unknown vehicle gets a registered one's 401 for a bad signature: ids cannot be probed.
     unknown = http.post("/api/v1/vehicles/nobody/poll", json=car.manifest())
-    assert unknown.status_code == 404
+    assert unknown.status_code == 401 and "not signed by a trusted key" in error_of(unknown)
 
 
 def test_operator_token_is_not_a_vehicle(

@@ -1,0 +1,822 @@
+"""Hostile input against a real rollout server (loopback socket, real HTTP): one class each.
+
+Each was tried against a live server and used to succeed:
+
+1. a registered vehicle posting events for a campaign it is not in, dated 2099, to fill that
+   campaign's feed: events may name only the vehicle's own memberships, feeds are ordered by
+   receipt, implausible vehicle times are replaced by the time of receipt;
+2. identifiers with a trailing newline (``re.match`` with ``$`` accepts one): refused everywhere;
+3. a dashboard cookie copied before sign-out still working: sessions are revoked server-side;
+4. a unique violation (two overlapping campaign starts at once) answered 500: now a 409;
+5. polls and events answering 404 for unknown vehicles and 401 for known ones: the same 401;
+6. a manifest with 3,001 hardware ids (and other unbounded reports): capped with a 400;
+7. a lone surrogate in a registration attribute, then a 500 on the vehicle's page: refused at the
+   door, like control characters in one-line fields;
+8. a re-initialised image repository with a restarted server: a 503 naming the fix, not a 500,
+   and ``/readyz`` not ready; trust state is kept per repository in an absolute state dir.
+
+Every refusal is a one-line JSON error (``{"error": {status, code, message}}``), never a 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import re
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+from flask import Flask
+from sqlalchemy import select, update
+from sqlalchemy.exc import DataError, IntegrityError
+
+from client.api import ServerApi
+from client.events import EventQueue
+from overdrive.envelope import EVENTS, MANIFEST
+from overdrive.errors import OverdriveError
+from overdrive.text import text_problem
+from overdrive.tuf_layout import check_segment
+from server import campaigns, tokens
+from server.app import create_app
+from server.config import ServerConfig, default_state_dir
+from server.context import ReleaseCache
+from server.dashboard.queries import EVENT_ORDER
+from server.migrate import upgrade
+from server.models import DashboardSession, Event, Membership, Vehicle
+from server.validation import ID_PATTERN
+from server.vehicles import MAX_IMAGES
+from tests.conftest import Cli, generate_keys, make_image, mutate
+from tests.live_server import LiveServer, serve_live, start_campaign
+from tests.repo_fixtures import Published
+from tests.server.conftest import POSTGRES, postgres_schema, vehicle_on
+from tests.server.fleet import SimVehicle
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def call(
+    url: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    token: str | None = None,
+) -> tuple[int, Any]:
+    """One real HTTP request; the status and the JSON answer (every answer here is JSON)."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        assert e.headers.get_content_type() == "application/json", e.headers
+        return e.code, json.loads(e.read())
+
+
+def refused(answer: tuple[int, Any], status: int, fragment: str = "", code: str = "") -> str:
+    """Assert a one-line JSON error with ``status`` (and ``fragment``, ``code``); its message."""
+    got, body = answer
+    assert got == status, answer
+    assert set(body) == {"error"} and set(body["error"]) == {"status", "code", "message"}, body
+    message = body["error"]["message"]
+    assert body["error"]["status"] == status and "\n" not in message, body
+    assert "Traceback" not in message and len(message) < 1000, message
+    assert fragment in message, (fragment, message)
+    assert not code or body["error"]["code"] == code, body
+    return str(message)
+
+
+def register(live: LiveServer, vehicle: SimVehicle) -> None:
+    answer = call(live.url, "POST", "/api/v1/vehicles/register", vehicle.registration(live.enroll))
+    assert answer[0] == 201, answer
+
+
+def post_events(live: LiveServer, vehicle: SimVehicle, *events: dict[str, Any]) -> tuple[int, Any]:
+    return call(
+        live.url, "POST", f"/api/v1/vehicles/{vehicle.vehicle_id}/events", vehicle.events(*events)
+    )
+
+
+def post_poll(live: LiveServer, vehicle: SimVehicle, **extra: Any) -> tuple[int, Any]:
+    return call(
+        live.url, "POST", f"/api/v1/vehicles/{vehicle.vehicle_id}/poll", vehicle.manifest(**extra)
+    )
+
+
+def admin_token(live: LiveServer, name: str = "root") -> str:
+    with live.ctx.transaction() as session:
+        _token, secret = tokens.create_api_token(session, name, "admin")
+    return secret
+
+
+def stored_events(live: LiveServer, vehicle_id: str) -> list[Event]:
+    with live.ctx.session() as session:
+        return list(session.scalars(select(Event).where(Event.vehicle_id == vehicle_id)))
+
+
+def aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def iso(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.fixture
+def car(live_server: LiveServer, published: Published) -> SimVehicle:
+    """A registered vehicle on ecu-a 1.0."""
+    vehicle = vehicle_on(published, "car-1", model="m1", region="EU")
+    register(live_server, vehicle)
+    return vehicle
+
+
+# ------------------------------------------------------------------------------ 1. events
+
+
+def test_events_only_for_own_campaigns_and_feeds_ordered_by_receipt(
+    live_server: LiveServer, published: Published, car: SimVehicle, tmp_path: Path
+) -> None:
+    live = live_server
+    outsider = vehicle_on(published, "outsider-1", "ecu-b/1.0")
+    register(live, outsider)
+    campaign = start_campaign(live)  # ecu-a 1.1: car-1 is a member, outsider-1 (ecu-b) is not
+
+    # The attack: a vehicle outside the campaign reports into its feed, dated 2099.
+    forged = {"type": "committed", "campaign_id": campaign, "at": "2099-01-01T00:00:00Z"}
+    for event in (forged, {**forged, "hardware_id": "ecu-b"}, {**forged, "hardware_id": "ecu-a"}):
+        refused(
+            post_events(live, outsider, event),
+            400,
+            f"vehicle outsider-1 is not a member of campaign {campaign}",
+            "not_a_member",
+        )
+    # A member, but for a hardware id it has no membership for.
+    refused(
+        post_events(live, car, {"type": "failed", "campaign_id": campaign, "hardware_id": "ecu-b"}),
+        400,
+        "for hardware id ecu-b",
+        "not_a_member",
+    )
+    # A campaign that does not exist at all, in the middle of a good batch: nothing is stored.
+    bad_batch = car.events(
+        {"type": "downloading", "campaign_id": campaign, "hardware_id": "ecu-a"},
+        {"type": "downloading", "campaign_id": str(uuid.uuid4()), "hardware_id": "ecu-a"},
+    )
+    answer = call(live.url, "POST", "/api/v1/vehicles/car-1/events", bad_batch)
+    refused(answer, 400, "signed.events[1]: vehicle car-1 is not a member", "not_a_member")
+    assert stored_events(live, "outsider-1") == [] and stored_events(live, "car-1") == []
+    with live.ctx.session() as session:
+        assert (
+            session.scalar(select(Membership.status).where(Membership.vehicle_id == "car-1"))
+            == "pending"
+        )
+
+    # A member's own event dated 2099 (or 1999) is kept, at the time it was received.
+    now = datetime.now(UTC)
+    for claimed in (
+        "2099-01-01T00:00:00Z",
+        "1999-01-01T00:00:00Z",
+        "9999-12-31T23:59:59-14:00",
+        "0001-01-01T00:00:00+14:00",
+    ):
+        answer = post_events(
+            live,
+            car,
+            {"type": "downloading", "campaign_id": campaign, "hardware_id": "ecu-a", "at": claimed},
+        )
+        assert answer == (200, {"accepted": 1, "duplicates": 0}), answer
+    clamped = stored_events(live, "car-1")
+    assert len(clamped) == 4
+    for row in clamped:
+        assert aware(row.occurred_at) == aware(row.received_at)
+        assert abs(aware(row.received_at) - now) < timedelta(minutes=1)
+        assert row.details["claimed_at"][:4] in ("2099", "1999", "9999", "0001")
+
+    # Feeds are newest *received* first: an event that claims to be older, received later, leads.
+    first = post_events(
+        live, car, {"type": "downloaded", "campaign_id": campaign, "hardware_id": "ecu-a"}
+    )
+    assert first[0] == 200
+    earlier = iso(datetime.now(UTC) - timedelta(seconds=200))  # plausible: within the clock skew
+    second = post_events(
+        live,
+        car,
+        {"type": "installing", "campaign_id": campaign, "hardware_id": "ecu-a", "at": earlier},
+    )
+    assert second[0] == 200
+    with live.ctx.session() as session:
+        feed = list(
+            session.scalars(
+                select(Event).where(Event.campaign_id == campaign).order_by(*EVENT_ORDER)
+            )
+        )
+    assert [e.type for e in feed][:2] == ["installing", "downloaded"]
+    assert all("claimed_at" not in e.details for e in feed[:2])
+
+    # The real client's queue sends batches: the refused event is set aside, the others arrive.
+    queue = EventQueue(tmp_path / "car-1-state")
+    queue.add("installed", campaign_id=campaign, hardware_id="ecu-a")
+    queue.add("installed", campaign_id=str(uuid.uuid4()), hardware_id="ecu-a")
+    queue.add("booted", hardware_id="ecu-a")
+    api = ServerApi(live.url, "car-1", car.signer, deadline_s=20)
+    assert queue.flush(api.send_events) == 2
+    [reason] = list((tmp_path / "car-1-state" / "events" / "rejected").glob("*.reason"))
+    assert "is not a member of campaign" in reason.read_text()
+
+
+# ------------------------------------------------------------------------------ 2. identifiers
+
+
+def test_identifiers_with_a_trailing_newline_are_refused(
+    live_server: LiveServer, published: Published, car: SimVehicle, cli: Cli, tmp_path: Path
+) -> None:
+    live = live_server
+    assert ID_PATTERN.match("car-1\n") is None and ID_PATTERN.fullmatch("car-1")
+
+    twin = vehicle_on(published, "car-1\n")
+    refused(
+        call(live.url, "POST", "/api/v1/vehicles/register", twin.registration(live.enroll)),
+        400,
+        "invalid vehicle id 'car-1\\n'",
+    )
+    other = vehicle_on(published, "car-2")
+    body = other.registration(live.enroll)
+    body["images"] = {"ecu-a\n": body["images"]["ecu-a"]}
+    refused(
+        call(live.url, "POST", "/api/v1/vehicles/register", body),
+        400,
+        "invalid hardware id 'ecu-a\\n'",
+    )
+    admin = admin_token(live)
+    for name in ("ops\n", "ops\r\n", "\nops"):
+        answer = call(
+            live.url, "POST", "/api/v1/tokens", {"name": name, "role": "viewer"}, token=admin
+        )
+        refused(answer, 400, "invalid token name")
+
+    # In signed messages: an installed image, an event's hardware id and campaign id.
+    image = dict(car.image)
+    refused(post_poll(live, car, images={"ecu-a\n": image}), 400, "invalid hardware id")
+    for field in ("hardware_id", "campaign_id"):
+        answer = post_events(live, car, {"type": "booted", field: "ecu-a\n"})
+        refused(answer, 400, f"field 'signed.events[0].{field}' is not a valid id")
+    # In the URL: "car-1\n" is no alias of car-1 (it is no vehicle at all).
+    answer = call(live.url, "POST", "/api/v1/vehicles/car-1%0A/poll", car.manifest())
+    refused(answer, 401, "not signed by a trusted key")
+
+    # Key names (signing) and target path segments (hardware ids, versions of releases).
+    result = cli(
+        "keys", "generate", "root\n", "--dir", tmp_path / "keys", "--insecure-no-passphrase"
+    )
+    assert result.code != 0 and "invalid key name" in result.stderr
+    with pytest.raises(OverdriveError, match="invalid version"):
+        check_segment("version", "1.0\n")
+    assert check_segment("version", "1.0") == "1.0"
+
+
+# ------------------------------------------------------------------------------ 3. sessions
+
+
+class Browser:
+    """A browser reduced to what matters here: real HTTP, one cookie, no redirects followed."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.cookie: str | None = None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        form: dict[str, str] | None = None,
+        *,
+        cookie: str | None = None,
+    ) -> tuple[int, str, str]:
+        """Status, Location and body; the session cookie is kept (or ``cookie`` sent instead)."""
+        headers = {}
+        sent = cookie if cookie is not None else self.cookie
+        if sent:
+            headers["Cookie"] = sent
+        data = urlencode(form) if form is not None else None
+        if data is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=20)
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            text = response.read().decode()
+            set_cookie = response.getheader("Set-Cookie")
+            if set_cookie and cookie is None:
+                self.cookie = set_cookie.split(";", 1)[0]
+            return response.status, response.getheader("Location") or "", text
+        finally:
+            conn.close()
+
+    def csrf(self, path: str = "/dashboard/sign-in") -> str:
+        status, location, page = self.request("GET", path)
+        if status == 302 and location.endswith("/dashboard/"):  # already signed in
+            status, _location, page = self.request("GET", "/dashboard/")
+        assert status == 200, (status, page[:300])
+        match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert match, "no CSRF token on the page"
+        return match.group(1)
+
+    def sign_in(self, token: str) -> str:
+        """Sign in with ``token``; the session cookie it got."""
+        status, location, _page = self.request(
+            "POST", "/dashboard/sign-in", {"token": token, "csrf_token": self.csrf()}
+        )
+        assert status == 302 and location.endswith("/dashboard/"), (status, location)
+        assert self.cookie
+        return self.cookie
+
+
+def signed_out(browser: Browser, cookie: str) -> bool:
+    """Does ``cookie`` no longer sign anyone in (pages redirect, JSON endpoints answer 401)?"""
+    status, location, _ = browser.request("GET", "/dashboard/", cookie=cookie)
+    json_status, _, body = browser.request(
+        "GET", "/dashboard/campaigns/x/status.json", cookie=cookie
+    )
+    if status == 200:
+        return False
+    assert status == 302 and "/dashboard/sign-in" in location, (status, location)
+    assert json_status == 401 and json.loads(body)["error"]["code"] == "unauthorized", body
+    return True
+
+
+def sessions(live: LiveServer) -> list[DashboardSession]:
+    with live.ctx.session() as session:
+        return list(session.scalars(select(DashboardSession).order_by(DashboardSession.created_at)))
+
+
+def test_a_cookie_copied_before_sign_out_no_longer_works(live_server: LiveServer) -> None:
+    live = live_server
+    browser = Browser(live.url)
+    copied = browser.sign_in(live.operator)
+    assert browser.request("GET", "/dashboard/")[0] == 200 and not signed_out(browser, copied)
+    [row] = sessions(live)
+    assert row.revoked_at is None and row.actor == "op (operator)" and row.role == "operator"
+    assert (
+        live.operator not in copied
+        and hashlib.sha256(live.operator.encode()).hexdigest() != row.id_hash
+    )
+
+    status, location, _ = browser.request(
+        "POST", "/dashboard/sign-out", {"csrf_token": browser.csrf("/dashboard/")}
+    )
+    assert status == 302 and "/dashboard/sign-in" in location
+    assert signed_out(browser, copied)  # the copy made before signing out is dead too
+    [row] = sessions(live)
+    assert row.revoked_at is not None
+
+    # Signing in again replaces the browser's session: the previous cookie is revoked.
+    first = browser.sign_in(live.operator)
+    second = browser.sign_in(live.operator)
+    assert first != second and signed_out(browser, first) and not signed_out(browser, second)
+
+    # Past its expiry, a session is over whatever the cookie says.
+    with live.ctx.transaction() as session:
+        session.execute(
+            update(DashboardSession)
+            .where(DashboardSession.revoked_at.is_(None))
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    assert signed_out(browser, second)
+
+
+def test_revoking_a_token_ends_its_dashboard_sessions(live_server: LiveServer) -> None:
+    live = live_server
+    admin = admin_token(live)
+    status, created = call(
+        live.url, "POST", "/api/v1/tokens", {"name": "alice", "role": "operator"}, token=admin
+    )
+    assert status == 201
+    browser, bystander = Browser(live.url), Browser(live.url)
+    cookie = browser.sign_in(created["secret"])
+    other = bystander.sign_in(live.operator)
+    assert call(live.url, "DELETE", f"/api/v1/tokens/{created['id']}", token=admin)[0] == 200
+    assert signed_out(browser, cookie)
+    assert not signed_out(bystander, other)  # only the sessions of that token end
+    rows = {row.actor: row for row in sessions(live)}
+    assert (
+        rows["alice (operator)"].revoked_at is not None and rows["op (operator)"].revoked_at is None
+    )
+
+
+# ------------------------------------------------------------------------------ 4. races
+
+
+def test_a_unique_violation_is_a_409_through_an_endpoint(
+    live_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tokens made with the same secret (forced here) collide on the unique token hash."""
+    live = live_server
+    admin = admin_token(live)
+    monkeypatch.setattr(tokens, "new_secret", lambda prefix: f"{prefix}_the-same-secret")
+    body = {"name": "twin", "role": "viewer"}
+    assert call(live.url, "POST", "/api/v1/tokens", body, token=admin)[0] == 201
+    answer = call(live.url, "POST", "/api/v1/tokens", body, token=admin)
+    message = refused(answer, 409, "conflicting change", "conflict")
+    assert "reload and try again" in message and "INSERT" not in message
+
+
+def test_database_errors_outside_a_transaction_are_4xx(tmp_path: Path) -> None:
+    """The app's generic handlers: an IntegrityError is a 409, a DataError a 400; never a 500."""
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    upgrade(db)
+    app: Flask = create_app(
+        ServerConfig(db_url=db, state_dir=tmp_path / "state", tick_interval=0), start_ticker=False
+    )
+
+    def raising(error: Exception) -> Callable[[], Any]:
+        def view() -> Any:
+            raise error
+
+        return view
+
+    unique = IntegrityError(
+        "INSERT …", {}, Exception("UNIQUE constraint failed: memberships.vehicle_id")
+    )
+    too_long = DataError(
+        "INSERT …", {}, Exception("value too long for type character varying(128)")
+    )
+    app.add_url_rule("/test/unique", "unique", raising(unique))
+    app.add_url_rule("/test/too-long", "too_long", raising(too_long))
+    client = app.test_client()
+    response = client.get("/test/unique")
+    assert response.status_code == 409 and response.json
+    assert "memberships.vehicle_id" in response.json["error"]["message"]
+    response = client.get("/test/too-long")
+    assert response.status_code == 400 and response.json
+    assert response.json["error"]["message"] == (
+        "a value does not fit the database: value too long for type character varying(128)"
+    )
+
+
+@pytest.mark.skipif(not POSTGRES, reason="OVERDRIVE_TEST_POSTGRES_URL not set")
+def test_overlapping_campaign_starts_on_postgres(
+    published: Published, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two overlapping campaigns started at the same moment: both pass the clash check (neither
+    sees the other's uncommitted memberships), the unique index decides, the loser gets a 409."""
+    with postgres_schema() as url:
+        upgrade(url)
+        with serve_live(published, tmp_path, db_url=url) as live:
+            try:
+                _race_two_starts(live, published, monkeypatch)
+            finally:
+                if live.ctx.direct is not None:
+                    live.ctx.direct.close_all()
+
+
+def _race_two_starts(
+    live: LiveServer, published: Published, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(4):
+        register(live, vehicle_on(published, f"car-{i}"))
+    ids = [
+        call(
+            live.url,
+            "POST",
+            "/api/v1/campaigns",
+            {"name": f"race {n}", "releases": {"ecu-a": "1.1"}, "policy": "immediate"},
+            token=live.operator,
+        )[1]["id"]
+        for n in range(2)
+    ]
+    both_checked = threading.Barrier(2, timeout=20)
+    name = next(n for n in ("eligible_memberships", "eligible_vehicles") if hasattr(campaigns, n))
+    eligible, admit = getattr(campaigns, name), campaigns.admit
+
+    def eligible_then_wait(*args: Any, **kwargs: Any) -> Any:
+        result = eligible(*args, **kwargs)
+        both_checked.wait()  # both starts read the memberships before either inserts
+        return result
+
+    def slow_admit(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.5)  # the first to insert commits late: the other has checked for clashes
+        return admit(*args, **kwargs)
+
+    monkeypatch.setattr(campaigns, name, eligible_then_wait)
+    monkeypatch.setattr(campaigns, "admit", slow_admit)
+    answers: dict[str, tuple[int, Any]] = {}
+
+    def start(campaign_id: str) -> None:
+        answers[campaign_id] = call(
+            live.url, "POST", f"/api/v1/campaigns/{campaign_id}/start", token=live.operator
+        )
+
+    threads = [threading.Thread(target=start, args=(campaign_id,)) for campaign_id in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    statuses = sorted(status for status, _body in answers.values())
+    assert statuses == [200, 409], answers
+    [lost] = [answer for answer in answers.values() if answer[0] == 409]
+    refused(lost, 409, "conflicting change (uq_membership_active)", "conflict")
+
+
+# ------------------------------------------------------------------------------ 5. enumeration
+
+
+@pytest.mark.parametrize("route", ["", "?via=flask"])  # the poll fast path, and Flask
+@pytest.mark.parametrize("kind", ["poll", "events"])
+def test_unknown_and_registered_vehicles_get_the_same_401(
+    live_server: LiveServer, car: SimVehicle, kind: str, route: str
+) -> None:
+    live = live_server
+    stranger = SimVehicle("car-1")  # claims car-1's id, but has its own key
+    signed = stranger.manifest() if kind == "poll" else stranger.events({"type": "booted"})
+    wrong_type = stranger.events() if kind == "poll" else stranger.manifest()
+    envelopes: list[dict[str, Any]] = [signed, wrong_type, {}, {"signed": [], "signatures": {}}]
+    for envelope in envelopes:
+        known = call(live.url, "POST", f"/api/v1/vehicles/car-1/{kind}{route}", envelope)
+        unknown = call(live.url, "POST", f"/api/v1/vehicles/no-such-car/{kind}{route}", envelope)
+        refused(known, 401, code="unauthorized")
+        assert unknown == known, (unknown, known)
+    # The vehicle itself still gets in.
+    answer = post_poll(live, car) if kind == "poll" else post_events(live, car, {"type": "booted"})
+    assert answer[0] == 200, answer
+
+
+# ------------------------------------------------------------------------------ 6. caps
+
+
+def test_what_a_vehicle_reports_is_capped(
+    live_server: LiveServer, published: Published, car: SimVehicle
+) -> None:
+    live = live_server
+    image = dict(car.image)
+    many = {f"ecu-{i:04d}": image for i in range(3001)}
+    refused(
+        post_poll(live, car, images=many), 400, f"reports 3001 hardware ids; at most {MAX_IMAGES}"
+    )
+    refused(
+        post_poll(live, car, images=dict(list(many.items())[: MAX_IMAGES + 1])), 400, "hardware ids"
+    )
+    refused(post_poll(live, car, last_result={"message": "x" * 10_000}), 400, "bytes of JSON")
+    refused(post_poll(live, car, slot={"a": 1}), 400, "field 'signed.slot' must be a string")
+    refused(post_poll(live, car, state="x" * 65), 400, "field 'signed.state' must be at most 64")
+    refused(post_poll(live, car, images={"ecu-a": {**image, "version": "1" * 129}}), 400, "version")
+    assert post_poll(live, car, images=dict(list(many.items())[:MAX_IMAGES]))[0] == 200
+
+    def registration(**changes: Any) -> dict[str, Any]:
+        body = vehicle_on(published, f"big-{uuid.uuid4().hex[:8]}").registration(live.enroll)
+        body.update(changes)
+        return body
+
+    for body, fragment in [
+        (registration(images=many), "reports 3001 hardware ids"),
+        (registration(attributes={f"a{i}": "x" for i in range(65)}), "65 entries; at most 64"),
+        (
+            registration(attributes={"model": "m" * 129}),
+            "field 'attributes.model' must be at most 128",
+        ),
+        (registration(attributes={"n" * 65: "x"}), "must be 1..64 characters"),
+        (registration(attributes={"": "x"}), "must be 1..64 characters"),
+        (registration(attributes={"nested": {"a": 1}}), "must be a string, number or boolean"),
+    ]:
+        refused(call(live.url, "POST", "/api/v1/vehicles/register", body), 400, fragment)
+    # Numbers PostgreSQL's JSON cannot hold (NaN, and 1e999, which parses as infinity).
+    for number in ("NaN", "Infinity", "1e999"):
+        raw = json.dumps(registration(attributes={"x": 0})).replace('"x": 0', f'"x": {number}')
+        refused(
+            call(live.url, "POST", "/api/v1/vehicles/register", raw=raw.encode()), 400, "finite"
+        )
+
+    message = refused(post_events(live, car, {"type": "booted", "at": "9" * 100_000}), 400)
+    assert "is not an ISO 8601 time: '9999" in message and len(message) < 200  # not echoed
+    refused(post_events(live, car, {"type": "booted", "id": "event-1\nforged"}), 400, "line break")
+    huge = {"note": "x" * 10_000}
+    refused(post_events(live, car, {"type": "booted", "details": huge}), 400, "details' is")
+    refused(post_events(live, car, {"type": "booted", "reason": "r" * 1001}), 400, "at most 1000")
+    assert post_events(live, car, {"type": "booted", "reason": "r" * 1000})[0] == 200
+
+    status, vehicle = call(live.url, "GET", "/api/v1/vehicles/car-1", token=live.operator)
+    assert (
+        status == 200 and len(vehicle["images"]) == MAX_IMAGES + 1
+    )  # ecu-a plus the 64 accepted ones
+
+
+# ------------------------------------------------------------------------------ 7. text
+
+
+def test_text_problem() -> None:
+    assert text_problem("Müller 🚗 – ok") is None
+    assert text_problem("a\ud800b") == "a lone surrogate (U+D800), which is not valid Unicode text"
+    assert text_problem("two\nlines") == "a line break (U+000A)"
+    assert text_problem("two\nlines\tand tabs\r\n", multiline=True) is None
+    assert text_problem("\x1b[31mred") == "a control character (U+001B)"
+    assert text_problem("\x1b[31mred", multiline=True) == "a control character (U+001B)"
+    assert text_problem("evil\u202etxt.exe") == "a control character (U+202E)"
+
+
+def test_lone_surrogates_and_control_characters_are_refused_at_the_door(
+    live_server: LiveServer, published: Published, car: SimVehicle
+) -> None:
+    live = live_server
+
+    def registration(vehicle_id: str, **attributes: Any) -> dict[str, Any]:
+        return vehicle_on(published, vehicle_id, **attributes).registration(live.enroll)
+
+    register_path = "/api/v1/vehicles/register"
+    # json.dumps escapes a lone surrogate as \ud800: exactly what the attack sent.
+    for attributes in ({"model": "\ud800"}, {"region": "EU\udfff"}, {"colour\ud800": "red"}):
+        answer = call(live.url, "POST", register_path, registration("sur-1", **attributes))
+        refused(answer, 400, "lone surrogate")
+    # The same as raw (CESU-8) bytes, which Python's json decodes to a surrogate too.
+    raw = (
+        json.dumps(registration("sur-1", model="MODEL")).encode().replace(b"MODEL", b"\xed\xa0\x80")
+    )
+    refused(call(live.url, "POST", register_path, raw=raw), 400, "lone surrogate")
+    # Signed messages are refused before their signature is even looked at.
+    unsigned = {
+        "signed": {"_type": EVENTS, "vehicle_id": "car-1", "events": [{"reason": "\udc00"}]},
+        "signatures": [],
+    }
+    refused(
+        call(live.url, "POST", "/api/v1/vehicles/car-1/events", unsigned), 400, "lone surrogate"
+    )
+    manifest = {
+        "signed": {"_type": MANIFEST, "vehicle_id": "car-1", "state": "\ud800"},
+        "signatures": [],
+    }
+    refused(call(live.url, "POST", "/api/v1/vehicles/car-1/poll", manifest), 400, "lone surrogate")
+    # Operators too: campaign names, token names.
+    answer = call(
+        live.url,
+        "POST",
+        "/api/v1/campaigns",
+        {"name": "\ud800", "releases": {"ecu-a": "1.1"}, "policy": "immediate"},
+        token=live.operator,
+    )
+    refused(answer, 400, "lone surrogate")
+    with live.ctx.session() as session:
+        assert session.get(Vehicle, "sur-1") is None
+
+    # One-line fields refuse control characters, line breaks and bidi controls.
+    for attributes, fragment in [
+        ({"model": "m1\nx"}, "field 'attributes.model' contains a line break (U+000A)"),
+        ({"region": "\x1b[31mEU"}, "contains a control character (U+001B)"),
+        ({"owner": "evil\u202etxt"}, "contains a control character (U+202E)"),
+    ]:
+        refused(
+            call(live.url, "POST", register_path, registration("ctl-1", **attributes)),
+            400,
+            fragment,
+        )
+    answer = post_events(live, car, {"type": "failed", "reason": "disk\nfull"})
+    refused(answer, 400, "field 'signed.events[0].reason' contains a line break")
+
+    # A real surrogate *pair* is a character like any other, and the vehicle's page works.
+    register(live, vehicle_on(published, "emoji-1", model="🚗 m1", region="Zürich"))
+    status, page = call(live.url, "GET", "/api/v1/vehicles/emoji-1", token=live.operator)
+    assert status == 200 and page["attributes"] == {"model": "🚗 m1", "region": "Zürich"}
+
+
+# ------------------------------------------------------------------------------ 8. trust state
+
+
+def reinitialise(cli: Cli, published: Published, keys: Path, tmp_path: Path) -> None:
+    """Re-initialise the repository in place with new keys, and publish ecu-a 1.0 and 1.1."""
+    generate_keys(cli, keys, "root", "targets", "snapshot", "timestamp")
+    storage = published.storage
+    result = cli("repo", "init", "--storage", storage, "--keys", keys, "--force")
+    assert result.code == 0, result.stderr
+    a10 = make_image(tmp_path / f"{keys.name}-a10.img", 50_000, seed=7)
+    a11 = mutate(a10, tmp_path / f"{keys.name}-a11.img", seed=8)
+    for image, version in ((a10, "1.0"), (a11, "1.1")):
+        result = cli(
+            "release", "add", image, "--hardware-id", "ecu-a", "--version", version,
+            "--storage", storage, "--keys", keys, "--quiet",
+        )  # fmt: skip
+        assert result.code == 0, result.stderr
+
+
+def create_campaign(live: LiveServer) -> tuple[int, Any]:
+    body = {"name": "after re-init", "releases": {"ecu-a": "1.1"}, "policy": "immediate"}
+    return call(live.url, "POST", "/api/v1/campaigns", body, token=live.operator)
+
+
+@pytest.fixture
+def servers(published: Published, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start servers (each a restart: a new process state, the same state dir) one at a time."""
+    state = tmp_path / "state"
+    count = iter(range(100))
+
+    def start(**overrides: Any) -> Any:
+        run = tmp_path / f"run-{next(count)}"
+        run.mkdir()
+        return serve_live(published, run, state_dir=state, **overrides)
+
+    yield start
+
+
+def test_a_reinitialised_repository_is_a_clear_503_until_trust_is_reset(
+    cli: Cli, published: Published, tmp_path: Path, servers: Callable[..., Any]
+) -> None:
+    with servers() as live:
+        assert create_campaign(live)[0] == 201
+        assert call(live.url, "GET", "/readyz") == (200, {"status": "ready"})
+        [pinned] = list((tmp_path / "state" / "repositories").iterdir())
+        assert (pinned / "root.json").exists()
+        assert (
+            pinned / "repository.txt"
+        ).read_text().strip() == published.storage.resolve().as_uri()
+
+    reinitialise(cli, published, tmp_path / "new-keys", tmp_path)
+    with servers() as live:  # restarted, same state dir: the pinned root no longer verifies it
+        message = refused(create_campaign(live), 503, code="repository_unverified")
+        assert message.startswith(
+            f"the image repository at {published.storage.resolve().as_uri()} does not verify "
+            f"against the trusted root pinned in {pinned}: "
+        )
+        assert f"if the repository was re-initialised on purpose, remove {pinned}" in message
+        assert "--trusted-root" in message
+        status, ready = call(live.url, "GET", "/readyz")
+        assert status == 503 and ready["status"] == "not ready"
+        [problem] = ready["problems"]
+        assert (
+            problem.startswith("image repository: the image repository at")
+            and str(pinned) in problem
+        )
+        refused(
+            call(live.url, "GET", "/api/v1/releases", token=live.operator), 503, "does not verify"
+        )
+
+        shutil.rmtree(pinned)  # the documented fix; no restart needed
+        assert create_campaign(live)[0] == 201
+        assert call(live.url, "GET", "/readyz") == (200, {"status": "ready"})
+
+    # The other documented fix: pass the new root as --trusted-root (its own trust state).
+    reinitialise(cli, published, tmp_path / "newer-keys", tmp_path)
+    new_root = tmp_path / "new-root.json"
+    shutil.copyfile(published.storage / "metadata" / "1.root.json", new_root)
+    with servers() as live:
+        refused(create_campaign(live), 503, "does not verify")
+    with servers(trusted_root=new_root) as live:
+        assert create_campaign(live)[0] == 201
+        assert call(live.url, "GET", "/readyz") == (200, {"status": "ready"})
+    assert len(list((tmp_path / "state" / "repositories").iterdir())) == 2
+
+
+def test_trust_state_is_per_repository_under_an_absolute_state_dir(
+    published: Published, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert default_state_dir() == tmp_path / "xdg" / "overdrive" / "server"
+    assert ServerConfig().state_dir == tmp_path / "xdg" / "overdrive" / "server"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/dir")  # not absolute: ignored, as XDG says
+    assert default_state_dir() == Path.home() / ".local" / "state" / "overdrive" / "server"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert default_state_dir().is_absolute()
+    monkeypatch.setenv("OVERDRIVE_STATE_DIR", "relative-state")
+    assert ServerConfig.from_env().state_dir == Path.cwd() / "relative-state"
+    monkeypatch.delenv("OVERDRIVE_STATE_DIR")
+    help_text = cli("server", "run", "--help").stdout
+    assert "XDG_STATE_HOME" in help_text and "OVERDRIVE_STATE_DIR" in help_text
+
+    copy = tmp_path / "another-repository"
+    shutil.copytree(published.storage, copy)
+    caches = [
+        ReleaseCache(ServerConfig(storage_url=str(storage), state_dir=tmp_path / "shared"))
+        for storage in (published.storage, copy)
+    ]
+    for cache in caches:
+        assert "ecu-a" in cache.index().releases
+    dirs = [cache.trust_dir(cache.storage()) for cache in caches]
+    assert dirs[0] != dirs[1] and all(
+        d.parent == tmp_path / "shared" / "repositories" for d in dirs
+    )
+    assert all((d / "timestamp.json").exists() for d in dirs)
+
+
+def test_an_unreadable_repository_is_a_503_that_says_so(
+    published: Published, tmp_path: Path, servers: Callable[..., Any]
+) -> None:
+    shutil.rmtree(published.storage / "metadata")
+    with servers() as live:
+        refused(
+            create_campaign(live),
+            503,
+            f"no image repository at {published.storage.resolve().as_uri()}",
+        )
+        status, ready = call(live.url, "GET", "/readyz")
+        assert status == 503 and "image repository: no image repository at" in ready["problems"][0]
