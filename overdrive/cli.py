@@ -39,6 +39,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "vehicle": ("client.cli", "vehicle", "Run a vehicle: provision, update daemon, boot, status."),
     "campaign": ("server.campaign_cli", "campaign", "Create and drive rollout campaigns."),
+    "fleet": ("server.fleet_cli", "fleet", "List and inspect the fleet's vehicles on a server."),
 }
 
 

@@ -252,7 +252,7 @@ def vehicles_command(
                 one_line(item.get("reason") or "-", 60),
             )
         )
-    _table(rows)
+    table(rows)
     shown = len(data["items"])
     more = f"; next: --offset {data['next_offset']}" if data.get("next_offset") else ""
     click.echo(f"{shown} of {data['total']} vehicles{more}")
@@ -278,7 +278,8 @@ def history_command(campaign_id: str, server_url: str, token: str, as_json: bool
         )
 
 
-def _table(rows: Sequence[Sequence[str]]) -> None:
+def table(rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns, two spaces apart."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -347,4 +348,4 @@ def show(item: dict[str, Any], as_json: bool) -> None:
                     "BREACHED" if g["breached"] else "",
                 )
             )
-        _table(rows)
+        table(rows)

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from overdrive.text import one_line
 from server.config import ServerConfig, state_dir_from
 
 db_option = click.option(
@@ -262,3 +263,64 @@ def enroll_create(db_url: str, expires: str | None, uses: int) -> None:
         token_id = created.id
     click.echo(secret)
     click.echo(f"enrollment token {token_id} for {uses} vehicle(s)", err=True)
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = [tuple(c.upper().replace("_", " ") for c in columns)]
+    table += [
+        tuple("-" if row[c] is None else one_line(row[c], 60) for c in columns) for row in rows
+    ]
+    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
+    for r in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+@token.command("list")
+@db_option
+@click.option("--json", "as_json", is_flag=True)
+def token_list(db_url: str, as_json: bool) -> None:
+    """List API tokens (never their secrets: only hashes are stored)."""
+    from server.tokens import list_api_tokens, token_dict
+
+    with _context(db_url).session() as session:
+        rows = [token_dict(t) for t in list_api_tokens(session)]
+    _print_rows(rows, ("id", "name", "role", "created_at", "revoked_at"), as_json)
+
+
+@token.command("revoke")
+@click.argument("token_id", type=click.IntRange(1, 2**31 - 1))
+@db_option
+def token_revoke(token_id: int, db_url: str) -> None:
+    """Revoke an API token now (and the dashboard sessions signed in with it)."""
+    from server.tokens import revoke_api_token
+
+    with _context(db_url).transaction() as session:
+        revoked = revoke_api_token(session, token_id)
+        click.echo(f"revoked token {revoked.id} ({revoked.name}, {revoked.role})")
+
+
+@enroll_token.command("list")
+@db_option
+@click.option("--json", "as_json", is_flag=True)
+def enroll_list(db_url: str, as_json: bool) -> None:
+    """List enrollment tokens: uses left, expiry, which vehicle used one last."""
+    from server.tokens import enroll_token_dict, list_enroll_tokens
+
+    with _context(db_url).session() as session:
+        rows = [enroll_token_dict(t) for t in list_enroll_tokens(session)]
+    _print_rows(rows, ("id", "created_at", "expires_at", "uses_left", "used_by", "usable"), as_json)
+
+
+@enroll_token.command("revoke")
+@click.argument("token_id", type=click.IntRange(1, 2**31 - 1))
+@db_option
+def enroll_revoke(token_id: int, db_url: str) -> None:
+    """Use up an enrollment token now: no more vehicles can register with it."""
+    from server.tokens import revoke_enroll_token
+
+    with _context(db_url).transaction() as session:
+        revoked = revoke_enroll_token(session, token_id)
+        click.echo(f"revoked enrollment token {revoked.id}")

@@ -74,3 +74,32 @@ def create_enroll_token(
         expires_at=expires.isoformat() if expires else None,
     )
     return token, secret
+
+
+def list_enroll_tokens(session: Session) -> list[EnrollToken]:
+    return list(session.scalars(select(EnrollToken).order_by(EnrollToken.id)))
+
+
+def enroll_token_dict(token: EnrollToken) -> dict[str, Any]:
+    """An enrollment token as operators see it (never its secret: only the hash is stored)."""
+    from server.vehicles import aware, iso
+
+    expired = token.expires_at is not None and aware(token.expires_at) <= now()
+    return {
+        "id": token.id,
+        "created_at": iso(token.created_at),
+        "expires_at": iso(token.expires_at) if token.expires_at else None,
+        "uses_left": token.uses_left,
+        "used_by": token.used_by,
+        "usable": token.uses_left > 0 and not expired,
+    }
+
+
+def revoke_enroll_token(session: Session, token_id: int) -> EnrollToken:
+    """Use up an enrollment token now: no vehicle can register with it any more."""
+    token = session.get(EnrollToken, token_id, with_for_update=True)
+    if token is None:
+        raise NotFoundError(f"no enrollment token {token_id}")
+    token.uses_left = 0
+    record(session, "enroll_token.revoke", f"enroll_token:{token.id}")
+    return token

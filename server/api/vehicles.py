@@ -3,14 +3,12 @@ operators' read-only view of the fleet."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
-from sqlalchemy import func, select
+from sqlalchemy import select
 
+from server import fleet, vehicles
 from server import poll as polling
-from server import vehicles
 from server.auth import requires
 from server.context import context
 from server.errors import NotFoundError
@@ -44,46 +42,25 @@ def events(vehicle_id: str) -> ResponseReturnValue:
     return jsonify(result)
 
 
-def vehicle_dict(vehicle: Vehicle, images: list[InstalledImage]) -> dict[str, Any]:
-    return {
-        "id": vehicle.id,
-        "attributes": vehicle.attributes,
-        "registered_at": vehicles.iso(vehicle.registered_at),
-        "last_seen_at": vehicles.iso(vehicle.last_seen_at) if vehicle.last_seen_at else None,
-        "status": vehicle.status,
-        "images": {
-            i.hardware_id: {
-                "version": i.version,
-                "sha256": i.sha256,
-                "release_counter": i.release_counter,
-            }
-            for i in images
-        },
-    }
-
-
 @bp.get("")
 @requires("viewer")
 def list_vehicles() -> ResponseReturnValue:
+    """The fleet, filtered (``hardware_id``, ``version``, ``model``, ``region``,
+    ``attr.NAME``, ``campaign``, ``campaign_status``, ``search``) and sorted (``sort``)."""
+    from flask import request
+
+    limit, offset = paging()
+    filters = fleet.parse_filters(request.args.to_dict())
+    with context().session() as session:
+        return jsonify(fleet.list_vehicles(session, filters, limit=limit, offset=offset))
+
+
+@bp.get("/<vehicle_id>/events")
+@requires("viewer")
+def vehicle_events(vehicle_id: str) -> ResponseReturnValue:
     limit, offset = paging()
     with context().session() as session:
-        total = session.scalar(select(func.count()).select_from(Vehicle)) or 0
-        rows = list(
-            session.scalars(select(Vehicle).order_by(Vehicle.id).limit(limit).offset(offset))
-        )
-        ids = [v.id for v in rows]
-        images: dict[str, list[InstalledImage]] = {}
-        for image in session.scalars(
-            select(InstalledImage).where(InstalledImage.vehicle_id.in_(ids))
-        ):
-            images.setdefault(image.vehicle_id, []).append(image)
-    return jsonify(
-        {
-            "items": [vehicle_dict(v, images.get(v.id, [])) for v in rows],
-            "total": total,
-            "next_offset": offset + limit if offset + limit < total else None,
-        }
-    )
+        return jsonify(fleet.vehicle_events(session, vehicle_id, limit=limit, offset=offset))
 
 
 @bp.get("/<vehicle_id>")
@@ -99,7 +76,7 @@ def get_vehicle(vehicle_id: str) -> ResponseReturnValue:
         memberships = list(
             session.scalars(select(Membership).where(Membership.vehicle_id == vehicle_id))
         )
-    data = vehicle_dict(vehicle, images)
+    data = fleet.vehicle_dict(vehicle, images)
     data["campaigns"] = [
         {
             "campaign_id": m.campaign_id,
