@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 import rollout_policies as rp
 from overdrive.errors import OverdriveError
-from overdrive.text import one_line
+from overdrive.text import one_line, text_problem
 from server.audit import record
 from server.context import ServerContext
 from server.errors import BadRequest, Conflict, NotFoundError
@@ -83,6 +83,13 @@ def normalise_filter(raw: Any) -> dict[str, list[str]]:
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, str) and v for v in values):
             raise BadRequest(f"filter {key!r} must be a non-empty string or list of strings")
+        for text in (key, *values):
+            problem = text_problem(text)
+            if problem or len(text) > 200:
+                raise BadRequest(
+                    f"filter {one_line(key, 40)!r}: names and values must be one line of at "
+                    f"most 200 characters{f', not {problem}' if problem else ''}"
+                )
         if key == "installed_version" and not all(".." in v or v for v in values):
             raise BadRequest("filter 'installed_version' takes versions or a range FROM..TO")
         result[key] = values
@@ -93,6 +100,9 @@ def create(ctx: ServerContext, session: Session, body: dict[str, Any]) -> Campai
     name = body.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise BadRequest("field 'name' must be a non-empty string (max 200)")
+    problem = text_problem(name)
+    if problem:
+        raise BadRequest(f"field 'name' must be one line of text, not {problem}")
     releases = body.get("releases")
     if not isinstance(releases, dict) or not releases:
         raise BadRequest("field 'releases' must be an object of hardware id → version")

@@ -111,9 +111,12 @@ def test_a_failing_region_halts_the_campaign_and_every_count_has_its_vehicles(
     in_group = get(http, viewer, f"/campaigns/{cid}/vehicles?dimension=region&value=US")
     assert in_group["total"] == 10
     assert get(http, viewer, f"/campaigns/{cid}/vehicles?status=failures&limit=2")["next_offset"]
-    assert "status must be one of" in get(
-        http, viewer, f"/campaigns/{cid}/vehicles?status=bogus", status=400
-    )["error"]["message"]
+    assert (
+        "status must be one of"
+        in get(http, viewer, f"/campaigns/{cid}/vehicles?status=bogus", status=400)["error"][
+            "message"
+        ]
+    )
 
     # History: the policy paused it, with its reason; the operator started it.
     history = get(http, viewer, f"/campaigns/{cid}/history")["items"]
@@ -147,11 +150,14 @@ def test_pause_and_abort_keep_the_operators_reason_and_drafts_can_be_deleted(
     assert audit[0]["details"]["reason"] == aborted["reason"]
 
     # Only a draft can be deleted.
-    assert "only a draft" in (
-        http.delete(f"/api/v1/campaigns/{cid}", headers=auth(op)).json["error"]["message"]
+    assert (
+        "only a draft"
+        in (http.delete(f"/api/v1/campaigns/{cid}", headers=auth(op)).json["error"]["message"])
     )
     draft = create(http, op)["id"]
-    assert http.delete(f"/api/v1/campaigns/{draft}", headers=auth(tokens["viewer"])).status_code == 403
+    assert (
+        http.delete(f"/api/v1/campaigns/{draft}", headers=auth(tokens["viewer"])).status_code == 403
+    )
     assert http.delete(f"/api/v1/campaigns/{draft}", headers=auth(op)).json == {
         "id": draft,
         "deleted": True,
@@ -172,3 +178,21 @@ def test_id_prefixes(http: FlaskClient, fleet: list[SimVehicle], tokens: dict[st
         assert get(http, op, f"/campaigns/{ids[0][:common]}", status=409)
     assert get(http, op, "/campaigns/abc", status=404)  # too short to be a prefix
     assert get(http, op, "/campaigns/zzzzzzzz", status=404)
+
+
+def test_campaign_names_and_filters_are_one_line(
+    http: FlaskClient, fleet: list[SimVehicle], tokens: dict[str, str]
+) -> None:
+    op = tokens["operator"]
+    for body, message in (
+        ({"name": "eu\nrollout"}, "field 'name' must be one line of text, not a line break"),
+        ({"name": "x\u202e"}, "field 'name' must be one line of text, not a control character"),
+        ({"filter": {"region": "EU\n"}}, "filter 'region': names and values must be one line"),
+        ({"filter": {"re\tgion": "EU"}}, "names and values must be one line"),
+    ):
+        response = http.post(
+            "/api/v1/campaigns",
+            json={"name": "n", "releases": {"ecu-a": "1.1"}, "policy": JUDGED, **body},
+            headers=auth(op),
+        )
+        assert response.status_code == 400 and message in response.json["error"]["message"]
