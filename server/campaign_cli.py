@@ -331,7 +331,11 @@ def show(item: dict[str, Any], as_json: bool) -> None:
         click.echo(f"  waiting   {one_line(line, 300)}")
     groups = [g for g in item.get("groups") or [] if g["dimension"] != "campaign"]
     if groups:
-        click.echo("  groups    (failures judged against the sequential test's bound)")
+        acceptable = groups[0].get("acceptable_failure_rate", "?")
+        click.echo(
+            f"  groups    each judged on its own: a breach once its failures are clearly above "
+            f"{acceptable} (HALTS AT: that many failures among its finished vehicles)"
+        )
         rows = [("    GROUP", "ADMITTED", "FINISHED", "FAILURES", "RATE", "HALTS AT", "")]
         for g in item.get("groups") or []:
             label = "all" if g["dimension"] == "campaign" else f"{g['dimension']}={g['value']}"
