@@ -91,6 +91,44 @@ def number(value: float) -> str:
     return f"{value:g}"
 
 
+def rate(fraction: float | None) -> str:
+    """A failure rate (0–1, ``None`` when nothing finished) in percent: ``35%``, ``2.5%``, ``—``."""
+    return "—" if fraction is None else f"{round(100.0 * fraction, 1):g}%"
+
+
+#: How the group dimensions of :func:`server.campaign_view.groups` read on the page.
+DIMENSIONS = {
+    "campaign": "All vehicles",
+    "hardware_id": "Hardware id",
+    "installed_version": "Installed version",
+    "model": "Model",
+    "region": "Region",
+}
+
+
+def dimension_label(dimension: str) -> str:
+    """``hardware_id`` → ``Hardware id``; an attribute name as written, first letter upper."""
+    return DIMENSIONS.get(dimension) or (dimension[:1].upper() + dimension[1:]).replace("_", " ")
+
+
+def status_label(status: str) -> str:
+    """A membership status or status group for people: ``rolled_back`` → ``rolled back``."""
+    return STATUS_LABELS.get(status, status.replace("_", " "))
+
+
+STATUS_LABELS = {
+    "in_progress": "in progress",
+    "finished": "finished",
+    "failures": "failed or rolled back",
+    "none": "in no campaign",
+}
+
+
+def without(mapping: dict[str, Any] | None, *keys: str) -> dict[str, Any]:
+    """``mapping`` without ``keys`` (an audit entry's details once its reason is shown)."""
+    return {k: v for k, v in (mapping or {}).items() if k not in keys}
+
+
 HELPERS: dict[str, Any] = {
     "number": number,
     "when": when,
@@ -100,4 +138,8 @@ HELPERS: dict[str, Any] = {
     "short": short,
     "compact_json": compact_json,
     "percent": percent,
+    "rate": rate,
+    "dimension_label": dimension_label,
+    "status_label": status_label,
+    "without": without,
 }

@@ -40,11 +40,12 @@ from server.vehicles import EVENT_TYPES
 
 #: Campaign states, in the order of their lifecycle (the list page's filter chips).
 STATES = (DRAFT, RUNNING, PAUSED, COMPLETED, ABORTED)
-#: Events newest first: by when they happened, when they arrived, then by lifecycle step (a
-#: vehicle reports an update in one batch, often within a second, and rows keep no insertion order).
+#: Events newest first: by when the server received them (a vehicle's own clock, which it may
+#: set to 2099, never moves its events ahead of others), then by when they happened and by
+#: lifecycle step (a vehicle reports an update in one batch, and rows keep no insertion order).
 EVENT_ORDER = (
-    Event.occurred_at.desc(),
     Event.received_at.desc(),
+    Event.occurred_at.desc(),
     case({kind: i for i, kind in enumerate(EVENT_TYPES)}, value=Event.type, else_=-1).desc(),
 )
 #: The parts of a campaign's progress bar, in drawing order, with their labels.
@@ -239,20 +240,6 @@ def eligible_preview(ctx: ServerContext, session: Session, campaign: Campaign) -
         return None
 
 
-def live_status(session: Session, campaign_id: str) -> dict[str, Any]:
-    """What the campaign page's refresh needs: state, stage and counts (no releases, no events)."""
-    campaign = get_campaign(session, campaign_id)
-    counts = campaigns.counts(session, campaign.id)
-    return {
-        "id": campaign.id,
-        "state": campaign.state,
-        "stage_index": campaign.stage_index,
-        "reason": campaign.reason,
-        "progress": Progress.from_counts(counts).to_dict(),
-        "statuses": dict(status_breakdown(counts)),
-    }
-
-
 def _campaigns(state: str | None) -> Select[Campaign]:
     query = select(Campaign)
     return query.where(Campaign.state == state) if state else query
@@ -363,41 +350,6 @@ def fleet_overview(session: Session, now: datetime, latest: dict[str, str]) -> d
     }
 
 
-def _vehicles(search: str, hardware_id: str, version: str) -> Select[Vehicle]:
-    query = select(Vehicle)
-    if search:
-        query = query.where(Vehicle.id.icontains(search, autoescape=True))
-    if hardware_id:
-        image = select(InstalledImage.vehicle_id).where(InstalledImage.hardware_id == hardware_id)
-        if version:
-            image = image.where(InstalledImage.version == version)
-        query = query.where(Vehicle.id.in_(image))
-    return query
-
-
-def count_vehicles(session: Session, search: str, hardware_id: str, version: str) -> int:
-    """How many vehicles match an id substring and/or an installed image."""
-    query = _vehicles(search, hardware_id, version)
-    return session.scalar(select(func.count()).select_from(query.subquery())) or 0
-
-
-def vehicle_page(
-    session: Session, search: str, hardware_id: str, version: str, limit: int, offset: int
-) -> tuple[list[Vehicle], dict[str, list[InstalledImage]]]:
-    """A page of matching vehicles by id, and their installed images."""
-    query = _vehicles(search, hardware_id, version)
-    vehicles = list(session.scalars(query.order_by(Vehicle.id).limit(limit).offset(offset)))
-    images: dict[str, list[InstalledImage]] = {}
-    if vehicles:
-        for row in session.scalars(
-            select(InstalledImage)
-            .where(InstalledImage.vehicle_id.in_([v.id for v in vehicles]))
-            .order_by(InstalledImage.hardware_id)
-        ):
-            images.setdefault(row.vehicle_id, []).append(row)
-    return vehicles, images
-
-
 def vehicle_detail(session: Session, vehicle_id: str, events: int = 100) -> dict[str, Any]:
     """One vehicle: attributes, images, status, its campaigns and its recent events."""
     vehicle = session.get(Vehicle, vehicle_id)
@@ -427,19 +379,6 @@ def vehicle_detail(session: Session, vehicle_id: str, events: int = 100) -> dict
         "memberships": [(m, c) for m, c in memberships],
         "events": history,
     }
-
-
-def count_audit(session: Session) -> int:
-    """How many audit log entries there are."""
-    return session.scalar(select(func.count()).select_from(AuditEntry)) or 0
-
-
-def audit_page(session: Session, limit: int, offset: int) -> list[AuditEntry]:
-    """A page of the audit log, newest first."""
-    rows = session.scalars(
-        select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit).offset(offset)
-    )
-    return list(rows)
 
 
 def hardware_counts(session: Session) -> dict[str, int]:

@@ -1,6 +1,8 @@
 """The dashboard's pages and form handlers.
 
-Reads go through :mod:`server.dashboard.queries`; every change goes through the same domain
+Reads go through :mod:`server.dashboard.queries` (campaigns, the fleet overview),
+:mod:`server.dashboard.insight` (a campaign's groups, vehicles, history and timeline) and
+:mod:`server.dashboard.listings` (the vehicle list and audit log); every change goes through the same domain
 function the API calls (``server.campaigns.create/start/pause/resume/abort/approve``) inside one
 transaction, so the audit log records it exactly as it would an API call (``g.actor`` is set by
 the blueprint's ``before_request``). Failed changes come back as a message on the page, not an
@@ -9,27 +11,35 @@ error page: a 409 "campaign is paused" is something to read, not a crash.
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import flash, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from sqlalchemy.orm import Session
 
-from overdrive.releases import ReleaseIndex
 from server import campaigns
 from server.context import context
-from server.dashboard import forms, queries, security
+from server.dashboard import forms, insight, listings, queries, security
 from server.dashboard.blueprint import bp
+from server.dashboard.pages import (
+    Pager,
+    latest_versions,
+    list_status,
+    newest_first,
+    now,
+    release_index,
+    tile_links,
+    updated_stamp,
+    withdrawn_versions,
+)
 from server.errors import ApiError, NotFoundError
-from server.models import DRAFT
-
-log = logging.getLogger("overdrive.dashboard")
+from server.models import DRAFT, Campaign
 
 CAMPAIGNS_PER_PAGE = 25
 VEHICLES_PER_PAGE = 50
+MEMBERS_PER_PAGE = 50
 AUDIT_PER_PAGE = 50
+CAMPAIGN_EVENTS = 30
 MAX_REASON = 500
 
 ACTION_DONE = {
@@ -39,75 +49,6 @@ ACTION_DONE = {
     "abort": "Campaign aborted: no vehicle is offered this release any more.",
     "approve": "Stage approved: the campaign moves on once the stage's other conditions hold.",
 }
-
-
-# ------------------------------------------------------------------------------ helpers
-
-
-@dataclass(frozen=True)
-class Pager:
-    """Page ``page`` of ``total`` items, ``size`` per page; links keep the other query args."""
-
-    page: int
-    size: int
-    total: int
-
-    @classmethod
-    def from_request(cls, size: int, total: int) -> Pager:
-        try:
-            page = int(request.args.get("page", "1"))
-        except ValueError:
-            page = 1  # a bad page number is not worth an error: show the first page
-        last = cls(1, size, total).pages
-        return cls(min(max(page, 1), last), size, total)
-
-    @property
-    def pages(self) -> int:
-        return max((self.total + self.size - 1) // self.size, 1)
-
-    @property
-    def offset(self) -> int:
-        return (self.page - 1) * self.size
-
-    @property
-    def first(self) -> int:
-        return self.offset + 1 if self.total else 0
-
-    @property
-    def last(self) -> int:
-        return min(self.offset + self.size, self.total)
-
-    def url(self, page: int) -> str:
-        args: dict[str, Any] = {k: v for k, v in request.args.items() if k != "page"}
-        args.update(request.view_args or {}, page=page)
-        return url_for(str(request.endpoint), **args)
-
-
-def release_index() -> tuple[ReleaseIndex | None, str | None]:
-    """The verified release index, or why it cannot be read (pages still render without it)."""
-    try:
-        return context().releases.index(), None
-    except ApiError as e:
-        return None, str(e)
-    except Exception as e:  # a repository that fails verification must not break the pages
-        log.warning("dashboard: release index unavailable: %s", e)
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return None, f"The image repository could not be verified: {first}"
-
-
-def latest_versions(index: ReleaseIndex | None) -> dict[str, str]:
-    """Hardware id → its newest version (highest release counter) in the repository."""
-    if index is None:
-        return {}
-    return {
-        hw: max(versions.items(), key=lambda kv: kv[1].full.info.release_counter)[0]
-        for hw, versions in index.releases.items()
-        if versions
-    }
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 # ------------------------------------------------------------------------------ sign-in
@@ -144,11 +85,28 @@ def sign_out() -> ResponseReturnValue:
 @bp.get("/")
 @security.requires_role("viewer")
 def overview() -> ResponseReturnValue:
-    """Fleet overview: freshness, versions per hardware id, active campaigns, recent actions."""
+    """Fleet overview: freshness, versions per hardware id, active campaigns and what each
+    waits for, recent actions (refreshed in place by ``overview.json``)."""
     index, index_error = release_index()
     with context().session() as session:
         data = queries.fleet_overview(session, now(), latest_versions(index))
-        return render_template("dashboard/overview.html", index_error=index_error, **data)
+        return render_template(
+            "dashboard/overview.html",
+            index_error=index_error,
+            withdrawn=withdrawn_versions(index),
+            **data,
+        )
+
+
+@bp.get("/overview.json")
+@security.requires_role("viewer")
+def overview_json() -> ResponseReturnValue:
+    """The overview's refresh: its fleet, campaign and activity sections, rendered here."""
+    index, _index_error = release_index()
+    with context().session() as session:
+        data = queries.fleet_overview(session, now(), latest_versions(index))
+        html = render_template("dashboard/_overview_live.html", **data)
+        return jsonify({"updated": updated_stamp(), "html": html})
 
 
 # ------------------------------------------------------------------------------ campaigns
@@ -211,19 +169,16 @@ def campaign_new() -> ResponseReturnValue:
                 return redirect(url_for(".campaign_detail", campaign_id=campaign_id))
     with context().session() as session:
         per_hardware = queries.hardware_counts(session)
-    releases = (
-        {
-            hw: sorted(index.releases[hw].items(), key=lambda kv: -kv[1].full.info.release_counter)
-            for hw in hardware
-        }
-        if index
-        else {}
-    )
+    # A withdrawn release is never offered (the domain function refuses it as well).
+    newest = {hw: newest_first(index.releases[hw]) for hw in hardware} if index else {}
+    releases = {hw: [(v, r) for v, r in rows if r.yanked is None] for hw, rows in newest.items()}
+    withdrawn = {hw: [(v, r.yanked) for v, r in rows if r.yanked] for hw, rows in newest.items()}
     return render_template(
         "dashboard/campaign_new.html",
         values=values,
         errors=errors,
         releases=releases,
+        withdrawn=withdrawn,
         per_hardware=per_hardware,
         presets=forms.preset_choices(),
         index_error=index_error,
@@ -233,22 +188,83 @@ def campaign_new() -> ResponseReturnValue:
 @bp.get("/campaigns/<campaign_id>")
 @security.requires_role("viewer")
 def campaign_detail(campaign_id: str) -> ResponseReturnValue:
-    """One campaign: state, stages, counts, releases, filter, recent events and actions."""
+    """One campaign: what it waits for (or why it stopped), counts that link to their
+    vehicles, groups, stages, timeline, releases, filter, events, history and actions."""
     ctx = context()
     with ctx.session() as session:
         campaign = queries.get_campaign(session, campaign_id)
-        view = queries.campaign_view(session, campaign, events=30)
+        parts = campaign_parts(session, campaign)
         draft = campaign.state == DRAFT
         preview = queries.eligible_preview(ctx, session, campaign) if draft else None
-        return render_template("dashboard/campaign.html", c=view, preview=preview)
+        return render_template("dashboard/campaign.html", preview=preview, **parts)
+
+
+def campaign_parts(session: Session, campaign: Campaign) -> dict[str, Any]:
+    """What the campaign page and its refresh render: its view (``c``), insight (``i``) and
+    the links behind its count tiles."""
+    index, _index_error = release_index()
+    view = queries.campaign_view(session, campaign, events=CAMPAIGN_EVENTS)
+    why = insight.campaign_insight(session, campaign, view.data, index, now())
+    return {"c": view, "i": why, "tiles": tile_links(campaign.id, insight.TILE_FILTERS)}
 
 
 @bp.get("/campaigns/<campaign_id>/status.json")
 @security.requires_role("viewer")
 def campaign_status_json(campaign_id: str) -> ResponseReturnValue:
-    """The campaign page's refresh: state, stage and counts, for the signed-in session."""
+    """The campaign page's refresh, for the signed-in session: state, stage, counts, what it
+    waits for, its groups, and its live sections (why, groups, timeline, events, history)
+    rendered here, so the page's script only swaps them in."""
     with context().session() as session:
-        return jsonify(queries.live_status(session, campaign_id))
+        parts = campaign_parts(session, queries.get_campaign(session, campaign_id))
+        html = render_template("dashboard/_campaign_live.html", **parts)
+    view: queries.CampaignView = parts["c"]
+    d = view.data
+    return jsonify(
+        {
+            "id": d["id"],
+            "state": d["state"],
+            "stage_index": d["stage_index"],
+            "reason": d["reason"],
+            "waiting": d["waiting"],
+            "until": d["until"],
+            "evaluated_at": d["evaluated_at"],
+            "progress": view.progress.to_dict(),
+            "statuses": dict(view.statuses),
+            "groups": d["groups"],
+            "updated": updated_stamp(),
+            "html": html,
+        }
+    )
+
+
+@bp.get("/campaigns/<campaign_id>/vehicles")
+@security.requires_role("viewer")
+def campaign_vehicles(campaign_id: str) -> ResponseReturnValue:
+    """The vehicles behind a campaign count: by status, hardware id, model, region,
+    from-version or judged group, sortable by every column, a page at a time."""
+    with context().session() as session:
+        campaign = queries.get_campaign(session, campaign_id)
+        view = queries.campaign_view(session, campaign)
+        groups = insight.group_rows(view.data["groups"])
+        query = forms.parse_member_args(request.args, {g.dimension for g in groups})
+        total = insight.count_members(session, campaign, query)
+        pager = Pager.from_request(MEMBERS_PER_PAGE, total, query.args())
+        rows = insight.member_page(session, campaign, query, pager.size, pager.offset)
+        f = query.filters
+        group = next(
+            (g for g in groups if (g.dimension, g.value) == (f.get("dimension"), f.get("value"))),
+            None,
+        )
+        return render_template(
+            "dashboard/campaign_vehicles.html",
+            c=view,
+            rows=rows,
+            q=query,
+            group=group,
+            groups=groups,
+            pager=pager,
+            statuses=forms.MEMBER_STATUS_CHOICES,
+        ), list_status(query)
 
 
 @bp.post("/campaigns/<campaign_id>/<any(start, pause, resume, abort, approve):action>")
@@ -295,25 +311,23 @@ def campaign_action(campaign_id: str, action: str) -> ResponseReturnValue:
 @bp.get("/vehicles")
 @security.requires_role("viewer")
 def vehicle_list() -> ResponseReturnValue:
-    """Vehicles by id, searchable by id and filterable by installed image."""
-    search = request.args.get("q", "").strip()[:128]
-    hardware_id = request.args.get("hw", "").strip()[:128]
-    version = request.args.get("version", "").strip()[:128] if hardware_id else ""
+    """Vehicles, searchable by id, filtered by installed image, model, region, reported state
+    or status in an active campaign, and sorted by any of those."""
+    query = forms.parse_vehicle_args(request.args)
     with context().session() as session:
-        total = queries.count_vehicles(session, search, hardware_id, version)
-        pager = Pager.from_request(VEHICLES_PER_PAGE, total)
-        vehicles, images = queries.vehicle_page(
-            session, search, hardware_id, version, pager.size, pager.offset
-        )
+        total = listings.count_vehicles(session, query)
+        pager = Pager.from_request(VEHICLES_PER_PAGE, total, query.args())
+        vehicles, images, active = listings.vehicle_page(session, query, pager.size, pager.offset)
         return render_template(
             "dashboard/vehicles.html",
             vehicles=vehicles,
             images=images,
+            active=active,
             pager=pager,
-            search=search,
-            hardware_id=hardware_id,
-            version=version,
-        )
+            q=query,
+            choices=listings.vehicle_choices(session),
+            statuses=forms.VEHICLE_STATUSES,
+        ), list_status(query)
 
 
 @bp.get("/vehicles/<vehicle_id>")
@@ -337,14 +351,8 @@ def releases() -> ResponseReturnValue:
     with context().session() as session:
         installed = queries.installed_versions(session, latest_versions(index))
     running = {(hw, row.version): row.vehicles for hw, rows in installed.items() for row in rows}
-    hardware = (
-        {
-            hw: sorted(versions.items(), key=lambda kv: -kv[1].full.info.release_counter)
-            for hw, versions in sorted(index.releases.items())
-        }
-        if index
-        else {}
-    )
+    releases_of = sorted(index.releases.items()) if index else []
+    hardware = {hw: newest_first(versions) for hw, versions in releases_of}
     versions_by_sha = {
         release.full.info.image.sha256: version
         for versions in (index.releases.values() if index else [])
@@ -354,6 +362,7 @@ def releases() -> ResponseReturnValue:
         "dashboard/releases.html",
         hardware=hardware,
         running=running,
+        latest=latest_versions(index),
         versions_by_sha=versions_by_sha,
         repository=context().releases.versions,
         index_error=index_error,
@@ -363,11 +372,20 @@ def releases() -> ResponseReturnValue:
 @bp.get("/audit")
 @security.requires_role("viewer")
 def audit() -> ResponseReturnValue:
-    """The audit log: every operator action and automatic decision, newest first."""
+    """The audit log: every operator action and automatic decision, newest first, filtered
+    by actor, action, target or campaign and a UTC time range."""
+    query = forms.parse_audit_args(request.args)
     with context().session() as session:
-        pager = Pager.from_request(AUDIT_PER_PAGE, queries.count_audit(session))
-        entries = queries.audit_page(session, pager.size, pager.offset)
-        return render_template("dashboard/audit.html", entries=entries, pager=pager)
+        total = listings.count_audit(session, query)
+        pager = Pager.from_request(AUDIT_PER_PAGE, total, query.args())
+        entries = listings.audit_page(session, query, pager.size, pager.offset)
+        return render_template(
+            "dashboard/audit.html",
+            entries=entries,
+            pager=pager,
+            q=query,
+            choices=listings.audit_choices(session),
+        ), list_status(query)
 
 
 @bp.route("/<path:unknown>", methods=["GET", "POST"])

@@ -32,7 +32,7 @@ from server import campaigns
 from server.app import create_app
 from server.config import ServerConfig
 from server.context import EXTENSION, ServerContext
-from server.dashboard import bp, queries
+from server.dashboard import bp, forms, listings, queries
 from server.dashboard.formatting import ago, size
 from server.dashboard.security import SECRET_ENV
 from server.errors import Unavailable
@@ -303,7 +303,7 @@ def test_campaign_actions_roles_and_csrf(
 
     # The audit log names the dashboard user exactly as the API would.
     with ctx.session() as session:
-        entries = queries.audit_page(session, 10, 0)
+        entries = listings.audit_page(session, forms.parse_audit_args({}), 10, 0)
     actions = [(e.action, e.actor) for e in entries if e.target == f"campaign:{campaign_id}"]
     assert actions == [
         ("campaign.abort", "test-operator (operator)"),
@@ -587,11 +587,11 @@ def expect(locator: Any) -> Any:
 
 def expect_count(page: Any, name: str, value: str) -> None:
     """Wait for the live refresh to show ``value``."""
-    expect(page.locator(f'#live dd[data-count="{name}"]')).to_have_text(value)
+    expect(page.locator(f'#live .counts [data-count="{name}"]')).to_have_text(value)
 
 
 def count(page: Any, name: str) -> str:
-    return str(page.inner_text(f'#live dd[data-count="{name}"]'))
+    return str(page.inner_text(f'#live .counts [data-count="{name}"]'))
 
 
 def test_browser_operator_runs_a_campaign(
@@ -607,7 +607,7 @@ def test_browser_operator_runs_a_campaign(
     page = b.page
     b.sign_in(tokens["operator"])
     assert page.inner_text(".stat-value >> nth=0") == "25"
-    screenshot(page, tmp_path, "overview")
+    screenshot(page, tmp_path, "overview-empty")
 
     # Create a campaign through the form, with a pasted YAML policy.
     page.click("nav.mainnav >> text=Campaigns")

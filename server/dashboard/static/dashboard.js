@@ -1,5 +1,7 @@
 // Overdrive dashboard: a little progressive enhancement, no dependencies. Every page works
-// without it; this adds confirm dialogs, the custom-policy shortcut and live campaign counts.
+// without it; this adds confirm dialogs, the custom-policy shortcut and live refreshes of the
+// campaign page and the overview. Times come from the server, in UTC: nothing here formats a
+// date in the browser's time zone.
 (function () {
   "use strict";
 
@@ -21,8 +23,11 @@
     }
   });
 
-  // Campaign page: refresh the counts every few seconds from the session-authenticated
-  // status.json; reload the page when the state or stage changes (buttons and stepper follow).
+  // Live pages: an element with data-live-url is refreshed every data-interval seconds from
+  // that session-authenticated JSON. Its "html" holds the page's [data-live-section]s, rendered
+  // (and escaped) by the server's own templates; each replaces the section of the same name.
+  // The campaign page's JSON also carries its counts, and its state and stage: when those
+  // change the page reloads, so that its buttons and stepper follow.
   var live = document.querySelector("[data-live-url]");
   if (!live) {
     return;
@@ -33,7 +38,7 @@
   var state = live.getAttribute("data-state");
   var stage = live.getAttribute("data-stage");
 
-  function show(progress) {
+  function showCounts(progress) {
     Object.keys(progress).forEach(function (name) {
       if (typeof progress[name] !== "number") {
         return;
@@ -52,20 +57,26 @@
     });
   }
 
-  function showStatuses(statuses) {
-    var box = live.querySelector("[data-statuses]");
-    if (!box) {
+  function showSections(html) {
+    if (typeof html !== "string") {
       return;
     }
-    var nodes = [];
-    Object.keys(statuses).forEach(function (name) {
-      var chip = document.createElement("span");
-      chip.className = "chip chip-static";
-      chip.textContent = name.replace(/_/g, " ") + " " + statuses[name];
-      nodes.push(chip, document.createTextNode(" ")); // spaced like the server renders them
+    var fresh = new DOMParser().parseFromString(html, "text/html");
+    fresh.querySelectorAll("[data-live-section]").forEach(function (section) {
+      var name = section.getAttribute("data-live-section");
+      var current = document.querySelector('[data-live-section="' + name + '"]');
+      if (!current || current.innerHTML === section.innerHTML) {
+        return; // unchanged: leave it alone (focus, selection, an open <details>)
+      }
+      // Keep the <details> someone opened open.
+      var open = Array.prototype.map.call(current.querySelectorAll("details"), function (d) {
+        return d.open;
+      });
+      section.querySelectorAll("details").forEach(function (d, i) {
+        d.open = Boolean(open[i]);
+      });
+      current.replaceWith(document.importNode(section, true));
     });
-    box.replaceChildren.apply(box, nodes);
-    box.parentNode.hidden = nodes.length === 0;
   }
 
   function refresh() {
@@ -84,14 +95,16 @@
         return response.json();
       })
       .then(function (data) {
-        if (data.state !== state || String(data.stage_index) !== stage) {
+        if (state !== null && (data.state !== state || String(data.stage_index) !== stage)) {
           window.location.reload();
           return;
         }
-        show(data.progress);
-        showStatuses(data.statuses);
+        if (data.progress) {
+          showCounts(data.progress);
+        }
+        showSections(data.html);
         if (stamp) {
-          stamp.textContent = "Updated " + new Date().toLocaleTimeString();
+          stamp.textContent = "Updated " + data.updated;
         }
       })
       .catch(function () {
