@@ -43,6 +43,22 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+EXTRAS = {
+    "flask": "server",
+    "sqlalchemy": "server",
+    "alembic": "server",
+    "psycopg": "server",
+    "gunicorn": "server",
+    "prometheus_client": "server",
+    "yaml": "server",
+    "boto3": "signing",
+    "botocore": "signing",
+    "numpy": "signing",
+    "matplotlib": "simulate",
+}
+"""Optional dependencies a command may import only when it runs, and the extra that has them."""
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use."""
 
@@ -98,6 +114,14 @@ def main(argv: list[str] | None = None) -> Any:
     except Exception as e:
         if os.environ.get("OVERDRIVE_DEBUG"):
             raise
+        extra = EXTRAS.get((getattr(e, "name", None) or "").split(".")[0])
+        if isinstance(e, ModuleNotFoundError) and extra is not None:
+            click.echo(
+                f"error: this command needs {e.name}, which is not installed: "
+                f"pip install 'overdrive[{extra}]'",
+                err=True,
+            )
+            sys.exit(1)
         click.echo(
             f"internal error: {type(e).__name__}: {first_line(str(e))} "
             "(set OVERDRIVE_DEBUG=1 for a traceback)",
