@@ -42,6 +42,8 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed $(VENV)/.installed-server
 
+# The demo works in a temporary directory (about 1 GB with the default fleet) that it reports and
+# removes at the end: DEMO_ARGS=--keep keeps it, DEMO_ARGS="--workspace DIR" uses (and keeps) DIR.
 demo: $(VENV)/.installed-server system-deps
 	$(BIN)/overdrive demo $(DEMO_ARGS)
 

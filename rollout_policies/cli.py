@@ -7,17 +7,19 @@ Errors are :class:`~rollout_policies.errors.PolicyError` s, which the root comma
 from __future__ import annotations
 
 import difflib
+import importlib
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
 from overdrive.maintenance import DAYS
 from rollout_policies.cohort import admission_target
 from rollout_policies.documents import POLICY_SUFFIXES, load_policy
-from rollout_policies.errors import UnknownPreset
+from rollout_policies.errors import PolicyFileError, UnknownPreset
 from rollout_policies.model import Policy, Stage
 from rollout_policies.presets import PRESETS, all_presets, preset
 from rollout_policies.units import format_duration
@@ -66,18 +68,33 @@ def validate(file: Path) -> None:
 @click.argument("name_or_file")
 @click.option("--json", "as_json", is_flag=True, help="Print the normalised policy document.")
 @click.option(
+    "--yaml",
+    "as_yaml",
+    is_flag=True,
+    help="Print the normalised policy document as YAML: a file to edit and 'policy validate'.",
+)
+@click.option(
     "--fleet",
     type=click.IntRange(min=0),
     metavar="N",
     help="Add a column with how many of N eligible vehicles each stage admits.",
 )
-def show(name_or_file: str, as_json: bool, fleet: int | None) -> None:
-    """Show a preset (by NAME) or a policy FILE as a table of its stages."""
-    if as_json and fleet is not None:
-        raise click.UsageError("--fleet adds a table column; it cannot be combined with --json")
+def show(name_or_file: str, as_json: bool, as_yaml: bool, fleet: int | None) -> None:
+    """Show a preset (by NAME) or a policy FILE as a table of its stages.
+
+    'overdrive policy show canary --yaml > mine.yaml' starts a policy of your own from a preset.
+    """
+    if as_json and as_yaml:
+        raise click.UsageError("--json and --yaml exclude each other")
+    if (as_json or as_yaml) and fleet is not None:
+        flag = "--json" if as_json else "--yaml"
+        raise click.UsageError(f"--fleet adds a table column; it cannot be combined with {flag}")
     source, loaded = resolve(name_or_file)
     if as_json:
         click.echo(json.dumps(loaded.to_dict(), indent=2, ensure_ascii=False))
+        return
+    if as_yaml:
+        click.echo(policy_yaml(loaded, source), nl=False)
         return
     title = loaded.name or Path(name_or_file).stem
     click.echo(f"{title}: {loaded.description}" if loaded.description else title)
@@ -94,6 +111,22 @@ def show(name_or_file: str, as_json: bool, fleet: int | None) -> None:
     for i, stage in enumerate(loaded.stages):
         table.append(_stage_row(i, stage, fleet))
     _echo_table(table)
+
+
+def policy_yaml(loaded: Policy, source: str) -> str:
+    """The normalised policy document as YAML (fields in document order, a comment naming its
+    source), which ``policy validate`` and ``campaign create --policy`` read back as it is."""
+    try:
+        yaml: Any = importlib.import_module("yaml")
+    except ImportError as e:
+        raise PolicyFileError(
+            "--yaml needs PyYAML, which is not installed (pip install 'overdrive[server]'); "
+            "--json prints the same document as JSON"
+        ) from e
+    body = yaml.safe_dump(
+        loaded.to_dict(), sort_keys=False, allow_unicode=True, default_flow_style=False, width=100
+    )
+    return f"# from {source}; check your edits with 'overdrive policy validate FILE'\n{body}"
 
 
 def resolve(name_or_file: str) -> tuple[str, Policy]:

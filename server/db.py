@@ -6,14 +6,20 @@ foreign keys so that several threads (and the evaluator) can use one file safely
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import URL, Engine, create_engine, event, inspect, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from overdrive.errors import OverdriveError
 
 
 class Base(DeclarativeBase):
@@ -147,3 +153,141 @@ class DirectConnections:
             self._open.clear()
         for conn in conns:
             conn.close()
+
+
+# ------------------------------------------------------------------ administrative commands
+
+
+class DatabaseUnavailable(OverdriveError):
+    """The database named by ``--db`` cannot be used: missing, never migrated, unreachable."""
+
+
+def describe_url(url: str) -> str:
+    """``url`` as an error message shows it: a SQLite file as an absolute ``sqlite:///`` URL
+    (so a relative path says where it was looked for), any other URL without its password."""
+    path = sqlite_path(url)
+    if path is not None:
+        return f"sqlite:///{path}"
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The absolute file of a SQLite URL; None for other databases and in-memory SQLite."""
+    parsed = _parse(url)
+    if not parsed.drivername.startswith("sqlite"):
+        return None
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database).expanduser().absolute()
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(normalise_url(url))
+    except ArgumentError as e:
+        raise DatabaseUnavailable(
+            f"invalid --db URL {url!r} (expected sqlite:///FILE or postgresql://…)"
+        ) from e
+
+
+def check_creatable(url: str) -> None:
+    """For ``server migrate``/``run``: a SQLite file can be created where ``url`` says (its
+    directory exists), instead of SQLite's bare "unable to open database file"."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    if path.is_dir():
+        raise DatabaseUnavailable(f"--db {describe_url(url)} is a directory, not a database file")
+    if not path.parent.is_dir():
+        raise DatabaseUnavailable(
+            f"cannot create the database {describe_url(url)}: "
+            f"directory {path.parent} does not exist"
+        )
+
+
+def require_migrated(url: str) -> None:
+    """Refuse a database that ``server migrate`` never set up, without creating anything.
+
+    Administrative commands (tokens, tick, …) run against the server's database; a mistyped
+    ``--db`` or the wrong working directory must not silently create a fresh ``overdrive.db``
+    and print a token that the real server has never heard of.
+    """
+    parsed = _parse(url)
+    where = describe_url(url)
+    fix = f"run `overdrive server migrate --db {where}` first, or pass the right --db"
+    if parsed.drivername.startswith("sqlite"):
+        path = sqlite_path(url)
+        if path is None:
+            raise DatabaseUnavailable(
+                f"an in-memory SQLite database ({where}) is empty on every run: pass the "
+                "server's --db"
+            )
+        if path.is_dir():
+            raise DatabaseUnavailable(f"--db {where} is a directory, not a database file")
+        if not path.parent.is_dir():
+            raise DatabaseUnavailable(
+                f"no Overdrive database at {where}: directory {path.parent} does not exist; "
+                "pass the right --db"
+            )
+        if not path.exists():
+            raise DatabaseUnavailable(
+                f"no Overdrive database at {where} (it was never migrated); {fix}"
+            )
+        migrated = _sqlite_has_schema(path, where)
+    else:
+        migrated = _server_has_schema(url, where)
+    if not migrated:
+        raise DatabaseUnavailable(
+            f"{where} is not an Overdrive database (it was never migrated); {fix}"
+        )
+
+
+def _sqlite_has_schema(path: Path, where: str) -> bool:
+    """Is Alembic's version table in the SQLite file ``path``? Opened read-write without
+    creating it and without pragmas, so a foreign file is left exactly as it was."""
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True)
+        try:
+            row = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise DatabaseUnavailable(f"cannot read the database {where}: {e}") from e
+    return row is not None
+
+
+def _server_has_schema(url: str, where: str) -> bool:
+    """Is Alembic's version table in the (PostgreSQL) database at ``url``?"""
+    try:
+        engine = create_engine(normalise_url(url), poolclass=NullPool)
+    except (ArgumentError, NoSuchModuleError) as e:
+        raise DatabaseUnavailable(f"unsupported --db URL {where}: {e}") from e
+    try:
+        with engine.connect() as conn:
+            return bool(inspect(conn).has_table("alembic_version"))
+    except SQLAlchemyError as e:
+        raise DatabaseUnavailable(f"cannot connect to the database {where}: {reason(e)}") from e
+    finally:
+        engine.dispose()
+
+
+def reason(error: BaseException) -> str:
+    """The first line of a database error's cause (the driver's message, not SQLAlchemy's)."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@contextmanager
+def reported(url: str) -> Iterator[None]:
+    """Turn a database that cannot be opened or reached mid-command (OperationalError) into
+    one line naming it, for the command line; other errors pass through unchanged."""
+    try:
+        yield
+    except (OperationalError, psycopg.OperationalError) as e:
+        raise DatabaseUnavailable(f"database {describe_url(url)}: {reason(e)}") from e

@@ -1,18 +1,26 @@
 """The release engineers' commands: ``overdrive keys``, ``overdrive repo``, ``overdrive release``.
 
 Options that name the repository and the key directory also read ``OVERDRIVE_STORAGE`` and
-``OVERDRIVE_KEYS``, so a shell (or CI job) can set them once.
+``OVERDRIVE_KEYS``, so a shell (or CI job) can set them once. Commands that sign take the
+passphrase options of :func:`passphrase_options` (lookup order: :mod:`signing.keys`).
+
+A change that needs several people's signatures (key rotation, threshold change, release add,
+release yank, director keys) is published when the keys at hand meet every threshold, and
+otherwise staged with a ``staged: …`` line saying who must sign with ``repo sign``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import click
+from tuf.api.metadata import Metadata, Root
 
 from overdrive.bundle.cli import parse_size
 from overdrive.durations import parse_duration
@@ -20,9 +28,17 @@ from overdrive.releases import withdrawal_reason
 from overdrive.storage import Storage, open_storage
 from overdrive.tuf_layout import BundleInfo, LayoutError, Yank
 from signing.errors import KeyError_, RepositoryError
-from signing.keys import KEY_TYPES, KeyDirectory, env_passphrase, generate_key, prompt_passphrase
-from signing.release import BuildOptions, add_release
-from signing.repository import ImageRepository, now, parse_expiry, wipe
+from signing.keys import (
+    INSECURE_PERMISSIONS_ENV,
+    KEY_TYPES,
+    PASSPHRASE_DIR_ENV,
+    KeyDirectory,
+    PassphraseSources,
+    check_new_key,
+    generate_key,
+)
+from signing.release import BuildOptions, ReleaseResult, add_release
+from signing.repository import ImageRepository, Outcome, now, parse_expiry, wipe
 
 storage_option = click.option(
     "--storage",
@@ -39,23 +55,102 @@ keys_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory holding your key files [env OVERDRIVE_KEYS].",
 )
-passphrase_option = click.option(
-    "--passphrase-env",
-    metavar="VAR",
-    help="Read key passphrases from this environment variable instead of prompting.",
+PASSPHRASE_OPTIONS = (
+    click.option(
+        "--passphrase-env",
+        metavar="VAR",
+        help="Read the passphrase of every key without its own (OVERDRIVE_PASSPHRASE_<NAME> "
+        "or <NAME>.pass) from environment variable VAR instead of prompting.",
+    ),
+    click.option(
+        "--passphrase-file-dir",
+        envvar=PASSPHRASE_DIR_ENV,
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="Directory of per-key passphrase files NAME.pass (mode 0600) "
+        f"[env {PASSPHRASE_DIR_ENV}].",
+    ),
+    click.option(
+        "--allow-insecure-key-permissions",
+        is_flag=True,
+        envvar=INSECURE_PERMISSIONS_ENV,
+        help="Use private key and passphrase files that group or others can read (CI "
+        f"checkouts) [env {INSECURE_PERMISSIONS_ENV}=1].",
+    ),
 )
 
 
-def key_directory(path: Path, passphrase_env: str | None) -> KeyDirectory:
-    source = env_passphrase(passphrase_env) if passphrase_env else prompt_passphrase
-    return KeyDirectory(path, source)
+def passphrase_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add the passphrase options to ``command``, handed to it as one ``passphrases`` argument
+    (a :class:`PassphraseSources`): a passphrase per key from ``OVERDRIVE_PASSPHRASE_<NAME>``,
+    then ``--passphrase-file-dir``, then ``--passphrase-env`` for all, then a prompt."""
+
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any,
+        passphrase_env: str | None,
+        passphrase_file_dir: Path | None,
+        allow_insecure_key_permissions: bool,
+        **kwargs: Any,
+    ) -> None:
+        kwargs["passphrases"] = PassphraseSources(
+            passphrase_env, passphrase_file_dir, allow_insecure_key_permissions
+        )
+        command(*args, **kwargs)
+
+    for option in reversed(PASSPHRASE_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def key_directory(path: Path, passphrases: PassphraseSources | None = None) -> KeyDirectory:
+    """The key directory ``path``, unlocking its keys through ``passphrases``."""
+    sources = passphrases or PassphraseSources()
+    return KeyDirectory(
+        path, sources, allow_insecure_permissions=sources.allow_insecure_permissions
+    )
 
 
 def load_repo(
-    storage_url: str, keys_dir: Path | None, passphrase_env: str | None = None
+    storage_url: str, keys_dir: Path | None, passphrases: PassphraseSources | None = None
 ) -> ImageRepository:
-    keys = key_directory(keys_dir or Path("/nonexistent-overdrive-keys"), passphrase_env)
+    keys = key_directory(keys_dir or Path("/nonexistent-overdrive-keys"), passphrases)
     return ImageRepository.load(open_storage(storage_url), keys)
+
+
+stage_only_option = click.option(
+    "--stage-only",
+    is_flag=True,
+    help="Stage the change for others to sign even if the keys at hand could publish it "
+    "(it is staged anyway when they are short of the threshold).",
+)
+
+
+def sign_command(role: str) -> str:
+    """The command a colleague runs to add their signature to staged ``role`` metadata."""
+    return f"`overdrive repo sign --role {role} --keys DIR`"
+
+
+def echo_staged(outcome: Outcome) -> None:
+    """Say that a change was staged, what it still lacks, and how each signer completes it."""
+    if not outcome.waiting:
+        click.echo(
+            "staged: every threshold is met; publish with `overdrive repo publish` "
+            "(with the online snapshot and timestamp keys)"
+        )
+        return
+    for role in dict.fromkeys(s.role for s in outcome.waiting):
+        short = [s for s in outcome.waiting if s.role == role]
+        counts = ", ".join(
+            f"{s.signed} of {s.threshold} signatures"
+            + ("" if s.label == role else f" {s.label.removeprefix(role).strip()}")
+            for s in short
+        )
+        click.echo(
+            f"staged: {role} has {counts}; sign with {sign_command(role)}, "
+            "then `overdrive repo publish`"
+        )
+    for shortfall in outcome.waiting:
+        click.echo(f"  waiting for {shortfall.message}")
 
 
 # ----------------------------------------------------------------------------- keys
@@ -77,9 +172,9 @@ def keys() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("."),
     show_default=True,
-    help="Where to write NAME and NAME.pub.",
+    help="Where to write NAME (mode 0600) and NAME.pub (mode 0644).",
 )
-@passphrase_option
+@passphrase_options
 @click.option(
     "--insecure-no-passphrase",
     is_flag=True,
@@ -89,12 +184,17 @@ def keys_generate(
     name: str,
     key_type: str,
     directory: Path,
-    passphrase_env: str | None,
+    passphrases: PassphraseSources,
     insecure_no_passphrase: bool,
 ) -> None:
-    """Create the key pair NAME (private, PKCS#8 PEM) and NAME.pub."""
-    if insecure_no_passphrase and passphrase_env:
+    """Create the key pair NAME (private, PKCS#8 PEM) and NAME.pub.
+
+    The passphrase comes from $OVERDRIVE_PASSPHRASE_<NAME>, NAME.pass in --passphrase-file-dir,
+    --passphrase-env VAR, or (on a terminal) a prompt, in that order.
+    """
+    if insecure_no_passphrase and passphrases.env_var:
         raise click.UsageError("--insecure-no-passphrase and --passphrase-env exclude each other")
+    check_new_key(name, directory)  # before asking for a passphrase, not after
     passphrase: bytes | None
     if insecure_no_passphrase:
         passphrase = None
@@ -103,18 +203,8 @@ def keys_generate(
             "never use it for a real fleet",
             err=True,
         )
-    elif passphrase_env:
-        passphrase = env_passphrase(passphrase_env)(name)
-        if not passphrase:
-            raise KeyError_(f"${passphrase_env} is empty: refusing an empty passphrase")
     else:
-        if not sys.stdin.isatty():
-            raise KeyError_(
-                "no passphrase: use --passphrase-env VAR (or --insecure-no-passphrase for tests)"
-            )
-        passphrase = str(
-            click.prompt(f"Passphrase for {name}", hide_input=True, confirmation_prompt=True)
-        ).encode()
+        passphrase = passphrases.lookup(name, confirm=True).value
     key = generate_key(name, directory, key_type, passphrase)
     click.echo(f"{directory / name}  {key_type}  keyid {key.keyid}")
 
@@ -130,8 +220,12 @@ def keys_generate(
 @click.option("--add", "add", multiple=True, help="Key to add: a key name in --keys or awskms:ID.")
 @click.option("--remove", "remove", multiple=True, help="Key to remove: its name or key id.")
 @click.option("--threshold", type=click.IntRange(min=1), help="New threshold for the role.")
-@click.option("--stage-only", is_flag=True, help="Stage the new root for others to sign.")
-@passphrase_option
+@click.option(
+    "--stage-only",
+    is_flag=True,
+    help="Stage the change for others to sign even if the keys at hand could publish it.",
+)
+@passphrase_options
 def keys_rotate(
     role: str,
     storage_url: str,
@@ -140,14 +234,51 @@ def keys_rotate(
     remove: tuple[str, ...],
     threshold: int | None,
     stage_only: bool,
-    passphrase_env: str | None,
+    passphrases: PassphraseSources,
 ) -> None:
-    """Change a role's keys: a new root version signed by the old and the new root keys."""
+    """Change a role's keys or threshold: a new root version signed by the old and the new root
+    keys (and, for targets, a new targets version meeting its old and new threshold).
+
+    Published when the keys at hand meet every threshold; otherwise staged, and each other
+    signer runs 'overdrive repo sign' with their own --keys, then 'overdrive repo publish'.
+    """
     if not add and not remove and threshold is None:
         raise click.UsageError("nothing to do: give --add, --remove or --threshold")
-    repo = load_repo(storage_url, keys_dir, passphrase_env)
-    if repo.load_staged().root is not None:
-        raise RepositoryError("a root change is already staged: publish or discard it first")
+    repo = load_repo(storage_url, keys_dir, passphrases)
+    staged = repo.load_staged()
+    if staged:
+        raise RepositoryError(
+            f"a change is already staged ({', '.join(staged.roles())}): publish or discard it first"
+        )
+    new_root = rotated_root(repo, role, add, remove, threshold)
+    signed = new_root.signed
+    targets = None
+    if role == "targets" and not repo.verification(repo.targets, "targets", signed).verified:
+        targets = repo.bump(repo.targets, "targets")  # must meet the old and the new threshold
+    outcome = repo.propose(root=new_root, targets=targets, stage_only=stage_only)
+    r = signed.roles[role]
+    if outcome.staged:
+        also = f" and targets v{targets.signed.version}" if targets is not None else ""
+        click.echo(
+            f"staged root v{signed.version}{also} ({role}: {len(r.keyids)} key(s), "
+            f"threshold {r.threshold})"
+        )
+        echo_staged(outcome)
+        return
+    click.echo(
+        f"published root v{signed.version}: {role} has {len(r.keyids)} key(s), "
+        f"threshold {r.threshold}"
+    )
+
+
+def rotated_root(
+    repo: ImageRepository,
+    role: str,
+    add: tuple[str, ...],
+    remove: tuple[str, ...],
+    threshold: int | None,
+) -> Metadata[Root]:
+    """The next root version with ``role``'s keys and threshold changed (unsigned)."""
     new_root = repo.bump(repo.root, "root")
     signed = new_root.signed
     for spec in add:
@@ -165,22 +296,7 @@ def keys_rotate(
         raise RepositoryError(
             f"{role} would have {count} key(s) but threshold {signed.roles[role].threshold}"
         )
-    repo.sign(new_root, "root", repo.root.signed)
-    repo.sign(new_root, "root", signed)
-    missing = repo.root_missing(new_root)
-    if stage_only or missing:
-        repo.stage(new_root, "root")
-        click.echo(f"staged root v{signed.version} ({role} keys changed)")
-        for line in missing:
-            click.echo(f"  waiting for {line}")
-        click.echo(
-            "collect signatures with 'overdrive repo sign --role root', then 'overdrive repo publish'"
-        )
-        return
-    repo.publish(root=new_root)
-    click.echo(
-        f"published root v{signed.version}: {role} has {count} key(s), threshold {signed.roles[role].threshold}"
-    )
+    return new_root
 
 
 def find_keyid(repo: ImageRepository, keyids: list[str], spec: str) -> str:
@@ -227,7 +343,7 @@ def key_list(text: str) -> list[str]:
     help="Validity per role, e.g. root=365d,targets=90d,snapshot=7d,timestamp=1d (the defaults).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing repository's metadata.")
-@passphrase_option
+@passphrase_options
 def repo_init(
     storage_url: str,
     keys_dir: Path,
@@ -239,12 +355,12 @@ def repo_init(
     timestamp_key: str,
     expires: str,
     force: bool,
-    passphrase_env: str | None,
+    passphrases: PassphraseSources,
 ) -> None:
     """Create and publish a new image repository (root, targets, snapshot, timestamp)."""
     storage = open_storage(storage_url)
     storage.check()
-    keydir = key_directory(keys_dir, passphrase_env)
+    keydir = key_directory(keys_dir, passphrases)
     expiry = parse_expiry(expires)
     names = {
         "root": key_list(root_keys),
@@ -312,13 +428,13 @@ class _DryRun(Storage):
     "within",
     help="Only re-sign what expires within this period (e.g. 12h); for cron.",
 )
-@passphrase_option
+@passphrase_options
 def repo_refresh(
-    storage_url: str, keys_dir: Path, within: str | None, passphrase_env: str | None
+    storage_url: str, keys_dir: Path, within: str | None, passphrases: PassphraseSources
 ) -> None:
     """Re-sign timestamp (and snapshot when needed) with the online keys."""
     period = parse_duration(within) if within else None
-    repo_ = load_repo(storage_url, keys_dir, passphrase_env)
+    repo_ = load_repo(storage_url, keys_dir, passphrases)
     done = repo_.refresh(period)
     if not done:
         click.echo(
@@ -364,6 +480,12 @@ def repo_status(storage_url: str, keys_dir: Path | None, as_json: bool) -> None:
         )
     if status["staged"]:
         click.echo(f"staged, waiting for signatures: {', '.join(status['staged'])}")
+        for line in status["staged_changes"]:
+            click.echo(f"  {line}")
+        for line in status["staged_waiting"]:
+            click.echo(f"  waiting for {line}")
+        if not status["staged_waiting"]:
+            click.echo("  every threshold is met: run `overdrive repo publish`")
     if not status["hardware"]:
         click.echo("no releases yet")
     for hw, versions in sorted(status["hardware"].items()):
@@ -430,7 +552,9 @@ def repository_status(repo_: ImageRepository) -> dict[str, Any]:
     return {
         "storage": repo_.storage.url,
         "roles": roles,
-        "staged": [r for r, md in (("root", staged.root), ("targets", staged.targets)) if md],
+        "staged": staged.roles(),
+        "staged_changes": repo_.describe_staged(staged),
+        "staged_waiting": [s.message for s in repo_.shortfalls(staged.root, staged.targets)],
         "hardware": {
             hw: sorted(versions.values(), key=lambda v: v["release_counter"])
             for hw, versions in hardware.items()
@@ -487,67 +611,77 @@ def repo_verify(storage_url: str, root_file: Path) -> None:
 
 
 @repo.command("sign")
-@click.option("--role", type=click.Choice(["root", "targets"]), required=True)
+@click.option(
+    "--role",
+    type=click.Choice(["root", "targets"]),
+    help="Which staged metadata to sign (default: every staged role your keys can sign).",
+)
 @storage_option
 @keys_option
-@passphrase_option
-def repo_sign(role: str, storage_url: str, keys_dir: Path, passphrase_env: str | None) -> None:
-    """Add your signature(s) to staged metadata."""
-    repo_ = load_repo(storage_url, keys_dir, passphrase_env)
+@passphrase_options
+def repo_sign(
+    role: str | None, storage_url: str, keys_dir: Path, passphrases: PassphraseSources
+) -> None:
+    """Add your signature(s) to staged metadata, with the keys in your own --keys directory."""
+    repo_ = load_repo(storage_url, keys_dir, passphrases)
     staged = repo_.load_staged()
-    md = staged.root if role == "root" else staged.targets
-    if md is None:
-        raise RepositoryError(f"no staged {role} metadata to sign")
-    root = staged.root.signed if staged.root is not None else repo_.root.signed
-    before = set(md.signatures)
-    count = (
-        repo_.sign(md, role, root)
-        if role == "targets"
-        else (
-            repo_.sign(md, "root", repo_.root.signed) + repo_.sign(md, "root", md.signed)  # type: ignore[arg-type]
+    if not staged:
+        raise RepositoryError("nothing is staged: there is nothing to sign")
+    if role is not None and staged.get(role) is None:
+        raise RepositoryError(
+            f"no staged {role} metadata to sign (staged: {', '.join(staged.roles())})"
         )
-    )
-    if count == 0:
-        raise KeyError_(f"none of the keys in {keys_dir} is a {role} key")
-    repo_.stage(md, role)
-    added = set(md.signatures) - before
-    click.echo(f"signed staged {role} v{md.signed.version} with {count} key(s) ({len(added)} new)")
-    missing = (
-        repo_.root_missing(md)  # type: ignore[arg-type]
-        if role == "root"
-        else [
-            repo_.missing_message("targets", r)
-            for r in [repo_.verification(md, "targets", root)]
-            if not r.verified
-        ]
-    )
-    for line in missing:
-        click.echo(f"  still waiting for {line}")
-    if not missing:
-        click.echo("threshold met: run 'overdrive repo publish'")
+    repo_.check_fresh(staged)
+    roles = [role] if role else staged.roles()
+    new_root = staged.root.signed if staged.root is not None else repo_.root.signed
+    for line in repo_.describe_staged(staged):
+        click.echo(f"staged {line}")
+    total = 0
+    for name in roles:
+        md = staged.get(name)
+        assert md is not None
+        before = set(md.signatures)
+        count = repo_.sign_role(md, name, new_root)
+        total += count
+        if count:
+            merge_concurrent_signatures(repo_, md, name)
+            repo_.stage(md, name)
+            added = len(set(md.signatures) - before)
+            click.echo(
+                f"signed staged {name} v{md.signed.version} with {count} key(s) ({added} new)"
+            )
+    waiting = repo_.shortfalls(staged.root, staged.targets)
+    if total == 0:
+        still = "; ".join(s.message for s in waiting) or "nobody"
+        raise KeyError_(
+            f"none of the keys in {keys_dir} can sign the staged {' or '.join(roles)} "
+            f"(waiting for: {still})"
+        )
+    for shortfall in waiting:
+        click.echo(f"  still waiting for {shortfall.message}")
+    if not waiting:
+        click.echo("threshold met for every staged role: run `overdrive repo publish`")
+
+
+def merge_concurrent_signatures(repo_: ImageRepository, md: Metadata[Any], role: str) -> None:
+    """Keep the signatures a colleague added to the same staged metadata since we read it."""
+    latest = repo_.load_staged().get(role)
+    if latest is not None and latest.signed_bytes == md.signed_bytes:
+        for keyid, signature in latest.signatures.items():
+            md.signatures.setdefault(keyid, signature)
 
 
 @repo.command("publish")
 @storage_option
 @keys_option
-@passphrase_option
-def repo_publish(storage_url: str, keys_dir: Path, passphrase_env: str | None) -> None:
-    """Publish staged metadata once every role's threshold is met."""
-    repo_ = load_repo(storage_url, keys_dir, passphrase_env)
+@passphrase_options
+def repo_publish(storage_url: str, keys_dir: Path, passphrases: PassphraseSources) -> None:
+    """Publish staged metadata once every role's threshold is met (needs the online keys)."""
+    repo_ = load_repo(storage_url, keys_dir, passphrases)
     staged = repo_.load_staged()
     if not staged:
         raise RepositoryError("nothing is staged")
-    if staged.root is not None and staged.root.signed.version != repo_.root.signed.version + 1:
-        raise RepositoryError(
-            f"staged root v{staged.root.signed.version} is stale: root is now v{repo_.root.signed.version}; discard and redo it"
-        )
-    if (
-        staged.targets is not None
-        and staged.targets.signed.version != repo_.targets.signed.version + 1
-    ):
-        raise RepositoryError(
-            f"staged targets v{staged.targets.signed.version} is stale: targets is now v{repo_.targets.signed.version}; discard and redo it"
-        )
+    repo_.check_fresh(staged)
     repo_.publish(root=staged.root, targets=staged.targets)
     repo_.clear_staging()
     click.echo(
@@ -562,24 +696,26 @@ def repo_publish(storage_url: str, keys_dir: Path, passphrase_env: str | None) -
 @click.argument(
     "public_keys", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path)
 )
-@click.option("--stage-only", is_flag=True, help="Stage the targets change for more signatures.")
-@passphrase_option
+@stage_only_option
+@passphrase_options
 def repo_set_director_keys(
     storage_url: str,
     keys_dir: Path,
     public_keys: tuple[Path, ...],
     stage_only: bool,
-    passphrase_env: str | None,
+    passphrases: PassphraseSources,
 ) -> None:
     """Publish the director's public keys (KEY.pub …) as the TUF target director/keys.json."""
     from signing.director_keys import set_director_keys
 
-    repo_ = load_repo(storage_url, keys_dir, passphrase_env)
-    keyids = set_director_keys(repo_, list(public_keys), stage_only=stage_only)
-    verb = "staged" if stage_only else "published"
+    repo_ = load_repo(storage_url, keys_dir, passphrases)
+    keyids, outcome = set_director_keys(repo_, list(public_keys), stage_only=stage_only)
+    verb = "staged" if outcome.staged else "published"
     click.echo(
         f"{verb} director/keys.json with {len(keyids)} key(s): {', '.join(k[:12] for k in keyids)}"
     )
+    if outcome.staged:
+        echo_staged(outcome)
 
 
 @repo.command("discard")
@@ -616,14 +752,15 @@ def release() -> None:
     default=0,
     help="Deltas from the last N versions.",
 )
-@click.option("--stage-only", is_flag=True, help="Stage the targets change for more signatures.")
+@stage_only_option
 @click.option("--chunk-size", default="4MiB", show_default=True, help="Bundle chunk size.")
 @click.option(
     "--level", type=click.IntRange(1, 22), default=19, show_default=True, help="zstd level."
 )
 @click.option("--jobs", type=click.IntRange(min=1), help="Encoder threads (default: all cores).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@passphrase_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (implies --quiet).")
+@passphrase_options
 def release_add(
     image: Path,
     hardware_id: str,
@@ -637,11 +774,16 @@ def release_add(
     level: int,
     jobs: int | None,
     quiet: bool,
-    passphrase_env: str | None,
+    as_json: bool,
+    passphrases: PassphraseSources,
 ) -> None:
-    """Sign IMAGE as release VERSION of HARDWARE_ID and publish its bundles."""
-    options = BuildOptions(parse_size(chunk_size), level, jobs, progress=not quiet)
-    repo_ = load_repo(storage_url, keys_dir, passphrase_env)
+    """Sign IMAGE as release VERSION of HARDWARE_ID and publish its bundles.
+
+    When the targets keys at hand are short of the threshold, the release is staged instead:
+    each other signer runs 'overdrive repo sign', then 'overdrive repo publish'.
+    """
+    options = BuildOptions(parse_size(chunk_size), level, jobs, progress=not (quiet or as_json))
+    repo_ = load_repo(storage_url, keys_dir, passphrases)
     result = add_release(
         repo_,
         image,
@@ -652,6 +794,9 @@ def release_add(
         stage_only=stage_only,
         options=options,
     )
+    if as_json:
+        click.echo(json.dumps(release_json(result), indent=2, sort_keys=True))
+        return
     if result.already:
         click.echo(f"{hardware_id} {version} is already published with this image; nothing to do")
         return
@@ -661,9 +806,30 @@ def release_add(
         ratio = size / info.image.length if info.image.length else 0.0
         click.echo(f"  {path}  {info.kind}  {human(size)}  ({ratio:.1%} of the image)")
     if result.staged:
-        click.echo(
-            "collect signatures with 'overdrive repo sign --role targets', then 'overdrive repo publish'"
-        )
+        echo_staged(Outcome(staged=True, waiting=result.waiting))
+
+
+def release_json(result: ReleaseResult) -> dict[str, Any]:
+    """``release add --json``: what was published or staged, and what a staged one lacks."""
+    state = "already-published" if result.already else "staged" if result.staged else "published"
+    return {
+        "hardware_id": result.hardware_id,
+        "version": result.version,
+        "release_counter": result.release_counter,
+        "state": state,
+        "bundles": [
+            {
+                "path": path,
+                "kind": info.kind,
+                "length": size,
+                "source_version": info.source.version if info.source else None,
+                "image_length": info.image.length,
+                "image_sha256": info.image.sha256,
+            }
+            for path, info, size in result.bundles
+        ],
+        "waiting": [s.message for s in result.waiting],
+    }
 
 
 @release.command("yank")
@@ -672,8 +838,8 @@ def release_add(
 @click.option("--reason", required=True, help="Why it is withdrawn (one line; vehicles report it).")
 @storage_option
 @keys_option
-@click.option("--stage-only", is_flag=True, help="Stage the targets change for more signatures.")
-@passphrase_option
+@stage_only_option
+@passphrase_options
 def release_yank(
     hardware_id: str,
     version: str,
@@ -681,12 +847,15 @@ def release_yank(
     storage_url: str,
     keys_dir: Path,
     stage_only: bool,
-    passphrase_env: str | None,
+    passphrases: PassphraseSources,
 ) -> None:
-    """Withdraw release VERSION of HARDWARE_ID: servers stop offering it, vehicles refuse it."""
+    """Withdraw release VERSION of HARDWARE_ID: servers stop offering it, vehicles refuse it.
+
+    Staged instead of published when the targets keys at hand are short of the threshold.
+    """
     from signing.yank import yank_release
 
-    repo_ = load_repo(storage_url, keys_dir, passphrase_env)
+    repo_ = load_repo(storage_url, keys_dir, passphrases)
     result = yank_release(repo_, hardware_id, version, reason, stage_only=stage_only)
     if result.already:
         click.echo(
@@ -699,9 +868,7 @@ def release_yank(
     for path in result.paths:
         click.echo(f"  {path}")
     if result.staged:
-        click.echo(
-            "collect signatures with 'overdrive repo sign --role targets', then 'overdrive repo publish'"
-        )
+        echo_staged(Outcome(staged=True, waiting=result.waiting))
     else:
         click.echo(
             f"published targets v{repo_.targets.signed.version}, "

@@ -15,13 +15,14 @@ from tuf.api.metadata import TargetFile
 from overdrive.tuf_layout import DIRECTOR_KEYS_TARGET
 from signing.errors import KeyError_, ReleaseError
 from signing.keys import public_key_from_pem
-from signing.repository import ImageRepository
+from signing.repository import ImageRepository, Outcome
 
 
 def set_director_keys(
     repo: ImageRepository, public_keys: list[Path], *, stage_only: bool = False
-) -> list[str]:
-    """Replace the published director keys with ``public_keys``; return their key ids."""
+) -> tuple[list[str], Outcome]:
+    """Replace the published director keys with ``public_keys`` (published, or staged when the
+    targets signatures at hand are short); return their key ids and what was done."""
     keys = {}
     for path in public_keys:
         try:
@@ -32,9 +33,7 @@ def set_director_keys(
         keys[key.keyid] = key.to_dict()
     if repo.load_staged():
         raise ReleaseError("staged changes are waiting: publish or discard them first")
-    if not stage_only:
-        for role in ("targets", "snapshot", "timestamp"):
-            repo.require_signers(role)
+    repo.check_targets_change(stage_only=stage_only)
     document = json.dumps({"keys": keys, "threshold": 1}, indent=2, sort_keys=True).encode()
     targets = repo.bump(repo.targets, "targets")
     with tempfile.TemporaryDirectory() as tmp:
@@ -42,10 +41,6 @@ def set_director_keys(
         local.write_bytes(document)
         target = TargetFile.from_data(DIRECTOR_KEYS_TARGET, document, ["sha256"])
         targets.signed.targets[DIRECTOR_KEYS_TARGET] = target
-        repo.sign(targets, "targets", repo.root.signed)
         files = [(DIRECTOR_KEYS_TARGET, target, local)]
-        if stage_only:
-            repo.stage_targets(targets, files)
-        else:
-            repo.publish(targets=targets, target_files=files)
-    return sorted(keys)
+        outcome = repo.propose(targets=targets, target_files=files, stage_only=stage_only)
+    return sorted(keys), outcome

@@ -3,7 +3,8 @@
 The bundle codec (:mod:`overdrive.bundle`) does the encoding; this module decides what to build,
 finds the earlier images the deltas need (read back from the repository's own full bundles, kept in
 a local cache), assigns the release counter, and hands everything to
-:meth:`~signing.repository.ImageRepository.publish` or stages it for more signatures.
+:meth:`~signing.repository.ImageRepository.propose`, which publishes it or, when the targets
+signatures at hand are short of the threshold, stages it for the other signers.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from overdrive.tuf_layout import (
     check_segment,
     target_storage_key,
 )
-from signing.errors import ReleaseError, ThresholdError
-from signing.repository import ImageRepository
+from signing.errors import ReleaseError
+from signing.repository import ImageRepository, Shortfall
 
 
 def default_cache_dir() -> Path:
@@ -51,6 +52,8 @@ class ReleaseResult:
     bundles: list[tuple[str, BundleInfo, int]] = field(default_factory=list)  # path, info, size
     staged: bool = False
     already: bool = False  # this exact image was already published as this version
+    #: When staged: the thresholds still to be met (empty if staged with --stage-only alone).
+    waiting: list[Shortfall] = field(default_factory=list)
 
 
 def releases(targets: Targets) -> dict[str, dict[str, BundleInfo]]:
@@ -158,17 +161,10 @@ def add_release(
     for source in sources:
         if source not in known:
             raise ReleaseError(f"--delta-from {source}: no such release of {hardware_id}")
-    if not stage_only:  # fail before building anything, not after
-        for role in ("targets", "snapshot", "timestamp"):
-            try:
-                repo.require_signers(role)
-            except ThresholdError as e:
-                if role == "targets":
-                    raise ThresholdError(f"{e}; use --stage-only and 'overdrive repo sign'") from e
-                raise
+    repo.check_targets_change(stage_only=stage_only)  # fail before building anything, not after
     counter = max((info.release_counter for info in known.values()), default=0) + 1
 
-    result = ReleaseResult(hardware_id, version, counter, staged=stage_only)
+    result = ReleaseResult(hardware_id, version, counter)
     new_targets: Metadata[Targets] = repo.bump(repo.targets, "targets")
     files: list[tuple[str, TargetFile, Path]] = []
     with tempfile.TemporaryDirectory(prefix="overdrive-release-") as tmp:
@@ -212,9 +208,6 @@ def add_release(
             new_targets.signed.targets[path] = target
             files.append((path, target, out))
             result.bundles.append((path, info, target.length))
-        repo.sign(new_targets, "targets", repo.root.signed)
-        if stage_only:
-            repo.stage_targets(new_targets, files)
-        else:
-            repo.publish(targets=new_targets, target_files=files)
+        outcome = repo.propose(targets=new_targets, target_files=files, stage_only=stage_only)
+    result.staged, result.waiting = outcome.staged, outcome.waiting
     return result

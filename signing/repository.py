@@ -6,6 +6,14 @@ root, targets, snapshot, and ``timestamp.json`` last — so a vehicle polling at
 old repository or the new one, never a mix: until the new timestamp lands, nothing refers to the new
 files. Metadata that lacks signatures is *staged* under ``staging/`` (vehicles never read it) until
 enough engineers have signed it.
+
+Every change that may need several people goes through :meth:`ImageRepository.propose`: it signs
+with the keys at hand and publishes when every threshold is met, or else stages the change and says
+whose signatures are missing; each colleague then adds theirs with ``repo sign`` from their own key
+directory, and ``repo publish`` publishes. A change of a role's keys or threshold (a new root)
+must be signed by a threshold of the old root keys and of the new ones (as TUF clients require),
+and new metadata of the role that changed must meet both its old and its new threshold: raising
+the targets threshold takes the current targets holders' consent as well as the new ones'.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -94,6 +102,32 @@ class Staged:
 
     def __bool__(self) -> bool:
         return self.root is not None or self.targets is not None
+
+    def roles(self) -> list[str]:
+        """The staged roles, root first."""
+        return [r for r, md in (("root", self.root), ("targets", self.targets)) if md is not None]
+
+    def get(self, role: str) -> Metadata[Any] | None:
+        return self.root if role == "root" else self.targets
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """A staged role that lacks signatures under one of the thresholds it must meet."""
+
+    role: str  # what ``repo sign --role`` takes: root or targets
+    label: str  # which threshold: "targets", "root (old keys)", "targets (new keys)"
+    signed: int
+    threshold: int
+    message: str  # "targets: 1 of 2 signatures; 1 more needed from: bob (3f2a…)"
+
+
+@dataclass
+class Outcome:
+    """What :meth:`ImageRepository.propose` did: published, or staged with what is missing."""
+
+    staged: bool
+    waiting: list[Shortfall] = field(default_factory=list)
 
 
 class ImageRepository:
@@ -231,26 +265,56 @@ class ImageRepository:
         held = self.held_signers(role, root)
         threshold = root.roles[role].threshold
         if len(held) < threshold:
-            wanted = ", ".join(self.key_label(k) for k in root.roles[role].keyids)
-            raise ThresholdError(
-                f"{role} needs {threshold} signature(s) but {self.keys.path} holds "
-                f"{len(held)} of its keys ({wanted})"
-            )
+            raise ThresholdError(self.holding_message(role, root, len(held)))
+
+    def holding_message(self, role: str, root: Root, held: int) -> str:
+        """``targets needs 2 signature(s) but DIR holds 1 of its keys (alice (…), bob (…))``."""
+        wanted = ", ".join(self.key_label(k) for k in root.roles[role].keyids)
+        return (
+            f"{role} needs {root.roles[role].threshold} signature(s) but {self.keys.path} holds "
+            f"{held} of its keys ({wanted})"
+        )
+
+    def thresholds(self, role: str, new_root: Root) -> list[tuple[str, Root]]:
+        """The roots whose ``role`` new metadata must satisfy, with a label for each: the
+        current root, and ``new_root`` too when it changes the role's keys or threshold."""
+        old = self.root.signed
+        if new_root is old or old.roles[role] == new_root.roles[role]:
+            return [(role, new_root)]
+        return [(f"{role} (old keys)", old), (f"{role} (new keys)", new_root)]
 
     def sign(self, md: Metadata[Any], role: str, root: Root) -> int:
         """Add this engineer's signatures for ``role``; return how many keys signed."""
-        count = 0
+        return len(self._sign_keys(md, role, root, skip=set()))
+
+    def sign_role(self, md: Metadata[Any], role: str, new_root: Root) -> int:
+        """Sign ``md`` with every held key it needs: ``role``'s keys under the current root and
+        under ``new_root`` (for root itself: the old and the new root keys, as TUF requires).
+        Returns how many distinct keys signed."""
+        if role == "root":
+            roots = [self.root.signed, new_root]
+        else:
+            roots = [r for _label, r in self.thresholds(role, new_root)]
+        done: set[str] = set()
+        for root in roots:
+            done |= self._sign_keys(md, role, root, skip=done)
+        return len(done)
+
+    def _sign_keys(self, md: Metadata[Any], role: str, root: Root, skip: set[str]) -> set[str]:
+        """Sign ``md`` with each held key of ``role`` under ``root`` not in ``skip``."""
+        signed = set()
         for keyid in root.roles[role].keyids:
+            if keyid in skip:
+                continue
             signer = self.keys.signer(root.get_key(keyid))
-            if signer is not None:
-                try:
-                    md.sign(signer, append=True)
-                except Exception as e:
-                    raise KeyError_(
-                        f"signing {role} with {self.key_label(keyid)} failed: {e}"
-                    ) from e
-                count += 1
-        return count
+            if signer is None:
+                continue
+            try:
+                md.sign(signer, append=True)
+            except Exception as e:
+                raise KeyError_(f"signing {role} with {self.key_label(keyid)} failed: {e}") from e
+            signed.add(keyid)
+        return signed
 
     def verification(self, md: Metadata[Any], role: str, root: Root) -> VerificationResult:
         return root.get_verification_result(role, md.signed_bytes, md.signatures)
@@ -262,17 +326,146 @@ class ImageRepository:
             f"{result.missing} more needed from: {who}"
         )
 
-    def root_missing(self, new_root: Metadata[Root]) -> list[str]:
-        """What the new root still lacks: signatures by the old and by the new root keys."""
-        result = new_root.signed.get_root_verification_result(
-            self.root.signed, new_root.signed_bytes, new_root.signatures
+    def shortfalls(
+        self, root: Metadata[Root] | None, targets: Metadata[Targets] | None
+    ) -> list[Shortfall]:
+        """Every threshold that staged ``root``/``targets`` do not meet yet."""
+        found: list[Shortfall] = []
+        if root is not None:
+            result = root.signed.get_root_verification_result(
+                self.root.signed, root.signed_bytes, root.signatures
+            )
+            for label, part in (
+                ("root (old keys)", result.first),
+                ("root (new keys)", result.second),
+            ):
+                if not part.verified:
+                    found.append(self._shortfall("root", label, part))
+        if targets is not None:
+            new_root = root.signed if root is not None else self.root.signed
+            for label, r in self.thresholds("targets", new_root):
+                part = self.verification(targets, "targets", r)
+                if not part.verified:
+                    found.append(self._shortfall("targets", label, part))
+        return found
+
+    def _shortfall(self, role: str, label: str, result: VerificationResult) -> Shortfall:
+        return Shortfall(
+            role, label, len(result.signed), result.threshold, self.missing_message(label, result)
         )
-        missing = []
-        if not result.first.verified:
-            missing.append(self.missing_message("root (old keys)", result.first))
-        if not result.second.verified:
-            missing.append(self.missing_message("root (new keys)", result.second))
-        return missing
+
+    def check_targets_change(self, *, stage_only: bool) -> bool:
+        """Before building a targets change (release add, yank, director keys): will it publish
+        at once (the targets keys at hand meet the threshold; then the online snapshot and
+        timestamp keys must be at hand too), or be staged for others to sign? Holding none of
+        the targets keys is refused unless ``stage_only``: it is more likely the wrong ``--keys``
+        than a change meant to wait for everybody else."""
+        threshold = self.root.signed.roles["targets"].threshold
+        held = len(self.held_signers("targets"))
+        if stage_only:
+            return False
+        if held == 0:
+            raise ThresholdError(
+                f"{self.holding_message('targets', self.root.signed, held)}; use --stage-only "
+                "to stage the change for its holders to sign"
+            )
+        if held < threshold:
+            return False
+        self.require_online(self.root.signed)
+        return True
+
+    def require_online(self, new_root: Root, *, snapshot: bool = True) -> None:
+        """The online keys a publish signs with must be at hand: snapshot (unless only the
+        timestamp is re-signed) and timestamp, under the current root and ``new_root``."""
+        for role in ("snapshot", "timestamp") if snapshot else ("timestamp",):
+            for _label, root in self.thresholds(role, new_root):
+                self.require_signers(role, root)
+
+    def propose(
+        self,
+        *,
+        root: Metadata[Root] | None = None,
+        targets: Metadata[Targets] | None = None,
+        target_files: Iterable[tuple[str, TargetFile, Path]] = (),
+        stage_only: bool = False,
+    ) -> Outcome:
+        """Sign a change with the keys at hand, then publish it if every threshold is met, or
+        else stage it (target files uploaded, metadata under ``staging/``) for others to sign.
+        Nothing is written when the change can neither be published nor usefully staged."""
+        new_root = root.signed if root is not None else self.root.signed
+        signed = self.sign_role(root, "root", new_root) if root is not None else 0
+        if targets is not None:
+            signed += self.sign_role(targets, "targets", new_root)
+        waiting = self.shortfalls(root, targets)
+        if not waiting and not stage_only:
+            try:
+                self.require_online(new_root)
+            except ThresholdError as e:
+                raise ThresholdError(
+                    f"{e}; use --stage-only to stage the change for whoever holds it"
+                ) from e
+            self.publish(root=root, targets=targets, target_files=target_files)
+            return Outcome(staged=False)
+        if signed == 0 and not stage_only:
+            roles = " and ".join(dict.fromkeys(s.role for s in waiting))
+            raise ThresholdError(
+                f"none of the keys in {self.keys.path} can sign the new {roles}; use "
+                "--stage-only to stage the change for its holders to sign"
+            )
+        self.upload_targets(target_files)
+        if root is not None:
+            self.stage(root, "root")
+        if targets is not None:
+            self.stage(targets, "targets")
+        return Outcome(staged=True, waiting=waiting)
+
+    def check_fresh(self, staged: Staged) -> None:
+        """Staged metadata that a newer publish overtook can never be published: say so."""
+        for role, current in (("root", self.root), ("targets", self.targets)):
+            md = staged.get(role)
+            if md is not None and md.signed.version != current.signed.version + 1:
+                raise RepositoryError(
+                    f"staged {role} v{md.signed.version} is stale: {role} is now "
+                    f"v{current.signed.version}; discard it ('overdrive repo discard') and redo it"
+                )
+
+    def describe_staged(self, staged: Staged) -> list[str]:
+        """One line per staged role saying what it changes, so a colleague knows what they
+        sign: keys and thresholds for root, added, removed and changed targets for targets."""
+        lines = []
+        if staged.root is not None:
+            lines.append(f"root v{staged.root.signed.version}: {self._root_changes(staged.root)}")
+        if staged.targets is not None:
+            lines.append(
+                f"targets v{staged.targets.signed.version}: {self._targets_changes(staged.targets)}"
+            )
+        return lines
+
+    def _root_changes(self, new: Metadata[Root]) -> str:
+        old, changes = self.root.signed, []
+        for role in TOP_LEVEL_ROLES:
+            before, after = old.roles[role], new.signed.roles[role]
+            added = [k for k in after.keyids if k not in before.keyids]
+            removed = [k for k in before.keyids if k not in after.keyids]
+            label = self.key_label
+            changes += [f"{role} key +{label(k)}" for k in added]
+            changes += [f"{role} key -{label(k)}" for k in removed]
+            if before.threshold != after.threshold:
+                changes.append(f"{role} threshold {before.threshold} -> {after.threshold}")
+        return ", ".join(changes) or "no key or threshold change"
+
+    def _targets_changes(self, new: Metadata[Targets]) -> str:
+        old, now_ = self.targets.signed.targets, new.signed.targets
+        changes = [f"+{p}" for p in sorted(now_) if p not in old]
+        changes += [f"-{p}" for p in sorted(old) if p not in now_]
+        for path in sorted(set(old) & set(now_)):
+            if old[path] != now_[path]:
+                custom = now_[path].custom
+                yanked = isinstance(custom, dict) and "yanked" in custom
+                changes.append(f"{'withdraws' if yanked else 'changes'} {path}")
+        if len(changes) > 6:
+            changes = [*changes[:6], f"and {len(changes) - 6} more"]
+        return ", ".join(changes) or "re-signed, no target changed"
 
     # -------------------------------------------------------------- new versions
 
@@ -295,13 +488,6 @@ class ImageRepository:
                 with local.open("rb") as f:
                     self.storage.put_stream(key, f, cache=CachePolicy.IMMUTABLE)
 
-    def stage_targets(
-        self, targets: Metadata[Targets], target_files: Iterable[tuple[str, TargetFile, Path]]
-    ) -> None:
-        """Upload the files of a targets change and stage it for more signatures."""
-        self.upload_targets(target_files)
-        self.stage(targets, "targets")
-
     def clear_staging(self) -> None:
         for role in ("root", "targets"):
             self.storage.delete(staging_key(role))
@@ -322,24 +508,19 @@ class ImageRepository:
         last. A failure at any step leaves the published repository as it was.
         """
         new_root = root.signed if root is not None else self.root.signed
-        if root is not None:
-            missing = self.root_missing(root)
-            if missing:
-                raise ThresholdError("; ".join(missing))
-        if targets is not None:
-            result = self.verification(targets, "targets", new_root)
-            if not result.verified:
-                raise ThresholdError(self.missing_message("targets", result))
-        elif root is not None and not self.verification(self.targets, "targets", new_root):
+        if (
+            targets is None
+            and root is not None
+            and not self.verification(self.targets, "targets", new_root).verified
+        ):
             # The targets keys changed: the current targets must be re-signed by the new keys.
             targets = self.bump(self.targets, "targets")
-            self.sign(targets, "targets", new_root)
-            result = self.verification(targets, "targets", new_root)
-            if not result.verified:
-                raise ThresholdError(self.missing_message("targets (re-signed)", result))
+            self.sign_role(targets, "targets", new_root)
+        waiting = self.shortfalls(root, targets)
+        if waiting:
+            raise ThresholdError("; ".join(s.message for s in waiting))
         resign_snapshot = resign_snapshot or targets is not None or root is not None
-        for role in ("snapshot", "timestamp") if resign_snapshot else ("timestamp",):
-            self.require_signers(role, new_root)
+        self.require_online(new_root, snapshot=resign_snapshot)
 
         targets_md = targets or self.targets
         targets_bytes = to_bytes(targets_md) if targets is not None else None
@@ -351,14 +532,14 @@ class ImageRepository:
                 snapshot.signed.meta["targets.json"] = MetaFile.from_data(
                     targets_md.signed.version, targets_bytes, ["sha256"]
                 )
-            self.sign(snapshot, "snapshot", new_root)
+            self.sign_role(snapshot, "snapshot", new_root)
             snapshot_bytes = to_bytes(snapshot)
         timestamp = self.bump(self.timestamp, "timestamp")
         if snapshot_bytes is not None:
             timestamp.signed.snapshot_meta = MetaFile.from_data(
                 snapshot.signed.version, snapshot_bytes, ["sha256"]
             )
-        self.sign(timestamp, "timestamp", new_root)
+        self.sign_role(timestamp, "timestamp", new_root)
 
         put = self.storage.put_bytes
         self.upload_targets(target_files)

@@ -2,8 +2,9 @@
 
 ``overdrive release yank HW VERSION --reason TEXT`` marks every target of the release — the full
 bundle and every delta *to* that version — with ``custom["yanked"] = {"reason", "at"}``, re-signs
-targets with the targets key(s) and publishes new snapshot and timestamp (or stages the change for
-more signatures, like ``release add --stage-only``). The bundle files stay where they are: vehicles
+targets with the targets key(s) and publishes new snapshot and timestamp (or, when the targets
+signatures at hand are short of the threshold or with ``--stage-only``, stages the change for the
+other signers, like ``release add``). The bundle files stay where they are: vehicles
 read the withdrawal from the metadata they verify, and refuse the release even when an old or
 stale rollout server still assigns it; servers stop offering it. Deltas *from* the withdrawn
 version stay valid: they are how the vehicles that installed it move on.
@@ -25,8 +26,8 @@ from overdrive.tuf_layout import (
     check_segment,
     utc_stamp,
 )
-from signing.errors import ReleaseError, ThresholdError
-from signing.repository import ImageRepository, now
+from signing.errors import ReleaseError
+from signing.repository import ImageRepository, Shortfall, now
 
 
 @dataclass
@@ -40,6 +41,8 @@ class YankResult:
     staged: bool = False
     #: The release was already withdrawn: nothing was signed or written.
     already: bool = False
+    #: When staged: the thresholds still to be met.
+    waiting: list[Shortfall] = field(default_factory=list)
 
 
 def release_targets(targets: Targets, hardware_id: str, version: str) -> dict[str, TargetFile]:
@@ -107,23 +110,12 @@ def check_nothing_staged(repo: ImageRepository, hardware_id: str, version: str) 
     ):
         raise ReleaseError(
             f"the withdrawal of {hardware_id} {version} is already staged: collect signatures "
-            "with 'overdrive repo sign --role targets', then 'overdrive repo publish'"
+            "with `overdrive repo sign --role targets --keys DIR`, then `overdrive repo publish`"
         )
     raise ReleaseError(
         "staged changes are waiting for signatures: 'overdrive repo publish' or "
         "'overdrive repo discard' them first"
     )
-
-
-def require_publishing_keys(repo: ImageRepository) -> None:
-    """Fail before signing anything if the keys at hand cannot publish a targets change."""
-    for role in ("targets", "snapshot", "timestamp"):
-        try:
-            repo.require_signers(role)
-        except ThresholdError as e:
-            if role == "targets":
-                raise ThresholdError(f"{e}; use --stage-only and 'overdrive repo sign'") from e
-            raise
 
 
 def yank_release(
@@ -149,18 +141,15 @@ def yank_release(
     if previous is not None:
         return YankResult(hardware_id, version, previous, sorted(release), already=True)
     check_nothing_staged(repo, hardware_id, version)
-    if not stage_only:
-        require_publishing_keys(repo)
+    repo.check_targets_change(stage_only=stage_only)
     yank = Yank(reason, utc_stamp(at or now()))
     new_targets: Metadata[Targets] = repo.bump(repo.targets, "targets")
     for path in release:
         mark(new_targets.signed.targets[path], yank)
-    repo.sign(new_targets, "targets", repo.root.signed)
-    if stage_only:
-        repo.stage(new_targets, "targets")
-    else:
-        repo.publish(targets=new_targets)
-    return YankResult(hardware_id, version, yank, sorted(release), staged=stage_only)
+    outcome = repo.propose(targets=new_targets, stage_only=stage_only)
+    return YankResult(
+        hardware_id, version, yank, sorted(release), staged=outcome.staged, waiting=outcome.waiting
+    )
 
 
 def mark(target: TargetFile, yank: Yank) -> None:

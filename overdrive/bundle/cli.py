@@ -137,10 +137,18 @@ def bundle() -> None:
 
 @bundle.command("create")
 @click.option("--image", required=True, type=click.Path(path_type=Path), help="The new image.")
-@click.option("--source", type=click.Path(path_type=Path), help="Old image: makes a delta.")
+@click.option(
+    "--source",
+    type=click.Path(path_type=Path),
+    help="Old image: makes a delta from it (needs --source-version).",
+)
 @click.option("--hardware-id", required=True, help="Hardware id the image is built for.")
 @click.option("--version", "version", required=True, help="Version label of the new image.")
-@click.option("--source-version", help="Version label of the source image (with --source).")
+@click.option(
+    "--source-version",
+    help="Version label of the --source image; required with --source (an image file carries "
+    "no version, and vehicles match a delta to the version they run by it).",
+)
 @click.option(
     "--chunk-size",
     default="4MiB",
@@ -172,9 +180,12 @@ def create(
     quiet: bool,
     out: Path,
 ) -> None:
-    """Encode IMAGE into a full bundle, or a delta from --source."""
+    """Encode IMAGE into a full bundle, or a delta from --source (with --source-version)."""
     if source is not None and source_version is None:
-        raise click.BadParameter("required with --source", param_hint="--source-version")
+        raise click.BadParameter(
+            "required with --source: the version label of the source image",
+            param_hint="--source-version",
+        )
     if source is None and source_version is not None:
         raise click.BadParameter("only meaningful with --source", param_hint="--source-version")
     manifest = encode_bundle(

@@ -4,6 +4,12 @@ Everything goes through the same ``overdrive`` commands a person would type (rel
 ``keys``/``repo``/``release``, operators' ``server``/``campaign``, vehicles' ``vehicle``), with a
 real rollout server in a subprocess and every vehicle a real client with its own state directory
 and file-backed A/B slots. Local storage, SQLite, no network.
+
+Everything lives in one workspace directory (images, bundles, every vehicle's slots: close to
+1 GB with the default fleet). Without ``--workspace`` it is a new temporary directory, removed at
+the end unless ``--keep``; the demo says where it is and how big it grew either way. The server
+runs in its own process group, stopped (with anything it started) however the demo ends: at the
+end, on Ctrl-C, or on SIGTERM/SIGHUP.
 """
 
 from __future__ import annotations
@@ -13,16 +19,20 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import IO, Any
 
 import click
 
@@ -62,6 +72,18 @@ class DemoError(OverdriveError):
     """A demo step failed; the message names the step and what it printed."""
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwind (stopping the server, cleaning up) and exit.
+
+    A BaseException, so that the in-process ``overdrive`` commands' catch-all for unexpected
+    errors lets it through, as it does KeyboardInterrupt.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def run(*args: str | Path, ok: tuple[int, ...] = (0,)) -> str:
     """Run ``overdrive ARGS`` in this process, quietly; return what it printed on stdout."""
     from overdrive.cli import main
@@ -73,6 +95,8 @@ def run(*args: str | Path, ok: tuple[int, ...] = (0,)) -> str:
             main([str(a) for a in args])
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
+    if code == 130 and 130 not in ok:  # the command saw Ctrl-C: stop the demo, not one step
+        raise KeyboardInterrupt
     if code not in ok:
         detail = (err.getvalue() or out.getvalue()).strip().splitlines()
         raise DemoError(
@@ -112,6 +136,7 @@ class Demo:
         self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server: subprocess.Popen[bytes] | None = None
+        self.server_log: IO[bytes] | None = None
         self.token = ""
         self.fleet: list[Car] = []
         self.tally = Tally()
@@ -204,7 +229,7 @@ class Demo:
             )
         )["secret"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        log = (self.ws / "server.log").open("wb")
+        log = self.server_log = (self.ws / "server.log").open("wb")
         self.server = subprocess.Popen(
             [
                 sys.executable,
@@ -230,6 +255,7 @@ class Demo:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            start_new_session=True,  # its own process group: stop_server ends all of it
         )
         deadline = time.monotonic() + 30
         while True:
@@ -242,15 +268,24 @@ class Demo:
             if self.server.poll() is not None or time.monotonic() > deadline:
                 raise DemoError(f"the server did not start; see {self.ws / 'server.log'}")
             time.sleep(0.2)
-        self.say(f"rollout server at {self.url} (SQLite, director-signed assignments)")
+        self.say(
+            f"rollout server at {self.url} (SQLite, director-signed assignments; "
+            f"pid {self.server.pid}, log {self.ws / 'server.log'})"
+        )
 
     def stop_server(self) -> None:
-        if self.server and self.server.poll() is None:
-            self.server.terminate()
+        """Stop the server's whole process group: SIGTERM, then SIGKILL after 10 s."""
+        server, self.server = self.server, None
+        if server is not None and server.poll() is None:
+            _signal_group(server.pid, signal.SIGTERM)
             try:
-                self.server.wait(10)
+                server.wait(10)
             except subprocess.TimeoutExpired:
-                self.server.kill()
+                _signal_group(server.pid, signal.SIGKILL)
+                server.wait()
+        if self.server_log is not None:
+            self.server_log.close()
+            self.server_log = None
 
     # ------------------------------------------------------------------ fleet
 
@@ -433,6 +468,17 @@ class Demo:
             )
         self.say("campaign completed across the fleet", fg="green", bold=True)
 
+    # ------------------------------------------------------------------ the whole show
+
+    def run_all(self) -> None:
+        """Every act in order: releases, server, fleet, two campaigns, the summary."""
+        self.sign_releases()
+        self.start_server()
+        self.provision_fleet()
+        self.first_campaign()
+        self.second_campaign()
+        self.summary()
+
     # ------------------------------------------------------------------ summary
 
     def summary(self) -> dict[str, Any]:
@@ -466,7 +512,7 @@ class Demo:
         width = max(len(r[0]) for r in rows)
         for name, value in rows:
             click.echo(f"  {name:<{width}}  {value:>12}")
-        click.echo(f"\n  workspace: {self.ws}\n  dashboard: {data['dashboard']} (with --serve)")
+        click.echo(f"\n  dashboard: {data['dashboard']} (with --serve)")
         return data
 
 
@@ -480,38 +526,142 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _signal_group(pid: int, signum: int) -> None:
+    """Send ``signum`` to the process group led by ``pid`` (gone already: nothing to do)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes ``path`` takes on disk (allocated blocks: sparse slot images count as written)."""
+    total = 0
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+def human_size(n: int) -> str:
+    """``912 MB``-style sizes for the workspace report."""
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+@dataclass
+class Workspace:
+    """Where the demo puts everything, and whether it is removed at the end."""
+
+    path: Path
+    temporary: bool  # made by the demo (no --workspace): removed unless keep
+    keep: bool
+
+    @classmethod
+    def open(cls, given: Path | None, keep: bool) -> Workspace:
+        """``given`` (which must be empty; kept), or a new temporary directory."""
+        if given is None:
+            return cls(Path(tempfile.mkdtemp(prefix="overdrive-demo-")).resolve(), True, keep)
+        if given.exists() and any(given.iterdir()):
+            raise DemoError(f"workspace {given} is not empty")
+        given.mkdir(parents=True, exist_ok=True)
+        return cls(given.resolve(), False, keep)
+
+    def announce(self) -> None:
+        if self.temporary and not self.keep:
+            fate = "a temporary directory, removed at the end; --keep keeps it"
+        else:
+            fate = "kept afterwards"
+        click.echo(f"workspace: {self.path} ({fate})")
+
+    def close(self, *, failed: bool) -> None:
+        """Say how big the workspace grew; remove it if it is temporary, not kept and the demo
+        did not fail (a failed demo's workspace holds the server log that explains why)."""
+        size = human_size(disk_usage(self.path))
+        if self.temporary and not self.keep and not failed:
+            shutil.rmtree(self.path, ignore_errors=True)
+            click.echo(f"removed the workspace {self.path} ({size})")
+        elif self.temporary and not self.keep:
+            click.echo(
+                f"kept the workspace {self.path} ({size}) to look into; "
+                f"remove it with: rm -rf {self.path}"
+            )
+        else:
+            click.echo(f"workspace {self.path} holds {size}; remove it with: rm -rf {self.path}")
+
+
+@contextlib.contextmanager
+def terminate_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` while the demo runs (so its ``finally``
+    stops the server and cleans up); a repeat of the signal during cleanup is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 @click.command()
 @click.option(
     "--workspace",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where to put everything (default: a new temporary directory, kept).",
+    help="Where to put everything (an empty or new directory; kept). Default: a new "
+    "temporary directory, removed at the end unless --keep.",
 )
+@click.option("--keep", is_flag=True, help="Keep the temporary workspace afterwards.")
 @click.option(
     "--vehicles", type=click.IntRange(5, 500), default=50, show_default=True, help="Fleet size."
 )
-@click.option("--serve", is_flag=True, help="Keep the server running afterwards (Ctrl-C stops it).")
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Keep the server running afterwards (Ctrl-C or SIGTERM stops it).",
+)
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=0, help="Server port (default: a free one)."
 )
-def demo(workspace: Path | None, vehicles: int, serve: bool, port: int) -> None:
+def demo(workspace: Path | None, keep: bool, vehicles: int, serve: bool, port: int) -> None:
     """Run the whole system end to end: sign, serve, roll out to a simulated fleet."""
-    ws = workspace or Path(tempfile.mkdtemp(prefix="overdrive-demo-"))
-    if ws.exists() and any(ws.iterdir()):
-        raise DemoError(f"workspace {ws} is not empty")
-    ws.mkdir(parents=True, exist_ok=True)
-    show = Demo(ws.resolve(), vehicles, port)
-    try:
-        show.sign_releases()
-        show.start_server()
-        show.provision_fleet()
-        show.first_campaign()
-        show.second_campaign()
-        show.summary()
-        if serve:
-            click.echo(f"\nserving {show.url} — admin token: {show.token}  (Ctrl-C to stop)")
-            while show.server and show.server.poll() is None:
-                time.sleep(1)
-    except KeyboardInterrupt:
-        click.echo("\nstopped")
-    finally:
-        show.stop_server()
+    ws = Workspace.open(workspace, keep)
+    ws.announce()
+    show = Demo(ws.path, vehicles, port)
+    completed = failed = False
+    stopped_by: int | None = None  # the exit code of a demo stopped before it completed
+    with terminate_on_signals():
+        try:
+            show.run_all()
+            completed = True
+            if serve:
+                click.echo(
+                    f"\nserving {show.url} — admin token: {show.token}  "
+                    "(Ctrl-C or SIGTERM stops it)"
+                )
+                while show.server and show.server.poll() is None:
+                    time.sleep(1)
+        except KeyboardInterrupt:
+            click.echo("\nstopped")
+            stopped_by = 130
+        except Terminated as e:
+            click.echo(f"\nstopped ({signal.Signals(e.signum).name})")
+            stopped_by = 128 + e.signum
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            show.stop_server()
+            ws.close(failed=failed)
+    if stopped_by is not None and not completed:
+        sys.exit(stopped_by)

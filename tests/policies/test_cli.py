@@ -195,3 +195,61 @@ def test_show_file_named_like_a_preset(
     Path("canary").write_text('{"stages": [{"share": "100%"}]}')
     assert "source: preset 'canary'" in run("show", "canary").stdout
     assert "source: file ./canary" in run("show", "./canary").stdout
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_show_yaml_is_an_editable_policy_that_validates(
+    run: Invoke, tmp_path: Path, name: str
+) -> None:
+    shown = run("show", name, "--yaml")
+    assert (shown.code, shown.stderr) == (0, "")
+    assert shown.stdout.startswith(f"# from preset {name!r}")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(shown.stdout)
+    valid = run("validate", path)
+    assert valid.code == 0 and "valid policy" in valid.stdout, valid
+    # The same document as --json gives, field for field.
+    assert json.loads(run("show", path, "--json").stdout) == json.loads(
+        run("show", name, "--json").stdout
+    )
+
+
+def test_show_yaml_round_trips_a_file_with_windows(run: Invoke, tmp_path: Path) -> None:
+    source = tmp_path / "nightly.yaml"
+    source.write_text(VALID)
+    shown = run("show", source, "--yaml")
+    assert shown.code == 0, shown
+    assert "start: '22:00'" in shown.stdout  # text, not YAML 1.1's base-60 number
+    copy = tmp_path / "copy.yaml"
+    copy.write_text(shown.stdout.replace("soak: 2h", "soak: 3h"))  # an edit
+    assert run("validate", copy).code == 0
+    assert json.loads(run("show", copy, "--json").stdout)["stages"][0]["soak"] == "3h"
+
+
+def test_show_yaml_without_pyyaml_is_one_line(run: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    real = importlib.import_module
+
+    def no_yaml(name: str, *args: object) -> object:
+        if name == "yaml":
+            raise ImportError("No module named 'yaml'", name="yaml")
+        return real(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib, "import_module", no_yaml)
+    assert one_error(run("show", "canary", "--yaml")) == (
+        "--yaml needs PyYAML, which is not installed (pip install 'overdrive[server]'); "
+        "--json prints the same document as JSON"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--yaml", "--json"], "--json and --yaml exclude each other"),
+        (["--yaml", "--fleet", "5"], "cannot be combined with --yaml"),
+    ],
+)
+def test_show_yaml_rejects_conflicting_options(args: list[str], message: str) -> None:
+    r = click.testing.CliRunner().invoke(policy, ["show", "canary", *args])
+    assert r.exit_code == 2 and message in r.output

@@ -10,6 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Cli
 
 
@@ -34,6 +36,114 @@ def test_migrate_and_bootstrap_secrets(cli: Cli, tmp_path: Path) -> None:
     ]
     assert cli("server", "token", "create", "--role", "king", "--db", db).code == 2
     assert "no running campaigns" in cli("server", "tick", "--db", db).stdout
+
+
+ADMIN_COMMANDS = [
+    ["server", "token", "create", "--role", "admin"],
+    ["server", "token", "list"],
+    ["server", "token", "revoke", "1"],
+    ["server", "enroll-token", "create"],
+    ["server", "enroll-token", "list"],
+    ["server", "enroll-token", "revoke", "1"],
+    ["server", "tick"],
+]
+
+
+@pytest.mark.parametrize("command", ADMIN_COMMANDS, ids=lambda c: " ".join(c[1:3]))
+def test_admin_commands_refuse_a_database_that_was_never_migrated(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """Run in the wrong directory, `token create` used to create a fresh overdrive.db and print
+    a token the real server never heard of."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OVERDRIVE_DB", raising=False)
+    default = tmp_path / "overdrive.db"
+    result = cli(*command)
+    assert result.code == 1 and result.error_lines == [
+        f"error: no Overdrive database at sqlite:///{default} (it was never migrated); "
+        f"run `overdrive server migrate --db sqlite:///{default}` first, or pass the right --db"
+    ]
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # nothing was created
+    typo = cli(*command, "--db", "sqlite:///typo/x.db")
+    assert typo.code == 1 and typo.error_lines == [
+        f"error: no Overdrive database at sqlite:///{tmp_path}/typo/x.db: directory "
+        f"{tmp_path}/typo does not exist; pass the right --db"
+    ]
+    (tmp_path / "empty.db").write_bytes(b"")
+    empty = cli(*command, "--db", "empty.db")
+    assert empty.code == 1 and len(empty.error_lines) == 1
+    assert "empty.db is not an Overdrive database (it was never migrated)" in empty.stderr
+    (tmp_path / "junk.db").write_text("not a database at all, just text " * 100)
+    junk = cli(*command, "--db", "junk.db")
+    assert junk.code == 1 and junk.error_lines == [
+        f"error: cannot read the database sqlite:///{tmp_path}/junk.db: file is not a database"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "junk.db"]
+
+
+def test_database_errors_are_one_line(cli: Cli, tmp_path: Path) -> None:
+    typo = cli("server", "migrate", "--db", f"sqlite:///{tmp_path}/typo/x.db")
+    assert typo.code == 1 and typo.error_lines == [
+        f"error: cannot create the database sqlite:///{tmp_path}/typo/x.db: directory "
+        f"{tmp_path}/typo does not exist"
+    ]
+    unreachable = cli("server", "token", "list", "--db", "postgresql://u:secret@127.0.0.1:1/x")
+    assert unreachable.code == 1 and len(unreachable.error_lines) == 1
+    assert unreachable.error_lines[0].startswith(
+        "error: cannot connect to the database postgresql://u:***@127.0.0.1:1/x: "
+    )
+    assert "secret" not in unreachable.stderr
+    memory = cli("server", "token", "list", "--db", "sqlite://")
+    assert memory.code == 1 and "in-memory SQLite database" in memory.stderr
+
+
+def test_admin_commands_do_not_warn_about_the_dashboard_key(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OVERDRIVE_SECRET_KEY", raising=False)
+    db = f"sqlite:///{tmp_path / 'o.db'}"
+    assert cli("server", "migrate", "--db", db).code == 0
+    for command in (
+        ["token", "create", "--role", "admin", "--json"],
+        ["token", "list"],
+        ["enroll-token", "create"],
+        ["tick"],
+    ):
+        result = cli("server", *command, "--db", db)
+        assert result.code == 0, result.stderr
+        assert "OVERDRIVE_SECRET_KEY" not in result.stderr, command
+
+
+def test_create_app_still_warns_when_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from server.app import create_app
+    from server.config import ServerConfig
+    from server.migrate import upgrade
+
+    monkeypatch.delenv("OVERDRIVE_SECRET_KEY", raising=False)
+    db = f"sqlite:///{tmp_path / 'o.db'}"
+    upgrade(db)
+    config = ServerConfig(db_url=db, tick_interval=0, state_dir=tmp_path / "state")
+    with caplog.at_level("WARNING"):
+        create_app(config, serving=False)
+    assert "OVERDRIVE_SECRET_KEY" not in caplog.text
+    with caplog.at_level("WARNING"):
+        create_app(config)  # as `server run` builds it
+    assert "OVERDRIVE_SECRET_KEY is not set" in caplog.text
+
+
+def test_enroll_token_create_json(cli: Cli, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'o.db'}"
+    assert cli("server", "migrate", "--db", db).code == 0
+    result = cli("server", "enroll-token", "create", "--db", db, "--uses", "5", "--json")
+    assert result.code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["secret"].startswith("ode_") and data["uses"] == 5
+    assert data["expires_at"] is None and isinstance(data["id"], int)
+    expiring = cli("server", "enroll-token", "create", "--db", db, "--expires", "1d", "--json")
+    assert json.loads(expiring.stdout)["expires_at"].endswith("Z")
 
 
 def test_server_run_serves_http(tmp_path: Path) -> None:
