@@ -96,6 +96,7 @@ def parse_pairs(values: tuple[str, ...], what: str) -> dict[str, list[str]]:
     help="KEY=VALUE[,VALUE]: model, region, hardware_id, vehicles, exclude, installed_version (V or A..B), or any attribute.",
 )
 @json_option
+@click.option("--quiet", "-q", is_flag=True, help="Print only the new campaign's id (for scripts).")
 def create(
     server_url: str,
     token: str,
@@ -104,6 +105,7 @@ def create(
     policy: str,
     filters: tuple[str, ...],
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Create a campaign (a draft: start it with 'overdrive campaign start ID')."""
     release_map = {hw: versions[-1] for hw, versions in parse_pairs(releases, "--release").items()}
@@ -117,7 +119,11 @@ def create(
         "policy": policy_spec,
         "filter": parse_pairs(filters, "--filter"),
     }
-    show(call(server_url, token, "POST", "/campaigns", body), as_json)
+    created = call(server_url, token, "POST", "/campaigns", body)
+    if quiet:
+        click.echo(created["id"])
+        return
+    show(created, as_json)
 
 
 def load_policy_file(path: Path) -> Any:

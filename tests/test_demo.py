@@ -163,3 +163,23 @@ def test_sigterm_stops_the_served_server_and_cleans_up(tmp_path: Path) -> None:
             demo.kill()
         if server_pid and alive(server_pid):
             os.killpg(server_pid, signal.SIGKILL)
+
+
+def test_demo_images_writes_sample_images(tmp_path: Path) -> None:
+    """``overdrive demo images``: the README's sample builds, without running the demo."""
+    from click.testing import CliRunner
+
+    from overdrive.demo import demo
+
+    runner = CliRunner()
+    result = runner.invoke(demo, ["images", "--out", str(tmp_path), "--versions", "1.0,1.1"])
+    assert result.exit_code == 0, result.output
+    one, two = (
+        (tmp_path / "rootfs-1.0.img").read_bytes(),
+        (tmp_path / "rootfs-1.1.img").read_bytes(),
+    )
+    assert len(one) == len(two) == 8 << 20 and one != two
+    again = runner.invoke(demo, ["images", "--out", str(tmp_path)])
+    assert again.exit_code == 1 and "exists" in again.output
+    bad = runner.invoke(demo, ["images", "--versions", "../etc"])
+    assert bad.exit_code == 2 and "versions are like 1.0" in bad.output

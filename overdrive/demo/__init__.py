@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -39,6 +40,8 @@ import click
 from overdrive.demo.images import HEALTH_CHECK, build_image
 from overdrive.errors import OverdriveError
 
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""What ``demo images`` accepts as a version or hardware id (it becomes a file name)."""
 HARDWARE = ("ecu-gateway", "ecu-infotainment")
 IMAGE_SIZE = 8 * 1024 * 1024
 DEMO_POLICY = """\
@@ -614,7 +617,7 @@ def terminate_on_signals() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option(
     "--workspace",
     type=click.Path(file_okay=False, path_type=Path),
@@ -633,8 +636,21 @@ def terminate_on_signals() -> Iterator[None]:
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=0, help="Server port (default: a free one)."
 )
-def demo(workspace: Path | None, keep: bool, vehicles: int, serve: bool, port: int) -> None:
-    """Run the whole system end to end: sign, serve, roll out to a simulated fleet."""
+@click.pass_context
+def demo(
+    ctx: click.Context,
+    workspace: Path | None,
+    keep: bool,
+    vehicles: int,
+    serve: bool,
+    port: int,
+) -> None:
+    """Run the whole system end to end: sign, serve, roll out to a simulated fleet.
+
+    `overdrive demo images` only writes sample root filesystem images (to sign in the
+    README's quickstart)."""
+    if ctx.invoked_subcommand is not None:
+        return
     ws = Workspace.open(workspace, keep)
     ws.announce()
     show = Demo(ws.path, vehicles, port)
@@ -665,3 +681,40 @@ def demo(workspace: Path | None, keep: bool, vehicles: int, serve: bool, port: i
             ws.close(failed=failed)
     if stopped_by is not None and not completed:
         sys.exit(stopped_by)
+
+
+@demo.command("images")
+@click.option("--hardware-id", default="ecu-gateway", show_default=True)
+@click.option(
+    "--versions",
+    default="1.0,1.1",
+    show_default=True,
+    metavar="V[,V…]",
+    help="One image per version, each a patch release's change from the one before.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Directory to write rootfs-VERSION.img into.",
+)
+@click.option(
+    "--size-mib", type=click.IntRange(2, 1024), default=8, show_default=True, help="Image size."
+)
+def images_command(hardware_id: str, versions: str, out: Path, size_mib: int) -> None:
+    """Write sample root filesystem images (ext4 when e2fsprogs is installed): rootfs-1.0.img, …"""
+    wanted = [v.strip() for v in versions.split(",") if v.strip()]
+    if not wanted or not all(VERSION.fullmatch(v) for v in wanted):
+        raise click.BadParameter(
+            "versions are like 1.0 or 2.4.1-rc1, comma-separated", param_hint="--versions"
+        )
+    if not VERSION.fullmatch(hardware_id):
+        raise click.BadParameter("letters, digits, '.', '_', '-'", param_hint="--hardware-id")
+    out.mkdir(parents=True, exist_ok=True)
+    for version in wanted:
+        path = out / f"rootfs-{version}.img"
+        if path.exists():
+            raise click.ClickException(f"{path} exists; remove it or choose another --out")
+        how = build_image(path, hardware_id, version, size=size_mib << 20)
+        click.echo(f"{path}: {hardware_id} {version}, {size_mib} MiB, {how}")
