@@ -87,6 +87,8 @@ def verify_envelope(
             signature = Signature.from_dict(dict(raw))
         except Exception:
             continue
+        if not isinstance(signature.keyid, str):
+            continue  # an object or list as keyid is no key of ours (and not hashable)
         key = keys.get(signature.keyid)
         if key is None or signature.keyid in good:
             continue

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
-from typing import Any
 
 import psycopg
 from flask import Flask, jsonify, request
@@ -25,15 +25,22 @@ from server.errors import (
     error_body,
     from_database_error,
 )
-from server.metrics import Metrics
+from server.metrics import ENDPOINT_KEY, DatabaseSummary, Metrics, RequestMetrics, database_summary
 
 log = logging.getLogger("overdrive.server")
 
 
-def create_app(config: ServerConfig | None = None, *, start_ticker: bool = True) -> Flask:
+def create_app(
+    config: ServerConfig | None = None, *, start_ticker: bool = True, serving: bool = True
+) -> Flask:
+    """The server app for ``config``. ``serving=False`` is for commands that build it only for
+    its context (``server token create`` …): no dashboard is served, so it gets a throwaway
+    session key instead of the warning that ``$OVERDRIVE_SECRET_KEY`` is not set."""
     config = config or ServerConfig.from_env()
     app = Flask("overdrive.server")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    if not serving and not config.secret_key:
+        app.config["SECRET_KEY"] = secrets.token_urlsafe(32)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     engine = make_engine(config.db_url)
     director = (
@@ -47,7 +54,7 @@ def create_app(config: ServerConfig | None = None, *, start_ticker: bool = True)
         sessions=make_sessionmaker(engine),
         director=director,
         releases=ReleaseCache(config),
-        metrics=Metrics(lambda: campaign_rows(ctx)),
+        metrics=Metrics(lambda: _database_summary(ctx)),
         direct=(
             DirectConnections(config.db_url, synchronous_commit=config.durable_polls)
             if engine.dialect.name == "postgresql"
@@ -64,6 +71,11 @@ def create_app(config: ServerConfig | None = None, *, start_ticker: bool = True)
     _register_error_handlers(app)
 
     @app.before_request
+    def name_endpoint() -> None:
+        # For the request metrics (server.metrics.RequestMetrics): the route, never the URL.
+        request.environ[ENDPOINT_KEY] = request.endpoint or "unmatched"
+
+    @app.before_request
     def refuse_nul() -> None:
         # NUL in a URL id or query value can never name anything (and PostgreSQL refuses it).
         if "\x00" in request.path or any("\x00" in v for v in request.args.values()):
@@ -71,16 +83,18 @@ def create_app(config: ServerConfig | None = None, *, start_ticker: bool = True)
 
     from server.fastpath import PollFastPath
 
-    app.wsgi_app = PollFastPath(app.wsgi_app, ctx)  # type: ignore[method-assign]
+    app.wsgi_app = RequestMetrics(  # type: ignore[method-assign]
+        PollFastPath(app.wsgi_app, ctx), ctx.metrics
+    )
     if start_ticker and config.tick_interval > 0:
         _start_ticker(ctx)
     return app
 
 
-def campaign_rows(ctx: ServerContext) -> list[dict[str, Any]]:
-    from server.campaigns import active_campaign_rows
-
-    return active_campaign_rows(ctx)
+def _database_summary(ctx: ServerContext) -> DatabaseSummary:
+    """The gauges' counts, read when /metrics is scraped."""
+    with ctx.session() as session:
+        return database_summary(session)
 
 
 def _register_error_handlers(app: Flask) -> None:

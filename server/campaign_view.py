@@ -17,7 +17,7 @@ import rollout_policies as rp
 from rollout_policies.units import format_duration
 from server.campaigns import aware, counts, policy_of, utcnow
 from server.errors import BadRequest
-from server.evaluator import group_counts
+from server.evaluator import group_counts, stage_state
 from server.models import (
     RUNNING,
     AuditEntry,
@@ -38,6 +38,7 @@ MEMBER_STATUSES = (
     "downloaded",
     "installing",
     "installed",
+    "booted",
     "committed",
     "failed",
     "rolled_back",
@@ -52,7 +53,7 @@ def campaign_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
         select(CampaignRelease).where(CampaignRelease.campaign_id == campaign.id)
     )
     stages = campaign.policy.get("stages", [])
-    decision = campaign.decision if campaign.state == RUNNING else None
+    decision = _decision(session, campaign) if campaign.state == RUNNING else None
     waiting = waits(decision, utcnow()) if decision else []
     return {
         "id": campaign.id,
@@ -83,6 +84,16 @@ def campaign_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
         "created_at": iso(campaign.created_at),
         "created_by": campaign.created_by,
     }
+
+
+def _decision(session: Session, campaign: Campaign) -> dict[str, Any]:
+    """The evaluator's last decision; before its first run, what it would decide now (so a
+    running campaign never answers "reason": null)."""
+    if campaign.decision:
+        return campaign.decision
+    now = utcnow()
+    state, _counts = stage_state(session, campaign, policy_of(campaign), now)
+    return {**rp.decide(policy_of(campaign), state).to_dict(), "at": None}
 
 
 def waits(decision: dict[str, Any], now: datetime) -> list[str]:

@@ -4,6 +4,7 @@ and create the secrets that bootstrap it (the first admin token, vehicle enrollm
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,8 @@ def run(
 
         from server.app import create_app
 
+        # One process counts everything itself: no shared metrics directory (see server.metrics).
+        os.environ.pop(MULTIPROC_ENV, None)
         app = create_app(config)
         click.echo(
             f"overdrive server on http://{host}:{port} (development server; --workers N for gunicorn)",
@@ -137,17 +140,30 @@ def run(
     serve_gunicorn(config, host, port, workers, threads)
 
 
+#: ``PROMETHEUS_MULTIPROC_DIR``: where gunicorn workers keep the counters every scrape sums.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 def serve_gunicorn(
     config: ServerConfig, host: str, port: int, workers: int, threads: int = 4
 ) -> None:
-    import os
+    """Serve with gunicorn: ``workers`` processes of ``threads`` threads each.
+
+    The workers share a private metrics directory, created here and removed when gunicorn
+    exits, so that ``/metrics`` on any worker reports the whole server's counters; when a
+    worker dies, gunicorn's ``child_exit`` hook drops its live gauges (its counts stay).
+    """
     import secrets
+    import shutil
+    import tempfile
 
     from gunicorn.app.base import BaseApplication
 
     # Workers rebuild the config from the environment; they share one session key per run.
     os.environ.setdefault("OVERDRIVE_SECRET_KEY", secrets.token_urlsafe(32))
     os.environ.update(config.to_env())
+    metrics_dir = tempfile.mkdtemp(prefix="overdrive-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir  # before any worker imports prometheus_client
 
     class Application(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -157,6 +173,10 @@ def serve_gunicorn(
             self.cfg.set("threads", threads)
             self.cfg.set("accesslog", None)
             self.cfg.set("timeout", 60)
+            self.cfg.set("child_exit", _worker_exited)
+            if "control_socket_disable" in self.cfg.settings:  # recent gunicorn versions
+                # Unused, and one path per user ($HOME/.gunicorn): two servers would share it.
+                self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
             from server.app import create_app
@@ -164,25 +184,44 @@ def serve_gunicorn(
             return create_app(ServerConfig.from_env())
 
     click.echo(f"overdrive server on http://{host}:{port} (gunicorn, {workers} workers)", err=True)
-    Application().run()
+    try:
+        Application().run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _worker_exited(_server: Any, worker: Any) -> None:
+    """gunicorn ``child_exit`` hook (in the master): forget the dead worker's live gauges."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 @server.command("migrate")
 @db_option
 def migrate(db_url: str) -> None:
     """Create or upgrade the database schema (Alembic; safe to run again)."""
+    from server.db import check_creatable, reported
     from server.migrate import upgrade
 
-    upgrade(db_url)
+    check_creatable(db_url)
+    with reported(db_url):
+        upgrade(db_url)
     click.echo("database schema is up to date")
 
 
 def _context(db_url: str, storage_url: str | None = None) -> Any:
+    """The server context for an administrative command. The database must exist and have
+    been migrated (``server migrate`` or ``server run``): a wrong ``--db`` is refused rather
+    than created, so that a token is never minted in a database no server reads."""
     from server.app import create_app
     from server.context import EXTENSION
+    from server.db import reported, require_migrated
     from server.migrate import upgrade
 
-    upgrade(db_url)
+    require_migrated(db_url)
+    with reported(db_url):
+        upgrade(db_url)  # an older schema is brought up to date, as before
     import os
 
     config = ServerConfig(
@@ -191,7 +230,7 @@ def _context(db_url: str, storage_url: str | None = None) -> Any:
         tick_interval=0,
         state_dir=state_dir_from(os.environ.get("OVERDRIVE_STATE_DIR")),  # as `run` does
     )
-    app = create_app(config, start_ticker=False)
+    app = create_app(config, start_ticker=False, serving=False)
     return app.extensions[EXTENSION]
 
 
@@ -251,18 +290,31 @@ def enroll_token() -> None:
     show_default=True,
     help="How many vehicles may register with it.",
 )
-def enroll_create(db_url: str, expires: str | None, uses: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print id, secret, uses and expiry as JSON.")
+def enroll_create(db_url: str, expires: str | None, uses: int, as_json: bool) -> None:
     """Create an enrollment token and print its secret (shown only this once)."""
     from overdrive.durations import parse_duration
-    from server.tokens import create_enroll_token
+    from server.tokens import create_enroll_token, enroll_token_dict
 
     period = parse_duration(expires) if expires else None
     ctx = _context(db_url)
     with ctx.transaction() as session:
         created, secret = create_enroll_token(session, period, uses)
-        token_id = created.id
+        described = enroll_token_dict(created)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "id": described["id"],
+                    "secret": secret,
+                    "uses": uses,
+                    "expires_at": described["expires_at"],
+                }
+            )
+        )
+        return
     click.echo(secret)
-    click.echo(f"enrollment token {token_id} for {uses} vehicle(s)", err=True)
+    click.echo(f"enrollment token {described['id']} for {uses} vehicle(s)", err=True)
 
 
 def _print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], as_json: bool) -> None:

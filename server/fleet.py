@@ -32,6 +32,7 @@ MEMBERSHIP_STATUSES = (
     "downloaded",
     "installing",
     "installed",
+    "booted",
     "committed",
     "failed",
     "rolled_back",

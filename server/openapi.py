@@ -1,227 +1,502 @@
-"""The OpenAPI 3.1 description of ``/api/v1`` (served at ``/api/v1/openapi.json``)."""
+"""The OpenAPI 3.1 description of the server's HTTP API (served at ``/api/v1/openapi.json``).
+
+Every route of the app except the dashboard's (its pages, and the JSON they refresh with, are
+for signed-in browsers, not an API) is described here; a test walks ``app.url_map`` and fails
+for a route missing from the document, or an operation that is no route. Each operation has
+its parameters with their bounds (:mod:`server.openapi_parameters`), its request body, the
+2xx answer's schema (:mod:`server.openapi_schemas`) and each error it really answers, all as
+``Error``. The fuzzers (``tests/fuzz``) check every answer against
+it, and a typed Python client is generated from it (``tests/server/test_openapi_client.py``).
+"""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass, field
 from typing import Any
 
 from overdrive import __version__
+from server.openapi_parameters import (
+    AUDIT_FILTERS,
+    CAMPAIGN_STATE,
+    CAMPAIGN_VEHICLE_FILTERS,
+    PAGING,
+    PATH_PARAMETERS,
+    VEHICLE_FILTERS,
+)
+from server.openapi_schemas import SCHEMAS, Schema, ref
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
-_ENVELOPE = {"$ref": "#/components/schemas/SignedEnvelope"}
-_CREATES = ("/vehicles/register", "/campaigns", "/tokens", "/enroll-tokens")
+API = "/api/v1"
+_JSON = "application/json"
 
-# (method, path, summary, minimum role or "vehicle"/"public", request schema or None, tag)
-ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, str]] = [
-    (
+# ------------------------------------------------------------------------------ operations
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One documented operation: what it does, who may call it, its inputs and answers."""
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    tag: str
+    role: str
+    """Minimum role (``viewer``/``operator``/``admin``), or ``public`` / ``vehicle``."""
+    answer: Schema
+    """The success answer's ``content`` (media type → schema object)."""
+    status: int = 200
+    errors: dict[int, str] = field(default_factory=dict)
+    """Statuses besides the role's 401/403 and the database's 503, each with when."""
+    parameters: tuple[Schema, ...] = ()
+    body: Schema | None = None
+    body_required: bool = True
+    database: bool = True
+    """Whether it reads the database (so it answers 503 while the database is down)."""
+    description: str = ""
+
+
+def _json(name: str) -> Schema:
+    return {_JSON: {"schema": ref(name)}}
+
+
+_EMPTY = "an empty value is the same as leaving that filter out"
+_NOT_A_CAMPAIGN = "No campaign with this id (or id prefix)."
+_PREFIX = "The id prefix matches several campaigns."
+_STATE = "The campaign is not in a state this action applies to, or changed concurrently."
+
+
+def _action(name: str, summary: str, conflict: str, reason: bool = False) -> Operation:
+    return Operation(
+        "post",
+        f"/campaigns/{{campaign_id}}/{name}",
+        f"{name}_campaign",
+        summary,
+        "campaigns",
+        "operator",
+        _json("Campaign"),
+        errors={
+            400: "A malformed reason." if reason else "",
+            404: _NOT_A_CAMPAIGN,
+            409: f"{_PREFIX} {conflict}",
+            **({413: ""} if reason else {}),
+            **({503: "The image repository is unavailable."} if name == "start" else {}),
+        },
+        body=ref("ActionReason") if reason else None,
+        body_required=False,
+    )
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    # ---- vehicles (the vehicle protocol: no bearer token, signatures instead)
+    Operation(
         "post",
         "/vehicles/register",
-        "Register a vehicle with a one-time enrollment token",
-        "public",
-        {
-            "type": "object",
-            "required": ["enroll_token", "vehicle_id", "public_key"],
-            "properties": {
-                "enroll_token": {"type": "string"},
-                "vehicle_id": {"type": "string"},
-                "public_key": {"type": "object"},
-                "attributes": {"type": "object"},
-                "images": {"type": "object"},
-            },
-        },
+        "register_vehicle",
+        "Register a vehicle with an enrollment token",
         "vehicles",
+        "public",
+        _json("Registered"),
+        status=201,
+        errors={
+            400: "A malformed registration.",
+            401: "The enrollment token is unknown, used up or expired.",
+            409: "The vehicle id is already registered.",
+            413: "",
+        },
+        body=ref("Registration"),
     ),
-    (
+    Operation(
         "post",
         "/vehicles/{vehicle_id}/poll",
-        "Poll with a signed vehicle manifest; get signed assignments",
-        "vehicle",
-        _ENVELOPE,
+        "poll",
+        "Poll with a signed manifest; get director-signed assignments",
         "vehicles",
+        "vehicle",
+        _json("PollAnswer"),
+        errors={
+            400: "A malformed manifest (counter, timestamp too far off, nonce, images, status).",
+            401: "Not signed by this vehicle's key (or no such vehicle: the same answer).",
+            409: "A replayed manifest: its counter is not above the last one.",
+            413: "",
+            503: "No director key to sign the vehicle's assignments.",
+        },
+        body=ref("PollRequest"),
     ),
-    (
+    Operation(
         "post",
         "/vehicles/{vehicle_id}/events",
-        "Report signed events (idempotent by event id)",
-        "vehicle",
-        _ENVELOPE,
+        "report_events",
+        "Report signed events (stored once per event id)",
         "vehicles",
+        "vehicle",
+        _json("EventsAnswer"),
+        errors={
+            400: "A malformed event, or one for a campaign the vehicle is not a member of "
+            "(code `not_a_member`); the whole batch is refused.",
+            401: "Not signed by this vehicle's key (or no such vehicle: the same answer).",
+            409: "Another report of the same events raced this one.",
+            413: "",
+        },
+        body=ref("EventsRequest"),
     ),
-    ("get", "/vehicles", "List vehicles (paginated)", "viewer", None, "vehicles"),
-    (
+    Operation(
+        "get",
+        "/vehicles",
+        "list_vehicles",
+        "List the fleet, filtered and sorted",
+        "vehicles",
+        "viewer",
+        _json("VehicleList"),
+        errors={400: "An unknown filter name, or a bad value or page."},
+        parameters=VEHICLE_FILTERS,
+        description=f"Filters combine; {_EMPTY}; any other parameter name is a 400.",
+    ),
+    Operation(
         "get",
         "/vehicles/{vehicle_id}",
-        "One vehicle, its images and campaigns",
-        "viewer",
-        None,
+        "get_vehicle",
+        "One vehicle: images, status and campaign memberships",
         "vehicles",
+        "viewer",
+        _json("VehicleDetail"),
+        errors={404: "No vehicle with this id."},
     ),
-    (
+    Operation(
+        "get",
+        "/vehicles/{vehicle_id}/events",
+        "list_vehicle_events",
+        "A vehicle's events, most recently received first",
+        "vehicles",
+        "viewer",
+        _json("VehicleEvents"),
+        errors={400: "A bad page.", 404: "No vehicle with this id."},
+        parameters=PAGING,
+    ),
+    # ---- campaigns
+    Operation(
         "post",
         "/campaigns",
-        "Create a campaign (draft)",
-        "operator",
-        {
-            "type": "object",
-            "required": ["name", "releases", "policy"],
-            "properties": {
-                "name": {"type": "string"},
-                "releases": {"type": "object", "additionalProperties": {"type": "string"}},
-                "policy": {"oneOf": [{"type": "string"}, {"type": "object"}]},
-                "filter": {"type": "object"},
-            },
-        },
+        "create_campaign",
+        "Create a campaign (a draft)",
         "campaigns",
+        "operator",
+        _json("Campaign"),
+        status=201,
+        errors={
+            400: "A malformed campaign, an unknown policy, or a release the signed "
+            "repository does not hold.",
+            413: "",
+            503: "The image repository is unavailable.",
+        },
+        body=ref("CampaignCreate"),
     ),
-    ("get", "/campaigns", "List campaigns (paginated, ?state=)", "viewer", None, "campaigns"),
-    ("get", "/campaigns/{campaign_id}", "Campaign status and counts", "viewer", None, "campaigns"),
-    *[
-        (
-            "post",
-            f"/campaigns/{{campaign_id}}/{action}",
-            f"{action.capitalize()} a campaign",
-            "operator",
-            None,
-            "campaigns",
-        )
-        for action in ("start", "pause", "resume", "abort", "approve")
-    ],
-    ("get", "/releases", "Releases in the verified image repository", "viewer", None, "campaigns"),
-    (
+    Operation(
+        "get",
+        "/campaigns",
+        "list_campaigns",
+        "List campaigns, newest first",
+        "campaigns",
+        "viewer",
+        _json("CampaignList"),
+        errors={400: "An unknown state, or a bad page."},
+        parameters=(*PAGING, CAMPAIGN_STATE),
+    ),
+    Operation(
+        "get",
+        "/campaigns/{campaign_id}",
+        "get_campaign",
+        "A campaign's status: stage, why it waits, counts and groups",
+        "campaigns",
+        "viewer",
+        _json("Campaign"),
+        errors={404: _NOT_A_CAMPAIGN, 409: _PREFIX},
+    ),
+    Operation(
+        "delete",
+        "/campaigns/{campaign_id}",
+        "delete_campaign",
+        "Delete a draft campaign",
+        "campaigns",
+        "operator",
+        _json("CampaignDeleted"),
+        errors={404: _NOT_A_CAMPAIGN, 409: f"{_PREFIX} The campaign is not a draft."},
+    ),
+    _action("start", "Start a draft campaign: admit its first stage", _STATE),
+    _action("pause", "Pause a running campaign", _STATE, reason=True),
+    _action("resume", "Resume a paused campaign", _STATE),
+    _action("abort", "Abort a running or paused campaign", _STATE, reason=True),
+    _action("approve", "Approve the manual gate of the current stage", _STATE),
+    Operation(
+        "get",
+        "/campaigns/{campaign_id}/vehicles",
+        "list_campaign_vehicles",
+        "The vehicles behind a campaign's counts",
+        "campaigns",
+        "viewer",
+        _json("CampaignVehicles"),
+        errors={400: "An unknown status, or a bad page.", 404: _NOT_A_CAMPAIGN, 409: _PREFIX},
+        parameters=CAMPAIGN_VEHICLE_FILTERS,
+        description=f"Filters combine; {_EMPTY}.",
+    ),
+    Operation(
+        "get",
+        "/campaigns/{campaign_id}/history",
+        "get_campaign_history",
+        "Every action on a campaign, oldest first",
+        "campaigns",
+        "viewer",
+        _json("History"),
+        errors={404: _NOT_A_CAMPAIGN, 409: _PREFIX},
+    ),
+    Operation(
+        "get",
+        "/campaigns/{campaign_id}/timeline",
+        "get_campaign_timeline",
+        "Vehicles per state over time",
+        "campaigns",
+        "viewer",
+        _json("Timeline"),
+        errors={404: _NOT_A_CAMPAIGN, 409: _PREFIX},
+    ),
+    Operation(
+        "get",
+        "/releases",
+        "list_releases",
+        "Releases in the verified image repository",
+        "campaigns",
+        "viewer",
+        _json("Releases"),
+        errors={503: "No image repository, or it does not verify."},
+    ),
+    # ---- admin
+    Operation(
         "post",
         "/tokens",
-        "Create an API token (secret shown once)",
+        "create_token",
+        "Create an API token (its secret is shown once)",
         "admin",
-        {
-            "type": "object",
-            "required": ["name", "role"],
-            "properties": {
-                "name": {"type": "string"},
-                "role": {"enum": ["viewer", "operator", "admin"]},
-            },
-        },
         "admin",
+        _json("TokenCreated"),
+        status=201,
+        errors={400: "A malformed name or unknown role.", 413: ""},
+        body=ref("TokenCreate"),
     ),
-    ("get", "/tokens", "List API tokens", "admin", None, "admin"),
-    ("delete", "/tokens/{token_id}", "Revoke an API token", "admin", None, "admin"),
-    (
+    Operation(
+        "get", "/tokens", "list_tokens", "List API tokens", "admin", "admin", _json("TokenList")
+    ),
+    Operation(
+        "delete",
+        "/tokens/{token_id}",
+        "revoke_token",
+        "Revoke an API token (and the dashboard sessions signed in with it)",
+        "admin",
+        "admin",
+        _json("Token"),
+        errors={404: "No API token with this id (or not an integer)."},
+    ),
+    Operation(
         "post",
         "/enroll-tokens",
-        "Create an enrollment token (secret shown once)",
+        "create_enroll_token",
+        "Create an enrollment token (its secret is shown once)",
         "admin",
-        {
-            "type": "object",
-            "properties": {"expires_in_seconds": {"type": "integer"}, "uses": {"type": "integer"}},
-        },
         "admin",
+        _json("EnrollTokenCreated"),
+        status=201,
+        errors={400: "A bad expiry or number of uses.", 413: ""},
+        body=ref("EnrollTokenCreate"),
     ),
-    ("get", "/audit", "The audit log, newest first (paginated)", "viewer", None, "admin"),
-]
+    Operation(
+        "get",
+        "/enroll-tokens",
+        "list_enroll_tokens",
+        "List enrollment tokens (never their secrets)",
+        "admin",
+        "admin",
+        _json("EnrollTokenList"),
+    ),
+    Operation(
+        "delete",
+        "/enroll-tokens/{token_id}",
+        "revoke_enroll_token",
+        "Use up an enrollment token now",
+        "admin",
+        "admin",
+        _json("EnrollToken"),
+        errors={404: "No enrollment token with this id (or not an integer)."},
+    ),
+    Operation(
+        "get",
+        "/audit",
+        "list_audit",
+        "The audit log, newest first",
+        "admin",
+        "viewer",
+        _json("AuditList"),
+        errors={400: "A filter value that is too long, not one line, or not a time; a bad page."},
+        parameters=AUDIT_FILTERS,
+        description=f"Filters combine; {_EMPTY}.",
+    ),
+    Operation(
+        "get",
+        "/openapi.json",
+        "get_openapi",
+        "This document",
+        "meta",
+        "public",
+        _json("OpenApiDocument"),
+        database=False,
+    ),
+    # ---- meta, outside /api/v1 (absolute paths)
+    Operation(
+        "get",
+        "//healthz",
+        "healthz",
+        "Liveness: the process answers",
+        "meta",
+        "public",
+        _json("Health"),
+        database=False,
+    ),
+    Operation(
+        "get",
+        "//readyz",
+        "readyz",
+        "Readiness: database, director key and image repository",
+        "meta",
+        "public",
+        _json("Readiness"),
+        database=False,
+        description="503 (`Readiness` with `problems`, one line each) while not ready.",
+    ),
+    Operation(
+        "get",
+        "//metrics",
+        "metrics",
+        "Prometheus metrics of the whole server (all workers); no identifiers",
+        "meta",
+        "public",
+        {"text/plain": {"schema": {"type": "string"}}},
+        database=False,
+        description="The Prometheus text format; see docs/deployment.md for the metrics.",
+    ),
+)
+
+# ------------------------------------------------------------------------------ the document
+
+_ERROR_TEXT = {
+    400: "Bad input (also: a NUL anywhere in the URL).",
+    401: "Missing, unknown or revoked bearer token.",
+    403: "The token's role is below the one this needs.",
+    404: "Not found.",
+    409: "Conflict: another request changed the same data at the same time; reload and retry.",
+    413: "The body is larger than the server accepts (1 MiB by default).",
+    503: "Unavailable.",
+}
+_DATABASE_DOWN = (
+    "The database is unavailable (code `database_unavailable`; retry after `Retry-After`)."
+)
+_RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer", "minimum": 0}}
+}
+
+
+def full_path(operation: Operation) -> str:
+    """The operation's URL path: under ``/api/v1``, or absolute when written ``//…``."""
+    return operation.path[1:] if operation.path.startswith("//") else API + operation.path
+
+
+def _error_statuses(operation: Operation) -> dict[int, str]:
+    """Every error status the operation answers, with when: its own, its role's, the database's
+    and the URL check's (a NUL anywhere in the URL is a 400 on every route)."""
+    statuses = {400: ""}
+    if operation.role in ("viewer", "operator", "admin"):
+        statuses[401] = _ERROR_TEXT[401]
+    if operation.role in ("operator", "admin"):
+        statuses[403] = _ERROR_TEXT[403]
+    if operation.path.count("{"):
+        statuses.setdefault(404, "")
+    statuses.update(operation.errors)
+    if operation.database:
+        statuses[503] = " ".join(t for t in (statuses.get(503, ""), _DATABASE_DOWN) if t)
+    return dict(sorted(statuses.items()))
+
+
+def _operation(operation: Operation) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        str(operation.status): {
+            "description": operation.summary,
+            "content": operation.answer,
+        }
+    }
+    for status, text in _error_statuses(operation).items():
+        responses[str(status)] = {
+            "description": text or _ERROR_TEXT[status],
+            "content": _json("Error"),
+            **({"headers": _RETRY_AFTER} if status == 503 and operation.database else {}),
+        }
+    if operation.operation_id == "readyz":
+        responses["503"] = {
+            "description": "Not ready: the problems.",
+            "content": _json("Readiness"),
+        }
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": PATH_PARAMETERS[name]}
+        for name in _path_names(operation.path)
+    ]
+    result: dict[str, Any] = {
+        "operationId": operation.operation_id,
+        "summary": operation.summary,
+        "tags": [operation.tag],
+        "parameters": [*parameters, *operation.parameters],
+        "responses": responses,
+        "x-minimum-role": operation.role,
+    }
+    if operation.description:
+        result["description"] = operation.description
+    if operation.role in ("viewer", "operator", "admin"):
+        result["security"] = [{"bearer": []}]
+    if operation.body is not None:
+        result["requestBody"] = {
+            "required": operation.body_required,
+            "content": {_JSON: {"schema": operation.body}},
+        }
+    if not result["parameters"]:
+        del result["parameters"]
+    return result
+
+
+def _path_names(path: str) -> list[str]:
+    return [part.strip("{}") for part in path.split("/") if part.startswith("{")]
 
 
 def openapi_document() -> dict[str, Any]:
+    """The whole document, a fresh copy on each call (callers may change it: schemathesis,
+    tests), sharing nothing with the module's tables."""
     paths: dict[str, dict[str, Any]] = {}
-    for method, path, summary, role, schema, tag in ROUTES:
-        operation: dict[str, Any] = {
-            "summary": summary,
-            "tags": [tag],
-            "responses": {
-                ("201" if method == "post" and path in _CREATES else "200"): {"description": "OK"},
-                "400": {
-                    "description": "Bad input",
-                    "content": {"application/json": {"schema": _ERROR}},
-                },
-                "401": {
-                    "description": "Not authenticated",
-                    "content": {"application/json": {"schema": _ERROR}},
-                },
-                "403": {
-                    "description": "Not allowed",
-                    "content": {"application/json": {"schema": _ERROR}},
-                },
-                "404": {
-                    "description": "Unknown id",
-                    "content": {"application/json": {"schema": _ERROR}},
-                },
-                "409": {
-                    "description": "Conflict",
-                    "content": {"application/json": {"schema": _ERROR}},
-                },
+    for operation in OPERATIONS:
+        paths.setdefault(full_path(operation), {})[operation.method] = _operation(operation)
+    return copy.deepcopy(
+        {
+            "openapi": "3.1.0",
+            "info": {
+                "title": "Overdrive rollout server",
+                "version": __version__,
+                "description": "Operators (bearer tokens with roles viewer < operator < admin) "
+                "drive campaigns; vehicles register with an enrollment token and sign every "
+                'poll and event report. Every error is `{"error": {"status", "code", "message"}}`.',
             },
-            "x-minimum-role": role,
+            "tags": [
+                {"name": "vehicles", "description": "The vehicle protocol and the fleet."},
+                {"name": "campaigns", "description": "Campaigns and releases."},
+                {"name": "admin", "description": "API and enrollment tokens, the audit log."},
+                {"name": "meta", "description": "Health, readiness, metrics, this document."},
+            ],
+            "paths": paths,
+            "components": {
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                "schemas": SCHEMAS,
+            },
         }
-        if role not in ("public", "vehicle"):
-            operation["security"] = [{"bearer": []}]
-        if method in ("post", "delete"):
-            operation["responses"]["405"] = {"description": "Method not allowed"}
-        if schema is not None or method == "post":
-            operation["responses"]["413"] = {
-                "description": "Body too large",
-                "content": {"application/json": {"schema": _ERROR}},
-            }
-        if path in ("/vehicles/{vehicle_id}/poll", "/campaigns", "/releases"):
-            operation["responses"]["503"] = {
-                "description": "Repository or director not configured",
-                "content": {"application/json": {"schema": _ERROR}},
-            }
-        if schema is not None:
-            operation["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": schema}},
-            }
-        params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
-        if params:
-            operation["parameters"] = [
-                {
-                    "name": p,
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "integer" if p == "token_id" else "string"},
-                }
-                for p in params
-            ]
-        if method == "get" and path in ("/vehicles", "/campaigns", "/audit"):
-            operation.setdefault("parameters", []).extend(
-                {"name": n, "in": "query", "schema": {"type": "integer"}}
-                for n in ("limit", "offset")
-            )
-        paths.setdefault(f"/api/v1{path}", {})[method] = operation
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "Overdrive rollout server", "version": __version__},
-        "paths": paths,
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "properties": {
-                                "status": {"type": "integer"},
-                                "code": {"type": "string"},
-                                "message": {"type": "string"},
-                            },
-                        }
-                    },
-                },
-                "SignedEnvelope": {
-                    "type": "object",
-                    "required": ["signed", "signatures"],
-                    "properties": {
-                        "signed": {"type": "object"},
-                        "signatures": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "keyid": {"type": "string"},
-                                    "sig": {"type": "string"},
-                                },
-                            },
-                        },
-                    },
-                },
-            },
-        },
-    }
+    )

@@ -125,6 +125,8 @@ def vehicles(campaign_id: str) -> ResponseReturnValue:
         "value",
     )
     filters = campaign_view.member_filters({k: request.args.get(k, "") for k in keys})
+    if filters.get("admitted", "true") not in ("true", "false"):
+        raise BadRequest("admitted must be true or false")
     with context().session() as session:
         campaign = campaigns.get(session, campaign_id)
         return jsonify(

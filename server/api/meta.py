@@ -14,6 +14,7 @@ bp = Blueprint("meta", __name__)
 
 @bp.get("/healthz")
 def healthz() -> ResponseReturnValue:
+    """Alive: the process answers (nothing else is checked)."""
     return jsonify({"status": "ok"})
 
 
@@ -41,9 +42,12 @@ def readyz() -> ResponseReturnValue:
 
 @bp.get("/metrics")
 def metrics() -> ResponseReturnValue:
+    """Prometheus metrics of the whole server (every worker's counters, the database's gauges;
+    see :mod:`server.metrics`). Unauthenticated, so no label names a campaign or a vehicle."""
     return Response(context().metrics.render(), mimetype="text/plain; version=0.0.4")
 
 
 @bp.get("/api/v1/openapi.json")
 def openapi() -> ResponseReturnValue:
+    """The OpenAPI document of every route but the dashboard's (:mod:`server.openapi`)."""
     return jsonify(openapi_document())

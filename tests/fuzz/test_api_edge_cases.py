@@ -20,6 +20,7 @@ import pytest
 
 from overdrive.envelope import EVENTS, MANIFEST, sign_envelope
 from server.models import Vehicle
+from server.openapi import openapi_document
 from tests.fuzz.conftest import FuzzServer, assert_error_body
 from tests.server.conftest import vehicle_on
 from tests.server.fleet import SimVehicle
@@ -50,14 +51,19 @@ def _admin(server: FuzzServer) -> dict[str, str]:
 
 
 def test_oversized_body_is_a_413_json_error(fuzz_server_any_db: FuzzServer) -> None:
-    """Bodies over max_body_bytes (1 MiB) are refused before parsing, as a JSON error. (Spec gap:
-    413 is not documented on any operation.)"""
+    """Bodies over max_body_bytes (1 MiB) are refused before parsing, as the documented 413
+    JSON error."""
     server = fuzz_server_any_db
     body = json.dumps({"signed": {"pad": "x" * (1 << 20)}, "signatures": []}).encode()
-    for path in ("/api/v1/vehicles/fuzz-car/poll", "/api/v1/vehicles/register"):
+    documented = openapi_document()["paths"]
+    for path, template in (
+        ("/api/v1/vehicles/fuzz-car/poll", "/api/v1/vehicles/{vehicle_id}/poll"),
+        ("/api/v1/vehicles/register", "/api/v1/vehicles/register"),
+    ):
         status, content_type, data = server.post(path, body)
         assert status == 413
         assert_error_body(status, content_type, data)
+        assert "413" in documented[template]["post"]["responses"]
 
 
 @pytest.mark.parametrize(
@@ -267,3 +273,35 @@ def test_bug9_strings_longer_than_their_columns(
     ]
     for response in responses:
         assert response[0] < 500, response
+
+
+@pytest.mark.parametrize("keyid", [{"a": 1}, ["a"]])
+def test_bug10_signature_keyid_not_a_string(fuzz_server_any_db: FuzzServer, keyid: Any) -> None:
+    """BUG-10: a signature whose ``keyid`` is an object or a list → ``keys.get(keyid)`` in
+    overdrive/envelope.py::verify_envelope raises TypeError → 500, without any credentials, on
+    poll and events. Fix: skip (or refuse) a signature whose keyid is not a string."""
+    server = fuzz_server_any_db
+    for kind in ("poll", "events"):
+        envelope = {
+            "signed": {"_type": MANIFEST if kind == "poll" else EVENTS, "vehicle_id": "fuzz-car"},
+            "signatures": [{"keyid": keyid, "sig": "00"}],
+        }
+        response = server.post(f"/api/v1/vehicles/fuzz-car/{kind}", json.dumps(envelope).encode())
+        assert _assert_4xx(response)["status"] == 401
+
+
+def test_bug11_booted_is_a_status_the_filters_refuse(fuzz_server_any_db: FuzzServer) -> None:
+    """BUG-11: a vehicle's "booted" event (sent after the reboot into the new slot, before
+    "committed") becomes its membership's status, but ``status=booted`` (GET
+    /campaigns/{id}/vehicles) and ``campaign_status=booted`` (GET /vehicles) are 400s: the
+    filters' lists (server/campaign_view.py MEMBER_STATUSES, server/fleet.py
+    MEMBERSHIP_STATUSES) lack it. Fix: add "booted" to both (and to the dashboard's filters)."""
+    server = fuzz_server_any_db
+    status, _t, body = server.request(
+        "GET", "/api/v1/vehicles?campaign_status=booted", None, _admin(server)
+    )
+    assert status == 200, body
+    status, _t, body = server.request(
+        "GET", "/api/v1/campaigns/f00d/vehicles?status=booted", None, _admin(server)
+    )
+    assert status == 404, body

@@ -8,16 +8,19 @@ schema-violating bodies, query strings and path parameters, undeclared methods):
   content types, responses matching their schemas, schema-invalid input rejected, secured
   operations refusing the same request without credentials (``ignored_auth``);
 * the secured (operator) operations with no, malformed, unknown and revoked bearer tokens:
-  always 401, never a 2xx; and with a viewer token: 403 wherever the operation needs more;
+  always 401 (or a 404/400 refused before any view: routing, a NUL in the URL), never a 2xx;
+  and with a viewer token: 403 wherever the operation needs more;
 * vehicle operations (register/poll/events) get mostly unsigned or wrongly signed bodies: they
   must be 4xx JSON errors (``test_vehicle_envelope.py`` signs random payloads properly).
 
-Every error response must also be exactly the documented JSON error
-``{"error": {"status", "code", "message"}}`` with the HTTP status inside — stricter than the
-spec's own ``Error`` schema, which requires none of its fields.
+The conformance checks (status code, content type, response schema with formats, response
+headers) are on for every operation in every phase (``test_conformance_checks_are_on``). Every
+error response must also be exactly the documented JSON error
+``{"error": {"status", "code", "message"}}`` with the HTTP status inside (no other keys).
+``test_api_document.py`` proves the success answers conform on a populated server.
 
 The run is bounded and derandomised (fixed seed, ``deterministic``, no example database): the
-same requests on every run, about 20-40 s in all.
+same requests on every run, about 25 s in all.
 
 Deviations that are known spec gaps or product bugs are tolerated *only* in the narrow shape
 reported (``_spec_gap`` / ``KNOWN_5XX``); anything else fails. ``test_api_edge_cases.py`` has
@@ -34,11 +37,7 @@ import pytest
 import schemathesis
 from schemathesis import Case
 from schemathesis.core.failures import Failure, FailureGroup, ServerError
-from schemathesis.openapi.checks import (
-    AllowHeaderMismatch,
-    UndefinedStatusCode,
-    UnsupportedMethodResponse,
-)
+from schemathesis.openapi.checks import AllowHeaderMismatch, UndefinedStatusCode
 
 from server.openapi import openapi_document
 from tests.fuzz.conftest import ADMIN_TOKEN_ID, FuzzServer, assert_error_body
@@ -47,6 +46,13 @@ pytestmark = pytest.mark.slow
 
 SEED = 20_240_611
 ROLES = ("viewer", "operator", "admin")
+#: The checks that prove the answers are the documented ones.
+CONFORMANCE = (
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "response_headers_conformance",
+)
 
 
 def _config(max_examples: int, *, coverage: bool) -> schemathesis.Config:
@@ -67,6 +73,11 @@ def _config(max_examples: int, *, coverage: bool) -> schemathesis.Config:
                 # signature from the vehicle's registered key, an unused enrollment token, a
                 # release present in the signed repository, campaign state transitions.
                 "positive_data_acceptance": {"enabled": False},
+                # On for every operation (``test_conformance_checks_are_on``): each answer's
+                # status is documented, its content type is the documented one, and its body
+                # matches the documented schema (formats included: date-time …).
+                **{name: {"enabled": True} for name in CONFORMANCE},
+                "response_schema_conformance": {"enabled": True, "validate-formats": True},
             },
             "request-timeout": 30,
         }
@@ -86,29 +97,17 @@ SECURED_SCHEMA = schemathesis.openapi.from_dict(
 
 # ---------------------------------------------------------------------------- known deviations
 
-#: 201 Created answered by these operations but not documented (the spec lists only "200").
-#: Spec fix: document "201" (and drop "200") for them.
-CREATED = {
-    "POST /api/v1/vehicles/register",
-    "POST /api/v1/campaigns",
-    "POST /api/v1/tokens",
-    "POST /api/v1/enroll-tokens",
-}
-
 
 def _spec_gap(case: Case, failure: Failure) -> bool:
-    """Whether ``failure`` is one of the reported, not yet fixed, spec/server mismatches."""
-    label = case.operation.label
-    if isinstance(failure, UndefinedStatusCode):
-        return failure.status_code == 201 and label in CREATED
-    if isinstance(failure, UnsupportedMethodResponse):
-        # BUG (server/app.py http_error): the JSON error handler drops the headers of the
-        # HTTPException, so a 405 lacks the Allow header RFC 9110 requires. The status is right.
-        return failure.status_code == 405 and not failure.allow_header_present
+    """Whether ``failure`` is one of the known, narrow mismatches between what OpenAPI can say
+    and what the server answers (none of them a wrong answer)."""
     if isinstance(failure, AllowHeaderMismatch):
-        # GET /api/v1/vehicles/register is routed to GET /vehicles/{vehicle_id} with
-        # vehicle_id="register", so Allow advertises GET for a path documented as POST-only.
-        return label == "POST /api/v1/vehicles/register" and failure.undocumented_methods == ["GET"]
+        # The URL /api/v1/vehicles/register also matches GET /api/v1/vehicles/{vehicle_id} (a
+        # vehicle may be called "register"), so Allow rightly advertises GET for a path that
+        # OpenAPI can only document as POST-only: path templates cannot exclude a literal.
+        return case.operation.label == "POST /api/v1/vehicles/register" and (
+            failure.undocumented_methods == ["GET"]
+        )
     return False
 
 
@@ -119,14 +118,9 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def _too_big(value: Any, limit: int) -> bool:
-    number = _int(value)
-    return number is not None and abs(number) >= limit
-
-
-#: Reported product bugs that answer 500 (see test_known_bugs.py), each recognised by the exact
-#: input that triggers it: operation label -> predicate over the case.
-KNOWN_5XX: dict[str, Callable[[Case], bool]] = {}  # BUG-1..3 are fixed
+#: Reported product bugs that answer 500 (see test_api_edge_cases.py), each recognised by the
+#: exact input that triggers it: operation label -> predicate over the case.
+KNOWN_5XX: dict[str, Callable[[Case], bool]] = {}  # BUG-1..11 are fixed
 
 
 def _known_5xx(case: Case, failure: Failure) -> bool:
@@ -182,9 +176,27 @@ def test_served_document_is_the_one_fuzzed(fuzz_server: FuzzServer) -> None:
     publishes at /api/v1/openapi.json, and that schemathesis loads it from there."""
     served = schemathesis.openapi.from_url(f"{fuzz_server.url}/api/v1/openapi.json")
     assert served.raw_schema == DOCUMENT
-    assert {op.ok().label for op in served.get_all_operations()} == {
+    # Loaded from a URL, schemathesis leaves out the operation that serves the document itself.
+    assert {op.ok().label for op in served.get_all_operations()} | {"GET /api/v1/openapi.json"} == {
         op.ok().label for op in ADMIN_SCHEMA.get_all_operations()
     }
+
+
+def test_conformance_checks_are_on() -> None:
+    """Every operation, in every phase the fuzzers run, checks that its answers are the
+    documented ones (status, content type, body schema, headers)."""
+    for schema in (ADMIN_SCHEMA, SECURED_SCHEMA):
+        operations = [op.ok() for op in schema.get_all_operations()]
+        assert operations
+        for operation in operations:
+            for phase in ("examples", "coverage", "fuzzing"):
+                checks = schema.config.checks_config_for(operation=operation, phase=phase)
+                for name in CONFORMANCE:
+                    assert checks.get_by_name(name=name).enabled, (operation.label, phase, name)
+                assert checks.response_schema_conformance.validate_formats
+    assert len(list(ADMIN_SCHEMA.get_all_operations())) == sum(
+        len(methods) for methods in DOCUMENT["paths"].values()
+    )
 
 
 # The single-valued parametrize is not decoration: schemathesis 4.32 builds every operation's
@@ -198,9 +210,11 @@ def test_api_as_admin(case: Case, fuzz_server: FuzzServer, credentials: str) -> 
     _call(case, fuzz_server, _headers(fuzz_server, credentials))
 
 
-def _routing_404(response: Any) -> bool:
-    """A 404 from URL routing (before any view, so before authentication), e.g. for a
-    schema-violating ``token_id`` that is not an integer."""
+def _before_auth(response: Any) -> bool:
+    """Refused before any view, so before authentication: a 404 from URL routing (e.g. for a
+    schema-violating ``token_id`` that is not an integer), or the 400 for a NUL in the URL."""
+    if response.status_code == 400:
+        return b"NUL character in the URL" in response.content
     if response.status_code != 404:
         return False
     return b"The requested URL was not found on the server" in response.content
@@ -212,7 +226,7 @@ def test_secured_operations_refuse_bad_credentials(
     case: Case, fuzz_server: FuzzServer, credentials: str
 ) -> None:
     response = _call(case, fuzz_server, _headers(fuzz_server, credentials))
-    assert response.status_code == 401 or _routing_404(response), (
+    assert response.status_code == 401 or _before_auth(response), (
         f"{case.operation.label} with {credentials} credentials answered "
         f"{response.status_code}: {response.content[:300]!r}"
     )
@@ -226,7 +240,7 @@ def test_viewer_cannot_use_operator_or_admin_operations(
     response = _call(case, fuzz_server, _headers(fuzz_server, credentials))
     needed = case.operation.definition.raw["x-minimum-role"]
     if ROLES.index(needed) > ROLES.index("viewer"):
-        assert response.status_code == 403 or _routing_404(response), (
+        assert response.status_code == 403 or _before_auth(response), (
             f"{case.operation.label} (needs {needed}) answered a viewer "
             f"{response.status_code}: {response.content[:300]!r}"
         )

@@ -126,7 +126,15 @@ def test_seeing_why_from_the_command_line(
     monkeypatch.setenv("OVERDRIVE_SERVER", server_url)
     monkeypatch.setenv("OVERDRIVE_TOKEN", tokens["operator"])
     created = cli(
-        "campaign", "create", "--name", "all", "--release", "ecu-a=1.1", "--policy", "canary", "--json"
+        "campaign",
+        "create",
+        "--name",
+        "all",
+        "--release",
+        "ecu-a=1.1",
+        "--policy",
+        "canary",
+        "--json",
     )
     campaign_id = json.loads(created.stdout)["id"]
     short = campaign_id[:8]
@@ -159,7 +167,15 @@ def test_seeing_why_from_the_command_line(
 
     draft = json.loads(
         cli(
-            "campaign", "create", "--name", "d", "--release", "ecu-a=1.1", "--policy", "canary", "--json"
+            "campaign",
+            "create",
+            "--name",
+            "d",
+            "--release",
+            "ecu-a=1.1",
+            "--policy",
+            "canary",
+            "--json",
         ).stdout
     )["id"]
     assert cli("campaign", "delete", draft[:8]).stdout == f"deleted draft campaign {draft}\n"

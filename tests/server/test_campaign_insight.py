@@ -196,3 +196,13 @@ def test_campaign_names_and_filters_are_one_line(
             headers=auth(op),
         )
         assert response.status_code == 400 and message in response.json["error"]["message"]
+
+
+def test_a_running_campaign_says_what_it_waits_for_before_the_first_evaluation(
+    http: FlaskClient, fleet: list[SimVehicle], tokens: dict[str, str]
+) -> None:
+    op = tokens["operator"]
+    cid = create(http, op)["id"]
+    started = post(http, op, f"/campaigns/{cid}/start")
+    assert started["reason"].startswith("holding at stage 'all': soaking until ")
+    assert started["waiting_for"] == ["soak", "sample"] and started["evaluated_at"] is None

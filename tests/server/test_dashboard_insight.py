@@ -143,7 +143,8 @@ def test_campaign_page_says_why_and_every_count_links_to_its_vehicles(
     client, _csrf = signed_in(app, tokens["viewer"])
     page_url = f"/dashboard/campaigns/{campaign_id}"
     page = client.get(page_url).text
-    assert "The policy has not checked this campaign yet" in page
+    # Before the evaluator's first run, the page shows what it would wait for now.
+    assert "not checked yet" in page and "soaking until" in page
 
     # Soaking: what it waits for and until when, in UTC, prominently (before the actions).
     assert campaigns.tick(ctx) == {campaign_id: "hold"}
