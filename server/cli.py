@@ -122,6 +122,9 @@ def run(
         tick_interval=tick_interval,
         durable_polls=durable_polls,
     )
+    from server.db import check_creatable
+
+    check_creatable(db_url)
     upgrade(db_url)
     if workers == 1:
         from werkzeug.serving import run_simple

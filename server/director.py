@@ -17,6 +17,7 @@ from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from overdrive.envelope import sign_envelope
 from overdrive.errors import OverdriveError
+from overdrive.passphrase import passphrase_variable
 
 
 class DirectorKeyError(OverdriveError):
@@ -37,13 +38,20 @@ class Director:
             pem = path.read_bytes()
         except OSError as e:
             raise DirectorKeyError(f"cannot read director key {path}: {e.strerror}") from e
-        secret = os.environ.get(passphrase_env) if passphrase_env else None
+        # --director-passphrase-env VAR, else the key's own OVERDRIVE_PASSPHRASE_<NAME>.
+        variable = passphrase_env or passphrase_variable(path.name)
+        secret = os.environ.get(variable)
+        if secret == "":
+            raise DirectorKeyError(
+                f"${variable} is empty: director key {path} needs its passphrase"
+            )
         passphrase = secret.encode() if secret else None
         try:
             private = serialization.load_pem_private_key(pem, passphrase)
         except TypeError as e:
             raise DirectorKeyError(
-                f"director key {path} is encrypted: set --director-passphrase-env VAR"
+                f"director key {path} is encrypted: set ${passphrase_variable(path.name)} "
+                "(or --director-passphrase-env VAR) to its passphrase"
             ) from e
         except ValueError as e:
             raise DirectorKeyError(f"director key {path}: wrong passphrase or not a PEM key") from e

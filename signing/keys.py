@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 
+from overdrive.passphrase import passphrase_variable
 from overdrive.storage.local import atomic_write
 from signing.errors import KeyError_
 
@@ -45,8 +46,6 @@ KEY_TYPES = ("ed25519", "ecdsa-p256")
 #: Field of a key in root metadata that records where its private half lives (KMS keys).
 URI_FIELD = "x-overdrive-private-key-uri"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-#: Prefix of the per-key passphrase variables: ``OVERDRIVE_PASSPHRASE_<NAME>``.
-PASSPHRASE_VAR_PREFIX = "OVERDRIVE_PASSPHRASE_"
 #: Suffix of the per-key passphrase files in ``--passphrase-file-dir``.
 PASSPHRASE_FILE_SUFFIX = ".pass"
 #: Environment variables behind ``--passphrase-file-dir`` and ``--allow-insecure-key-permissions``
@@ -151,12 +150,6 @@ def prompt_passphrase(key_name: str) -> bytes:
     import click
 
     return str(click.prompt(f"Passphrase for key {key_name!r}", hide_input=True)).encode()
-
-
-def passphrase_variable(key_name: str) -> str:
-    """The environment variable holding key ``key_name``'s own passphrase:
-    ``OVERDRIVE_PASSPHRASE_`` + the name upper-cased, non-alphanumerics as ``_``."""
-    return PASSPHRASE_VAR_PREFIX + re.sub(r"[^A-Z0-9]", "_", key_name.upper())
 
 
 def check_private_permissions(path: Path, what: str, *, allow_insecure: bool) -> None:

@@ -182,3 +182,31 @@ def test_server_run_serves_http(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_server_run_refuses_bad_databases_and_director_passphrases(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``server run``: a database path that cannot exist, and a director key whose passphrase
+    variable is empty, are one-line errors before anything starts."""
+    typo = cli("server", "run", "--db", f"sqlite:///{tmp_path}/typo/x.db")
+    assert typo.code == 1 and "directory" in typo.stderr and "typo" in typo.stderr
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = tmp_path / "director"
+    key.write_bytes(
+        ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    monkeypatch.setenv("OVERDRIVE_PASSPHRASE_DIRECTOR", "")
+    db = f"sqlite:///{tmp_path / 'o.db'}"
+    empty = cli("server", "run", "--db", db, "--director-key", key)
+    assert empty.code == 1
+    assert "$OVERDRIVE_PASSPHRASE_DIRECTOR is empty" in empty.stderr
+    monkeypatch.delenv("OVERDRIVE_PASSPHRASE_DIRECTOR")
+    missing = cli("server", "run", "--db", db, "--director-key", key)
+    assert "set $OVERDRIVE_PASSPHRASE_DIRECTOR" in missing.stderr

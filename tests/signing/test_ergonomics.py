@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from signing.keys import passphrase_variable
+from overdrive.passphrase import passphrase_variable
 from tests.conftest import Cli, Result, make_image
 from tests.signing.test_repository import assert_one_error, snapshot_of
 
@@ -353,7 +353,8 @@ def test_bundle_create_help_says_source_version_is_required(cli: Cli, tmp_path: 
 def test_no_setting_is_named_like_a_key_passphrase() -> None:
     """A key's own variable is OVERDRIVE_PASSPHRASE_<NAME>: no other setting may look like one
     (a key named "dir" must not read a directory path as its passphrase)."""
-    from signing.keys import INSECURE_PERMISSIONS_ENV, PASSPHRASE_DIR_ENV, PASSPHRASE_VAR_PREFIX
+    from overdrive.passphrase import PASSPHRASE_VAR_PREFIX
+    from signing.keys import INSECURE_PERMISSIONS_ENV, PASSPHRASE_DIR_ENV
 
     for setting in (PASSPHRASE_DIR_ENV, INSECURE_PERMISSIONS_ENV):
         assert not setting.startswith(PASSPHRASE_VAR_PREFIX), setting
