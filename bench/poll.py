@@ -222,9 +222,9 @@ def generate_keys(pool: multiprocessing.pool.Pool, count: int) -> list[tuple[str
 
 def in_process_app(setup: Setup, state: str) -> tuple[Any, Any]:
     """The server's Flask app in this process (same code and config as the workers)."""
-    from server.app import create_app
-    from server.config import ServerConfig
-    from server.context import EXTENSION
+    from overdrive.server.app import create_app
+    from overdrive.server.config import ServerConfig
+    from overdrive.server.context import EXTENSION
 
     config = ServerConfig(
         db_url=setup.db_url,
@@ -262,8 +262,8 @@ def start_campaign(setup: Setup, fleet: Fleet) -> list[str]:
     """
     from sqlalchemy import select
 
-    from server.models import Membership
-    from server.tokens import create_api_token
+    from overdrive.server.models import Membership
+    from overdrive.server.tokens import create_api_token
 
     app, ctx = in_process_app(setup, "campaign-state")
     server_log = logging.getLogger("overdrive.server")
@@ -878,7 +878,7 @@ def main() -> int:
 
 
 def run_all(args: argparse.Namespace, setup: Setup, pool: multiprocessing.pool.Pool) -> int:
-    from server.migrate import upgrade
+    from overdrive.server.migrate import upgrade
 
     background = background_load()
     log(f"background load before the run: {background:.2f} cores busy")

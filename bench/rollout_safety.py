@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmarks_md import assemble
 from simulate import machine
 
-import rollout_policies as rp
-from rollout_policies.simulate import SimulationConfig, SimulationResult, simulate
+import overdrive.rollout_policies as rp
+from overdrive.rollout_policies.simulate import SimulationConfig, SimulationResult, simulate
 
 RESULTS = Path(__file__).with_name("results") / "rollout-safety.md"
 VEHICLES = 100_000

@@ -28,9 +28,9 @@ from typing import Any
 
 import click.testing
 
-from rollout_policies.simulate import format_seconds
-from rollout_policies.simulate_cli import simulate
-from rollout_policies.simulate_report import size
+from overdrive.rollout_policies.simulate import format_seconds
+from overdrive.rollout_policies.simulate_cli import simulate
+from overdrive.rollout_policies.simulate_report import size
 
 RESULTS = Path(__file__).with_name("results") / "simulate.md"
 

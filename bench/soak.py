@@ -119,7 +119,7 @@ class Soak:
         self.pg.start()
         self.note(f"private PostgreSQL on port {self.pg.port}")
         self.repo = build_repository(self.root)
-        from server.migrate import upgrade
+        from overdrive.server.migrate import upgrade
 
         upgrade(self.pg.url)
         token = cli_json(

@@ -4,7 +4,7 @@ The server is trusted for nothing but scheduling, and its answers are treated as
 input: every request has an overall deadline (a server that trickles its headers cannot hold the
 vehicle), answers are bounded in size and checked for shape before anything uses them, and any
 text taken from them is sanitised (:func:`overdrive.text.one_line`) before it can reach the
-vehicle's state or event queue. Every failure is a :class:`~client.errors.ServerError` with one
+vehicle's state or event queue. Every failure is a :class:`~overdrive.client.errors.ServerError` with one
 line saying what happened; :class:`ServerRefused` when the server answered 4xx, i.e. refused this
 very request (the event queue uses that to set one bad event aside instead of retrying forever).
 """
@@ -18,7 +18,7 @@ from typing import Any
 import urllib3
 from securesystemslib.signer import Signer
 
-from client.errors import ServerError, ServerRefused
+from overdrive.client.errors import ServerError, ServerRefused
 from overdrive.envelope import EVENTS, sign_envelope
 from overdrive.http import Deadline, DeadlineExceeded, pool_manager
 from overdrive.text import clean_json, one_line

@@ -1,7 +1,7 @@
 """Boot time on the vehicle: ``post-boot`` (run by init on a real device) and the simulator.
 
-:func:`post_boot` finds the slot that booted (:mod:`client.bootslot`), lets
-:func:`client.postboot.decide` say what this boot means, and carries the plan out: the boot
+:func:`post_boot` finds the slot that booted (:mod:`overdrive.client.bootslot`), lets
+:func:`overdrive.client.postboot.decide` say what this boot means, and carries the plan out: the boot
 environment and the state are saved in the order that keeps a power cut harmless, the final
 events go from the state's outbox to the event queue, events are sent when the server answers,
 and a reboot is requested when the plan needs one. It is idempotent per boot (the kernel's boot
@@ -18,14 +18,14 @@ import os
 import uuid
 from dataclasses import dataclass
 
-from client import bootchooser as bc
-from client.bootslot import BOOT_ID, find_booted, read_text
-from client.events import now_iso
-from client.health import Health, run_health_check
-from client.postboot import BootView, Outcome, Plan, decide
-from client.reboot import RebootFailed
-from client.state import VehicleState
-from client.vehicle import Vehicle
+from overdrive.client import bootchooser as bc
+from overdrive.client.bootslot import BOOT_ID, find_booted, read_text
+from overdrive.client.events import now_iso
+from overdrive.client.health import Health, run_health_check
+from overdrive.client.postboot import BootView, Outcome, Plan, decide
+from overdrive.client.reboot import RebootFailed
+from overdrive.client.state import VehicleState
+from overdrive.client.vehicle import Vehicle
 from overdrive.text import one_line
 
 #: post-boot's (and the simulator's) exit codes, by outcome (see docs/vehicles.md).
@@ -62,7 +62,7 @@ def post_boot(
     car: Vehicle, *, boot_id: str, cmdline: str | None, reboot: bool = True
 ) -> BootResult:
     """Handle this boot (see the module docstring). ``reboot=False`` only reports that one is
-    needed. :class:`~client.reboot.RebootFailed` if the reboot command fails (after everything
+    needed. :class:`~overdrive.client.reboot.RebootFailed` if the reboot command fails (after everything
     was saved)."""
     state = car.store.load()
     if state.outbox:  # final events a power cut left there

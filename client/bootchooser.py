@@ -15,7 +15,7 @@ power cycles of a healthy, committed slot (an ignition switched off before init 
 tries and fell back to the older version (rauc#490). Here the bootloader never counts a committed
 slot's boots: switching the ignition off mid-boot any number of times cannot roll back a
 committed slot. A committed slot that later fails is demoted by the updater only on evidence —
-its health check failing on several boots in a row (see :mod:`client.postboot`).
+its health check failing on several boots in a row (see :mod:`overdrive.client.postboot`).
 
 The bootloader's decision (:func:`choose_boot`):
 

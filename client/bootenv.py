@@ -1,7 +1,7 @@
 """Where the boot state lives: a JSON file (simulation), the U-Boot environment, or GRUB's grubenv.
 
 Every backend implements :class:`BootEnv` (``load``/``save``/``describe``) and maps a
-:class:`~client.bootchooser.BootState` onto the variables its bootloader's script reads, so the
+:class:`~overdrive.client.bootchooser.BootState` onto the variables its bootloader's script reads, so the
 updater and the bootloader share one state. The variables follow RAUC's integrations so existing
 boot scripts keep working; Overdrive adds one "good" flag per slot (see ``docs/boot-control.md``).
 
@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Literal
 
-from client.bootchooser import BootError, BootState, SlotState, cap_tries, trial_slot
+from overdrive.client.bootchooser import BootError, BootState, SlotState, cap_tries, trial_slot
 from overdrive.storage.local import atomic_write
 
 _TOOL_TIMEOUT = 30.0

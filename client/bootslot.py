@@ -3,7 +3,7 @@
 On a real device the bootloader chose the slot before Linux started, and it says which on the
 kernel command line (``overdrive.slot=A``; RAUC's ``rauc.slot=A`` is accepted too), so that is
 the first source. The boot scripts also record the slot they started in the boot environment
-(``BOOTED_SLOT``, :attr:`~client.bootchooser.BootState.booted`): the second source, for a
+(``BOOTED_SLOT``, :attr:`~overdrive.client.bootchooser.BootState.booted`): the second source, for a
 bootloader configuration that does not pass the command-line argument. The simulated bootloader
 of the file backend has no kernel, so only its record counts there.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.bootchooser import BootState
-from client.errors import ClientError
+from overdrive.client.bootchooser import BootState
+from overdrive.client.errors import ClientError
 
 CMDLINE = Path("/proc/cmdline")
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")

@@ -13,21 +13,21 @@ from typing import Any
 
 import click
 
-from client.api import ServerApi
-from client.boot import current_boot_id, post_boot, simulate_boot
-from client.bootchooser import BootState
-from client.bootenv import FileBootEnv
-from client.bootslot import CMDLINE, read_text, slot_from_cmdline
-from client.config import BOOT_BACKENDS, VehicleConfig
-from client.daemon import run_daemon, run_once
-from client.errors import ConfigError
-from client.events import EventQueue
-from client.identity import create_key
-from client.state import SlotImage, StateStore, VehicleState
-from client.trust import TRUSTED_ROOT
-from client.tuf_client import tuf_client
-from client.vehicle import KEY_FILE, Vehicle, boot_env_for
 from overdrive.bundle import image_sha256
+from overdrive.client.api import ServerApi
+from overdrive.client.boot import current_boot_id, post_boot, simulate_boot
+from overdrive.client.bootchooser import BootState
+from overdrive.client.bootenv import FileBootEnv
+from overdrive.client.bootslot import CMDLINE, read_text, slot_from_cmdline
+from overdrive.client.config import BOOT_BACKENDS, VehicleConfig
+from overdrive.client.daemon import run_daemon, run_once
+from overdrive.client.errors import ConfigError
+from overdrive.client.events import EventQueue
+from overdrive.client.identity import create_key
+from overdrive.client.state import SlotImage, StateStore, VehicleState
+from overdrive.client.trust import TRUSTED_ROOT
+from overdrive.client.tuf_client import tuf_client
+from overdrive.client.vehicle import KEY_FILE, Vehicle, boot_env_for
 
 state_dir_option = click.option(
     "--state-dir",

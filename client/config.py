@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from client.errors import ConfigError
+from overdrive.client.errors import ConfigError
 from overdrive.storage.local import atomic_write
 
 CONFIG_FILE = "vehicle.toml"

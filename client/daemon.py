@@ -1,4 +1,4 @@
-"""The update daemon's loop: one :meth:`~client.vehicle.Vehicle.cycle` per turn, forever.
+"""The update daemon's loop: one :meth:`~overdrive.client.vehicle.Vehicle.cycle` per turn, forever.
 
 Nothing a server, a mirror or a bundle sends can stop it: a turn that fails for any reason — an
 unreachable server, a malformed answer, an error we did not foresee — is logged as one line and
@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from client.vehicle import ACTION_EXIT_CODES, CycleResult, Vehicle
+from overdrive.client.vehicle import ACTION_EXIT_CODES, CycleResult, Vehicle
 from overdrive.errors import OverdriveError
 from overdrive.text import one_line
 

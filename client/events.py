@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from client.errors import ServerRefused
+from overdrive.client.errors import ServerRefused
 from overdrive.storage.local import atomic_write, fsync_dir
 from overdrive.text import clean_json, one_line
 

@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from securesystemslib.signer import CryptoSigner
 
-from client.errors import ConfigError
+from overdrive.client.errors import ConfigError
 from overdrive.storage.local import atomic_write
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from client.errors import Refused
 from overdrive.bundle import BundleError, NotAsSigned, SourceMismatch, apply_bundle
+from overdrive.client.errors import Refused
 from overdrive.tuf_layout import BundleInfo
 
 PROGRESS_FILE = "install-progress.json"

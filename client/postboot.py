@@ -3,7 +3,7 @@
 :func:`decide` gets what init knows after the bootloader started a slot — the vehicle's saved
 update state, the boot environment, which slot booted in which boot — and a health-check
 callback, and returns a :class:`Plan`: the new state and boot environment to save (in a stated
-order), whether to reboot, and the outcome with its message. :mod:`client.boot` carries the plan
+order), whether to reboot, and the outcome with its message. :mod:`overdrive.client.boot` carries the plan
 out; tests drive this function exhaustively.
 
 Cases, in the order they are checked:
@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from client import bootchooser as bc
-from client.events import event_id
-from client.health import Health
-from client.state import INSTALLED, SlotImage, VehicleState
+from overdrive.client import bootchooser as bc
+from overdrive.client.events import event_id
+from overdrive.client.health import Health
+from overdrive.client.state import INSTALLED, SlotImage, VehicleState
 
 #: ``(slot, trial)`` → the health check's verdict for this boot of ``slot``.
 HealthCheck = Callable[[str, bool], Health]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 
-from client.errors import ClientError
+from overdrive.client.errors import ClientError
 from overdrive.text import one_line
 
 REBOOT_TIMEOUT_S = 120.0

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.errors import ConfigError
+from overdrive.client.errors import ConfigError
 from overdrive.storage.local import atomic_write
 
 STATE_FILE = "state.json"

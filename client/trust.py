@@ -27,8 +27,8 @@ from tuf.api.exceptions import DownloadError, DownloadLengthMismatchError, Repos
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
-from client.errors import Refused, RepositoryUnreachable
-from client.state import SlotImage
+from overdrive.client.errors import Refused, RepositoryUnreachable
+from overdrive.client.state import SlotImage
 from overdrive.envelope import ASSIGNMENT, EnvelopeError, verify_envelope
 from overdrive.fetcher import DEFAULT_DEADLINE_S, LocalOrHttpFetcher
 from overdrive.text import one_line

@@ -1,7 +1,7 @@
 """``overdrive vehicle tuf-client``: the vehicle's own TUF layer behind the public TUF conformance
 suite's client-under-test protocol (theupdateframework/tuf-conformance, ``CLIENT-CLI.md``).
 
-It goes through :func:`client.trust.make_updater`, the same code path the vehicle uses, so the
+It goes through :func:`overdrive.client.trust.make_updater`, the same code path the vehicle uses, so the
 conformance suite tests what runs in the car. Exit codes follow the protocol: 0 on full success,
 1 on any failure (with one line on stderr).
 """
@@ -18,7 +18,7 @@ import click
 from tuf.api.exceptions import DownloadError, RepositoryError
 from tuf.ngclient import Updater
 
-from client.trust import make_updater
+from overdrive.client.trust import make_updater
 
 
 def _fail(message: str) -> NoReturn:

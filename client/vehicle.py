@@ -3,8 +3,8 @@
 :meth:`Vehicle.cycle` is one turn of the daemon: deliver queued events, resume whatever a crash
 interrupted, otherwise poll and — for a verified assignment — download, install into the slot
 that is not running and request a trial boot. What happens at boot (commit, roll back) is
-:mod:`client.boot`'s. Every step is persisted before its effects (see :mod:`client.state`) and
-reported as an event (see :mod:`client.events`); final outcomes go through the state's outbox,
+:mod:`overdrive.client.boot`'s. Every step is persisted before its effects (see :mod:`overdrive.client.state`) and
+reported as an event (see :mod:`overdrive.client.events`); final outcomes go through the state's outbox,
 so a decision and its report are saved together.
 """
 
@@ -16,25 +16,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from client import bootchooser as bc
-from client.api import ServerApi
-from client.bootenv import BootEnv, open_boot_env
-from client.bootslot import CMDLINE, find_booted, read_text
-from client.config import VehicleConfig
-from client.download import (
+from overdrive.client import bootchooser as bc
+from overdrive.client.api import ServerApi
+from overdrive.client.bootenv import BootEnv, open_boot_env
+from overdrive.client.bootslot import CMDLINE, find_booted, read_text
+from overdrive.client.config import VehicleConfig
+from overdrive.client.download import (
     BundleCache,
     DownloadError,
     DownloadInterrupted,
     DownloadOptions,
     HashMismatch,
 )
-from client.errors import Refused, RepositoryUnreachable, ServerError
-from client.events import EventQueue, event_id, now_iso
-from client.identity import load_key
-from client.install import clear_progress, install_bundle
-from client.postboot import final_event
-from client.reboot import request_reboot
-from client.state import (
+from overdrive.client.errors import Refused, RepositoryUnreachable, ServerError
+from overdrive.client.events import EventQueue, event_id, now_iso
+from overdrive.client.identity import load_key
+from overdrive.client.install import clear_progress, install_bundle
+from overdrive.client.postboot import final_event
+from overdrive.client.reboot import request_reboot
+from overdrive.client.state import (
     DOWNLOADED,
     DOWNLOADING,
     IDLE,
@@ -44,7 +44,7 @@ from client.state import (
     StateStore,
     VehicleState,
 )
-from client.trust import Trust, check_assignment, check_target
+from overdrive.client.trust import Trust, check_assignment, check_target
 from overdrive.envelope import MANIFEST
 from overdrive.text import one_line
 from overdrive.tuf_layout import BundleInfo
@@ -398,8 +398,8 @@ class Vehicle:
     # ------------------------------------------------------------------ boot (simulated)
 
     def boot(self, *, crash: bool = False) -> str:
-        """The simulated bootloader + init (see :func:`client.boot.simulate_boot`)."""
-        from client.boot import simulate_boot
+        """The simulated bootloader + init (see :func:`overdrive.client.boot.simulate_boot`)."""
+        from overdrive.client.boot import simulate_boot
 
         return simulate_boot(self, crash=crash).message
 

@@ -21,25 +21,41 @@ from overdrive.errors import OverdriveError
 
 # command name -> (module, attribute, one-line help shown in `overdrive --help`)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
-    "keys": ("signing.cli", "keys", "Generate and rotate signing keys."),
+    "keys": ("overdrive.signing.cli", "keys", "Generate and rotate signing keys."),
     "repo": (
-        "signing.cli",
+        "overdrive.signing.cli",
         "repo",
         "Create, sign, publish, inspect and verify the TUF image repository.",
     ),
-    "release": ("signing.cli", "release", "Register a build as signed update bundles."),
+    "release": ("overdrive.signing.cli", "release", "Register a build as signed update bundles."),
     "bundle": ("overdrive.bundle.cli", "bundle", "Create, inspect and apply update bundles."),
     "demo": ("overdrive.demo", "demo", "Run the whole system end to end on the embedded defaults."),
-    "policy": ("rollout_policies.cli", "policy", "List, validate and show rollout policies."),
-    "server": ("server.cli", "server", "Run and administer the rollout server."),
+    "policy": (
+        "overdrive.rollout_policies.cli",
+        "policy",
+        "List, validate and show rollout policies.",
+    ),
+    "server": ("overdrive.server.cli", "server", "Run and administer the rollout server."),
     "simulate": (
-        "rollout_policies.simulate_cli",
+        "overdrive.rollout_policies.simulate_cli",
         "simulate",
         "Dry-run a rollout policy over a synthetic fleet.",
     ),
-    "vehicle": ("client.cli", "vehicle", "Run a vehicle: provision, update daemon, boot, status."),
-    "campaign": ("server.campaign_cli", "campaign", "Create and drive rollout campaigns."),
-    "fleet": ("server.fleet_cli", "fleet", "List and inspect the fleet's vehicles on a server."),
+    "vehicle": (
+        "overdrive.client.cli",
+        "vehicle",
+        "Run a vehicle: provision, update daemon, boot, status.",
+    ),
+    "campaign": (
+        "overdrive.server.campaign_cli",
+        "campaign",
+        "Create and drive rollout campaigns.",
+    ),
+    "fleet": (
+        "overdrive.server.fleet_cli",
+        "fleet",
+        "List and inspect the fleet's vehicles on a server.",
+    ),
 }
 
 

@@ -9,7 +9,7 @@ replays them over synthetic fleets. Imports only ``overdrive`` and (lazily, for 
 """
 
 from overdrive.maintenance import MaintenanceWindow, in_maintenance_window
-from rollout_policies.cohort import (
+from overdrive.rollout_policies.cohort import (
     BUCKETS,
     admission_order,
     admission_target,
@@ -17,8 +17,8 @@ from rollout_policies.cohort import (
     cutoff,
     in_cohort,
 )
-from rollout_policies.documents import load_policy, read_document
-from rollout_policies.engine import (
+from overdrive.rollout_policies.documents import load_policy, read_document
+from overdrive.rollout_policies.engine import (
     Decision,
     Gate,
     Kind,
@@ -27,14 +27,14 @@ from rollout_policies.engine import (
     decide,
     required_sample,
 )
-from rollout_policies.errors import (
+from overdrive.rollout_policies.errors import (
     InvalidPolicy,
     InvalidState,
     PolicyError,
     PolicyFileError,
     UnknownPreset,
 )
-from rollout_policies.groups import (
+from overdrive.rollout_policies.groups import (
     HARDWARE_ID,
     OVERALL,
     GroupCounts,
@@ -42,10 +42,10 @@ from rollout_policies.groups import (
     Judgement,
     judge,
 )
-from rollout_policies.model import Action, Policy, Stage
-from rollout_policies.parse import parse_policy
-from rollout_policies.presets import PRESETS, all_presets, preset
-from rollout_policies.units import Ratio, Share
+from overdrive.rollout_policies.model import Action, Policy, Stage
+from overdrive.rollout_policies.parse import parse_policy
+from overdrive.rollout_policies.presets import PRESETS, all_presets, preset
+from overdrive.rollout_policies.units import Ratio, Share
 
 __all__ = [
     "BUCKETS",

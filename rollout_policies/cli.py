@@ -1,6 +1,6 @@
 """``overdrive policy list|validate|show``: look at presets and check policy files.
 
-Errors are :class:`~rollout_policies.errors.PolicyError` s, which the root command prints as one
+Errors are :class:`~overdrive.rollout_policies.errors.PolicyError` s, which the root command prints as one
 ``error: …`` line with exit code 1.
 """
 
@@ -17,12 +17,12 @@ from typing import Any
 import click
 
 from overdrive.maintenance import DAYS
-from rollout_policies.cohort import admission_target
-from rollout_policies.documents import POLICY_SUFFIXES, load_policy
-from rollout_policies.errors import PolicyFileError, UnknownPreset
-from rollout_policies.model import Policy, Stage
-from rollout_policies.presets import PRESETS, all_presets, preset
-from rollout_policies.units import format_duration
+from overdrive.rollout_policies.cohort import admission_target
+from overdrive.rollout_policies.documents import POLICY_SUFFIXES, load_policy
+from overdrive.rollout_policies.errors import PolicyFileError, UnknownPreset
+from overdrive.rollout_policies.model import Policy, Stage
+from overdrive.rollout_policies.presets import PRESETS, all_presets, preset
+from overdrive.rollout_policies.units import format_duration
 
 
 @click.group()

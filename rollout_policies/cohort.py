@@ -26,8 +26,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-from rollout_policies.model import Stage
-from rollout_policies.units import PPM
+from overdrive.rollout_policies.model import Stage
+from overdrive.rollout_policies.units import PPM
 
 BUCKETS = 10_000
 _DOMAIN = b"overdrive-cohort-v1\0"

@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rollout_policies.errors import PolicyFileError
-from rollout_policies.model import Policy
-from rollout_policies.parse import parse_policy
+from overdrive.rollout_policies.errors import PolicyFileError
+from overdrive.rollout_policies.model import Policy
+from overdrive.rollout_policies.parse import parse_policy
 
 MAX_DOCUMENT_BYTES = 1 << 20
 YAML_SUFFIXES = (".yaml", ".yml")

@@ -12,7 +12,7 @@ Rules, in the order they are applied (``docs/policies.md`` explains them for ope
    the stage needs is ``min_finished`` (a count, or a percentage of the admitted vehicles, rounded
    up), but never more than the vehicles admitted so far, and at least one.
 3. Breach: every group (the campaign overall, each hardware id, each value of each cohort the
-   policy's ``judge`` names) is judged by a sequential test (:mod:`rollout_policies.groups`) at
+   policy's ``judge`` names) is judged by a sequential test (:mod:`overdrive.rollout_policies.groups`) at
    every evaluation, whatever the sample: a group whose failures are statistically clear is a
    breach at once. Then, once the sample is met, a failure rate (failures / finished) above the stage's
    ``max_failure_rate`` is a breach, judged at once even while the stage still soaks. So is a
@@ -35,11 +35,17 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from rollout_policies.cohort import admission_target, cutoff
-from rollout_policies.errors import InvalidState
-from rollout_policies.groups import OVERALL, GroupCounts, GroupVerdict, breach_reason, judge
-from rollout_policies.model import Policy, Stage
-from rollout_policies.units import PPM, format_duration, format_ppm, format_rate
+from overdrive.rollout_policies.cohort import admission_target, cutoff
+from overdrive.rollout_policies.errors import InvalidState
+from overdrive.rollout_policies.groups import (
+    OVERALL,
+    GroupCounts,
+    GroupVerdict,
+    breach_reason,
+    judge,
+)
+from overdrive.rollout_policies.model import Policy, Stage
+from overdrive.rollout_policies.units import PPM, format_duration, format_ppm, format_rate
 
 Kind = Literal["advance", "hold", "pause", "abort", "complete"]
 Gate = Literal["soak", "sample", "success", "admission", "unfinished", "approval"]

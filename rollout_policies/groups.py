@@ -30,8 +30,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from rollout_policies.errors import InvalidState
-from rollout_policies.units import PPM, Ratio, format_ppm, format_rate
+from overdrive.rollout_policies.errors import InvalidState
+from overdrive.rollout_policies.units import PPM, Ratio, format_ppm, format_rate
 
 HARDWARE_ID = "hardware_id"
 """The dimension every campaign is judged on."""

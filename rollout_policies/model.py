@@ -1,5 +1,5 @@
 """The policy model: a :class:`Policy` is ordered :class:`Stage` s plus optional maintenance
-windows and a deadline. Plain frozen dataclasses; :func:`rollout_policies.parse.parse_policy` is
+windows and a deadline. Plain frozen dataclasses; :func:`overdrive.rollout_policies.parse.parse_policy` is
 the validating constructor, and ``to_dict()`` writes the normalised document back (every default
 filled in), which ``parse_policy`` reads again to an equal policy. The server stores that dict.
 """
@@ -11,8 +11,8 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from overdrive.maintenance import MaintenanceWindow
-from rollout_policies.groups import DEFAULT_JUDGEMENT, Judgement
-from rollout_policies.units import PPM, Ratio, Share, format_duration
+from overdrive.rollout_policies.groups import DEFAULT_JUDGEMENT, Judgement
+from overdrive.rollout_policies.units import PPM, Ratio, Share, format_duration
 
 Action = Literal["pause", "abort"]
 """What happens when a stage is breached or the deadline passes."""

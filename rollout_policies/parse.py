@@ -17,9 +17,9 @@ from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
 from overdrive.maintenance import DAYS, MINUTES_PER_DAY, MaintenanceWindow
-from rollout_policies.errors import InvalidPolicy
-from rollout_policies.groups import Judgement
-from rollout_policies.model import (
+from overdrive.rollout_policies.errors import InvalidPolicy
+from overdrive.rollout_policies.groups import Judgement
+from overdrive.rollout_policies.model import (
     ACTIONS,
     DEFAULT_MAX_FAILURE_RATE,
     DEFAULT_MIN_FINISHED,
@@ -27,7 +27,7 @@ from rollout_policies.model import (
     Policy,
     Stage,
 )
-from rollout_policies.units import (
+from overdrive.rollout_policies.units import (
     PPM,
     Ratio,
     Share,

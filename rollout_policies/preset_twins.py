@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rollout_policies.documents import decode_yaml
-from rollout_policies.presets import PRESETS, preset_file
+from overdrive.rollout_policies.documents import decode_yaml
+from overdrive.rollout_policies.presets import PRESETS, preset_file
 
 
 def json_twin(name: str) -> str:

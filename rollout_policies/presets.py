@@ -14,10 +14,10 @@ import difflib
 from importlib import resources
 from importlib.resources.abc import Traversable
 
-from rollout_policies.documents import decode_json, decode_yaml, yaml_available
-from rollout_policies.errors import UnknownPreset
-from rollout_policies.model import Policy
-from rollout_policies.parse import parse_policy
+from overdrive.rollout_policies.documents import decode_json, decode_yaml, yaml_available
+from overdrive.rollout_policies.errors import UnknownPreset
+from overdrive.rollout_policies.model import Policy
+from overdrive.rollout_policies.parse import parse_policy
 
 PRESETS = ("canary", "linear", "exponential", "immediate", "manual")
 """Preset names, in the order ``overdrive policy list`` shows them."""
@@ -44,4 +44,4 @@ def all_presets() -> dict[str, Policy]:
 
 def preset_file(name: str, suffix: str) -> Traversable:
     """The packaged ``presets/NAME.SUFFIX`` (``yaml`` or ``json``)."""
-    return resources.files("rollout_policies").joinpath("presets", f"{name}.{suffix}")
+    return resources.files("overdrive.rollout_policies").joinpath("presets", f"{name}.{suffix}")

@@ -6,8 +6,8 @@ vehicles that poll, install and report the way the client does (``client/vehicle
 - **The campaign** covers the whole synthetic fleet (every hardware id in one campaign, as the
   server's one-campaign-many-releases model does). Starting it admits the first stage; admission
   is the exact variant: vehicles ordered by ``(bucket, vehicle_id)``, the first
-  :func:`~rollout_policies.cohort.admission_target` of them admitted.
-- **The evaluator** ticks every ``tick`` seconds and applies :func:`~rollout_policies.engine.decide`:
+  :func:`~overdrive.rollout_policies.cohort.admission_target` of them admitted.
+- **The evaluator** ticks every ``tick`` seconds and applies :func:`~overdrive.rollout_policies.engine.decide`:
   *advance* admits the next stage, *pause* and *abort* stop handing out assignments (vehicles
   already installing finish and report), *complete* ends the campaign, *hold* waits.
 - **A vehicle** polls every ``poll_interval`` from a random phase, so it learns of its admission
@@ -36,10 +36,10 @@ from datetime import datetime, timedelta
 from fractions import Fraction
 
 from overdrive.maintenance import MaintenanceWindow
-from rollout_policies.cohort import admission_target, bucket
-from rollout_policies.engine import Decision, StageState, decide
-from rollout_policies.groups import HARDWARE_ID, GroupCounts
-from rollout_policies.simulate_model import (
+from overdrive.rollout_policies.cohort import admission_target, bucket
+from overdrive.rollout_policies.engine import Decision, StageState, decide
+from overdrive.rollout_policies.groups import HARDWARE_ID, GroupCounts
+from overdrive.rollout_policies.simulate_model import (
     DAY,
     INF,
     STATES,

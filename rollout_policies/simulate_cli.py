@@ -1,8 +1,8 @@
 """``overdrive simulate``: dry-run a rollout policy over a synthetic fleet before it touches a car.
 
-The command reads its options (:mod:`rollout_policies.simulate_parse`), runs the pure simulation
-(:mod:`rollout_policies.simulate`), and prints the report (:mod:`rollout_policies.simulate_report`)
-or JSON, optionally drawing a plot (:mod:`rollout_policies.simulate_plot`, needs matplotlib).
+The command reads its options (:mod:`overdrive.rollout_policies.simulate_parse`), runs the pure simulation
+(:mod:`overdrive.rollout_policies.simulate`), and prints the report (:mod:`overdrive.rollout_policies.simulate_report`)
+or JSON, optionally drawing a plot (:mod:`overdrive.rollout_policies.simulate_plot`, needs matplotlib).
 Options are taken as text and parsed here so every mistake is one ``error:`` line (exit 1), the
 same as the other ``overdrive`` commands, instead of click's multi-line usage errors.
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import click
 
-from rollout_policies.cli import resolve
-from rollout_policies.simulate import SimulationConfig, SimulationError
-from rollout_policies.simulate import simulate as run
-from rollout_policies.simulate_parse import (
+from overdrive.rollout_policies.cli import resolve
+from overdrive.rollout_policies.simulate import SimulationConfig, SimulationError
+from overdrive.rollout_policies.simulate import simulate as run
+from overdrive.rollout_policies.simulate_parse import (
     parse_count,
     parse_fleets,
     parse_optional_seconds,
@@ -29,8 +29,8 @@ from rollout_policies.simulate_parse import (
     parse_spread,
     parse_start,
 )
-from rollout_policies.simulate_plot import check_plot_target, plot
-from rollout_policies.simulate_report import render
+from overdrive.rollout_policies.simulate_plot import check_plot_target, plot
+from overdrive.rollout_policies.simulate_report import render
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -14,7 +14,7 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from overdrive.errors import UsageError
-from rollout_policies.model import Policy
+from overdrive.rollout_policies.model import Policy
 
 MiB = 1 << 20
 DAY = 86_400

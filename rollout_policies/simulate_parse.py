@@ -1,7 +1,7 @@
 """Read the values of ``overdrive simulate``'s options: fleet mixes, rates, durations, sizes.
 
 Each parser takes the option's text and its name, and returns the value or raises
-:class:`~rollout_policies.simulate.SimulationError` with one line naming the option, what it
+:class:`~overdrive.rollout_policies.simulate.SimulationError` with one line naming the option, what it
 expects and what it got, e.g. ``--fleet: fractions must sum to 1, they sum to 0.9``. The
 options are read here rather than by click's types so every mistake is one ``error:`` line.
 """
@@ -13,8 +13,8 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
-from rollout_policies.simulate import SimulationError, Spread
-from rollout_policies.units import parse_duration
+from overdrive.rollout_policies.simulate import SimulationError, Spread
+from overdrive.rollout_policies.units import parse_duration
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]*)$", re.IGNORECASE)
 _SIZE_UNITS = {

@@ -10,7 +10,12 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from rollout_policies.simulate import STATES, SimulationError, SimulationResult, format_seconds
+from overdrive.rollout_policies.simulate import (
+    STATES,
+    SimulationError,
+    SimulationResult,
+    format_seconds,
+)
 
 PLOT_SUFFIXES = (".png", ".svg")
 MATPLOTLIB_HINT = "pip install matplotlib, or pip install 'overdrive[simulate]'"

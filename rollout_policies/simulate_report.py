@@ -1,6 +1,6 @@
 """The text report of ``overdrive simulate``: assumptions, stage timeline and figures.
 
-Pure formatting (a :class:`~rollout_policies.simulate.SimulationResult` in, lines of text out), so
+Pure formatting (a :class:`~overdrive.rollout_policies.simulate.SimulationResult` in, lines of text out), so
 the report can be tested and reused without a terminal. Times are simulated time since the
 campaign started (``1d16h40m``); counts carry thousands separators.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rollout_policies.simulate import SimulationConfig, SimulationResult, Spread
-from rollout_policies.simulate import format_seconds as seconds
-from rollout_policies.units import format_duration
+from overdrive.rollout_policies.simulate import SimulationConfig, SimulationResult, Spread
+from overdrive.rollout_policies.simulate import format_seconds as seconds
+from overdrive.rollout_policies.units import format_duration
 
 _BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 

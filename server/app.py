@@ -12,11 +12,11 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from server.config import ServerConfig
-from server.context import EXTENSION, ReleaseCache, ServerContext
-from server.db import DirectConnections, make_engine, make_sessionmaker
-from server.director import Director
-from server.errors import (
+from overdrive.server.config import ServerConfig
+from overdrive.server.context import EXTENSION, ReleaseCache, ServerContext
+from overdrive.server.db import DirectConnections, make_engine, make_sessionmaker
+from overdrive.server.director import Director
+from overdrive.server.errors import (
     DATA_ERRORS,
     RETRY_AFTER,
     ApiError,
@@ -25,7 +25,13 @@ from server.errors import (
     error_body,
     from_database_error,
 )
-from server.metrics import ENDPOINT_KEY, DatabaseSummary, Metrics, RequestMetrics, database_summary
+from overdrive.server.metrics import (
+    ENDPOINT_KEY,
+    DatabaseSummary,
+    Metrics,
+    RequestMetrics,
+    database_summary,
+)
 
 log = logging.getLogger("overdrive.server")
 
@@ -63,8 +69,8 @@ def create_app(
     )
     app.extensions[EXTENSION] = ctx
 
-    from server.api import admin, campaigns, meta, vehicles
-    from server.dashboard import bp as dashboard
+    from overdrive.server.api import admin, campaigns, meta, vehicles
+    from overdrive.server.dashboard import bp as dashboard
 
     for blueprint in (vehicles.bp, campaigns.bp, admin.bp, meta.bp, dashboard):
         app.register_blueprint(blueprint)
@@ -81,7 +87,7 @@ def create_app(
         if "\x00" in request.path or any("\x00" in v for v in request.args.values()):
             raise BadRequest("NUL character in the URL")
 
-    from server.fastpath import PollFastPath
+    from overdrive.server.fastpath import PollFastPath
 
     app.wsgi_app = RequestMetrics(  # type: ignore[method-assign]
         PollFastPath(app.wsgi_app, ctx), ctx.metrics
@@ -144,7 +150,7 @@ def _register_error_handlers(app: Flask) -> None:
 
 def _start_ticker(ctx: ServerContext) -> None:
     """Run the campaign evaluator every ``tick_interval`` seconds in this process."""
-    from server.campaigns import tick
+    from overdrive.server.campaigns import tick
 
     stop = threading.Event()
 

@@ -8,7 +8,7 @@ from typing import Any
 from flask import g, has_request_context
 from sqlalchemy.orm import Session
 
-from server.models import AuditEntry
+from overdrive.server.models import AuditEntry
 
 
 def record(
@@ -29,7 +29,7 @@ def record(
 
 
 def entry_dict(entry: AuditEntry) -> dict[str, Any]:
-    from server.vehicles import iso
+    from overdrive.server.vehicles import iso
 
     return {
         "id": entry.id,

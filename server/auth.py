@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 from flask import g, request
 from sqlalchemy import select
 
-from server.context import context
-from server.errors import Forbidden, Unauthorized
-from server.models import ApiToken
+from overdrive.server.context import context
+from overdrive.server.errors import Forbidden, Unauthorized
+from overdrive.server.models import ApiToken
 
 ROLES = ("viewer", "operator", "admin")
 F = TypeVar("F", bound=Callable[..., Any])

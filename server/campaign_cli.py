@@ -128,7 +128,7 @@ def create(
 
 def load_policy_file(path: Path) -> Any:
     """Read a policy file exactly as ``overdrive policy validate`` does (the server validates it)."""
-    from rollout_policies import read_document
+    from overdrive.rollout_policies import read_document
 
     return read_document(path)
 

@@ -13,12 +13,12 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-import rollout_policies as rp
-from rollout_policies.units import format_duration
-from server.campaigns import aware, counts, policy_of, utcnow
-from server.errors import BadRequest
-from server.evaluator import group_counts, stage_state
-from server.models import (
+import overdrive.rollout_policies as rp
+from overdrive.rollout_policies.units import format_duration
+from overdrive.server.campaigns import aware, counts, policy_of, utcnow
+from overdrive.server.errors import BadRequest
+from overdrive.server.evaluator import group_counts, stage_state
+from overdrive.server.models import (
     RUNNING,
     AuditEntry,
     Campaign,
@@ -29,7 +29,7 @@ from server.models import (
     Membership,
     Vehicle,
 )
-from server.vehicles import iso
+from overdrive.server.vehicles import iso
 
 MEMBER_STATUSES = (
     "pending",
@@ -210,7 +210,7 @@ def _filtered(query: _Members, filters: dict[str, str]) -> _Members:
         query = query.where(Membership.admitted.is_(filters["admitted"] == "true"))
     dimension, value = filters.get("dimension"), filters.get("value")
     if dimension and value is not None and dimension != rp.OVERALL:
-        from server.evaluator import NONE_VALUE, dimension_column
+        from overdrive.server.evaluator import NONE_VALUE, dimension_column
 
         selected = dimension_column(dimension)
         query = query.where(selected.is_(None) if value == NONE_VALUE else selected == value)
@@ -243,7 +243,7 @@ def _last_events(
 
 def history(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
     """Every action on the campaign, oldest first: who (an operator, or ``policy``) and why."""
-    from server.audit import entry_dict
+    from overdrive.server.audit import entry_dict
 
     entries = session.scalars(
         select(AuditEntry)

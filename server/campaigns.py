@@ -17,13 +17,12 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-import rollout_policies as rp
+import overdrive.rollout_policies as rp
 from overdrive.errors import OverdriveError
-from overdrive.text import one_line, text_problem
-from server.audit import record
-from server.context import ServerContext
-from server.errors import BadRequest, Conflict, NotFoundError
-from server.models import (
+from overdrive.server.audit import record
+from overdrive.server.context import ServerContext
+from overdrive.server.errors import BadRequest, Conflict, NotFoundError
+from overdrive.server.models import (
     ABORTED,
     ACTIVE_STATES,
     DRAFT,
@@ -35,6 +34,7 @@ from server.models import (
     Membership,
     Vehicle,
 )
+from overdrive.text import one_line, text_problem
 
 SUCCEEDED = ("committed",)
 FAILED = ("failed", "rolled_back")
@@ -460,8 +460,8 @@ def counts(session: Session, campaign_id: str) -> dict[str, int]:
 
 
 def tick(ctx: ServerContext, now: datetime | None = None) -> dict[str, str]:
-    """Evaluate every running campaign (:func:`server.evaluator.tick`)."""
-    from server.evaluator import tick as evaluate_all
+    """Evaluate every running campaign (:func:`overdrive.server.evaluator.tick`)."""
+    from overdrive.server.evaluator import tick as evaluate_all
 
     return evaluate_all(ctx, now)
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
+from overdrive.server.config import ServerConfig, state_dir_from
 from overdrive.text import one_line
-from server.config import ServerConfig, state_dir_from
 
 db_option = click.option(
     "--db",
@@ -109,7 +109,7 @@ def run(
     tick_interval: int,
 ) -> None:
     """Serve the operator and vehicle APIs (migrating the database first)."""
-    from server.migrate import upgrade
+    from overdrive.server.migrate import upgrade
 
     config = ServerConfig(
         db_url=db_url,
@@ -122,14 +122,14 @@ def run(
         tick_interval=tick_interval,
         durable_polls=durable_polls,
     )
-    from server.db import check_creatable
+    from overdrive.server.db import check_creatable
 
     check_creatable(db_url)
     upgrade(db_url)
     if workers == 1:
         from werkzeug.serving import run_simple
 
-        from server.app import create_app
+        from overdrive.server.app import create_app
 
         # One process counts everything itself: no shared metrics directory (see server.metrics).
         os.environ.pop(MULTIPROC_ENV, None)
@@ -182,7 +182,7 @@ def serve_gunicorn(
                 self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
-            from server.app import create_app
+            from overdrive.server.app import create_app
 
             return create_app(ServerConfig.from_env())
 
@@ -204,8 +204,8 @@ def _worker_exited(_server: Any, worker: Any) -> None:
 @db_option
 def migrate(db_url: str) -> None:
     """Create or upgrade the database schema (Alembic; safe to run again)."""
-    from server.db import check_creatable, reported
-    from server.migrate import upgrade
+    from overdrive.server.db import check_creatable, reported
+    from overdrive.server.migrate import upgrade
 
     check_creatable(db_url)
     with reported(db_url):
@@ -217,10 +217,10 @@ def _context(db_url: str, storage_url: str | None = None) -> Any:
     """The server context for an administrative command. The database must exist and have
     been migrated (``server migrate`` or ``server run``): a wrong ``--db`` is refused rather
     than created, so that a token is never minted in a database no server reads."""
-    from server.app import create_app
-    from server.context import EXTENSION
-    from server.db import reported, require_migrated
-    from server.migrate import upgrade
+    from overdrive.server.app import create_app
+    from overdrive.server.context import EXTENSION
+    from overdrive.server.db import reported, require_migrated
+    from overdrive.server.migrate import upgrade
 
     require_migrated(db_url)
     with reported(db_url):
@@ -242,7 +242,7 @@ def _context(db_url: str, storage_url: str | None = None) -> Any:
 @click.option("--storage", "storage_url", envvar="OVERDRIVE_STORAGE")
 def tick_command(db_url: str, storage_url: str | None) -> None:
     """Evaluate every running campaign once (for cron, when the in-process timer is off)."""
-    from server.campaigns import tick
+    from overdrive.server.campaigns import tick
 
     decisions = tick(_context(db_url, storage_url))
     if not decisions:
@@ -263,7 +263,7 @@ def token() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def token_create(db_url: str, role: str, name: str | None, as_json: bool) -> None:
     """Create an API token and print its secret (shown only this once)."""
-    from server.tokens import create_api_token
+    from overdrive.server.tokens import create_api_token
 
     ctx = _context(db_url)
     with ctx.transaction() as session:
@@ -297,7 +297,7 @@ def enroll_token() -> None:
 def enroll_create(db_url: str, expires: str | None, uses: int, as_json: bool) -> None:
     """Create an enrollment token and print its secret (shown only this once)."""
     from overdrive.durations import parse_duration
-    from server.tokens import create_enroll_token, enroll_token_dict
+    from overdrive.server.tokens import create_enroll_token, enroll_token_dict
 
     period = parse_duration(expires) if expires else None
     ctx = _context(db_url)
@@ -338,7 +338,7 @@ def _print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], as_json: b
 @click.option("--json", "as_json", is_flag=True)
 def token_list(db_url: str, as_json: bool) -> None:
     """List API tokens (never their secrets: only hashes are stored)."""
-    from server.tokens import list_api_tokens, token_dict
+    from overdrive.server.tokens import list_api_tokens, token_dict
 
     with _context(db_url).session() as session:
         rows = [token_dict(t) for t in list_api_tokens(session)]
@@ -350,7 +350,7 @@ def token_list(db_url: str, as_json: bool) -> None:
 @db_option
 def token_revoke(token_id: int, db_url: str) -> None:
     """Revoke an API token now (and the dashboard sessions signed in with it)."""
-    from server.tokens import revoke_api_token
+    from overdrive.server.tokens import revoke_api_token
 
     with _context(db_url).transaction() as session:
         revoked = revoke_api_token(session, token_id)
@@ -362,7 +362,7 @@ def token_revoke(token_id: int, db_url: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def enroll_list(db_url: str, as_json: bool) -> None:
     """List enrollment tokens: uses left, expiry, which vehicle used one last."""
-    from server.tokens import enroll_token_dict, list_enroll_tokens
+    from overdrive.server.tokens import enroll_token_dict, list_enroll_tokens
 
     with _context(db_url).session() as session:
         rows = [enroll_token_dict(t) for t in list_enroll_tokens(session)]
@@ -374,7 +374,7 @@ def enroll_list(db_url: str, as_json: bool) -> None:
 @db_option
 def enroll_revoke(token_id: int, db_url: str) -> None:
     """Use up an enrollment token now: no more vehicles can register with it."""
-    from server.tokens import revoke_enroll_token
+    from overdrive.server.tokens import revoke_enroll_token
 
     with _context(db_url).transaction() as session:
         revoked = revoke_enroll_token(session, token_id)

@@ -21,13 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from overdrive.errors import OverdriveError
 from overdrive.releases import ReleaseIndex
 from overdrive.repository_view import RepositoryUnreachable, RepositoryUnverified, verified_targets
+from overdrive.server.config import ServerConfig
+from overdrive.server.db import DirectConnections
+from overdrive.server.director import Director
+from overdrive.server.errors import DATA_ERRORS, Unavailable, from_database_error
+from overdrive.server.metrics import Metrics
 from overdrive.storage import NotFound, Storage, open_storage
 from overdrive.text import one_line
-from server.config import ServerConfig
-from server.db import DirectConnections
-from server.director import Director
-from server.errors import DATA_ERRORS, Unavailable, from_database_error
-from server.metrics import Metrics
 
 EXTENSION = "overdrive"
 log = logging.getLogger("overdrive.server")
@@ -247,7 +247,7 @@ class ServerContext:
         """A unit of work that commits at the end of the block, or rolls back on error.
 
         A unique violation or a value the database cannot hold (two requests racing for the
-        same rows, say) becomes the API's 409 or 400 here (:func:`server.errors.from_database_error`),
+        same rows, say) becomes the API's 409 or 400 here (:func:`overdrive.server.errors.from_database_error`),
         so the API and the dashboard both answer it as a one-line error, not a 500.
         """
         try:

@@ -4,13 +4,13 @@ Each evaluation reads the campaign's counts from the database, overall and per *
 hardware id of its releases, and each value of every cohort dimension its policy's ``judge``
 names: ``model``, ``region``, ``installed_version`` or a vehicle attribute), with one
 ``GROUP BY`` query per dimension, so the work is O(groups), never O(vehicles). The same pure
-:func:`rollout_policies.decide` then runs as in ``overdrive simulate``.
+:func:`overdrive.rollout_policies.decide` then runs as in ``overdrive simulate``.
 
 What the evaluator leaves behind, so operators can see why:
 
 - ``Campaign.decision``: the last decision (what the campaign waits for and until when, and
   every judged group with its counts and the threshold it is held against);
-- a :class:`~server.models.CampaignSample` whenever the counts changed (the timeline chart);
+- a :class:`~overdrive.server.models.CampaignSample` whenever the counts changed (the timeline chart);
 - an audit entry by ``policy`` for every automatic transition, with the engine's reason.
 
 A release withdrawn from the image repository (``overdrive release yank``) pauses every running
@@ -25,9 +25,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.orm import Session
 
-import rollout_policies as rp
-from server.audit import record
-from server.campaigns import (
+import overdrive.rollout_policies as rp
+from overdrive.server.audit import record
+from overdrive.server.campaigns import (
     FAILED,
     SUCCEEDED,
     admit,
@@ -39,9 +39,9 @@ from server.campaigns import (
     transition,
     utcnow,
 )
-from server.context import ServerContext
-from server.errors import Conflict
-from server.models import (
+from overdrive.server.context import ServerContext
+from overdrive.server.errors import Conflict
+from overdrive.server.models import (
     ABORTED,
     COMPLETED,
     PAUSED,

@@ -4,11 +4,11 @@ A million vehicles polling every 15 minutes is ~1,100 polls/s, and most of them 
 do; Flask's per-request machinery (request and app contexts, routing, the session, the response
 object) then costs about as much as the poll's own work. :class:`PollFastPath` is a WSGI
 middleware that answers a *well-formed* poll (``POST /api/v1/vehicles/<id>/poll`` with a JSON
-object of an acceptable size) directly with :func:`server.poll.poll`, and hands every other
+object of an acceptable size) directly with :func:`overdrive.server.poll.poll`, and hands every other
 request, and every poll it would have to judge (a malformed or oversize body, an odd content
 type, a NUL or a lone surrogate anywhere), to the Flask app unchanged, so errors keep exactly one
 implementation.
-Answers, errors (:func:`server.errors.error_body`) and metrics are the same as the Flask route's.
+Answers, errors (:func:`overdrive.server.errors.error_body`) and metrics are the same as the Flask route's.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import psycopg
 from sqlalchemy.exc import OperationalError
 from werkzeug.http import HTTP_STATUS_CODES
 
-from server.context import ServerContext
-from server.errors import (
+from overdrive.server.context import ServerContext
+from overdrive.server.errors import (
     DATA_ERRORS,
     RETRY_AFTER,
     ApiError,
@@ -32,8 +32,8 @@ from server.errors import (
     error_body,
     from_database_error,
 )
-from server.poll import poll, record_poll
-from server.validation import may_hold_nul, may_hold_surrogate
+from overdrive.server.poll import poll, record_poll
+from overdrive.server.validation import may_hold_nul, may_hold_surrogate
 
 log = logging.getLogger("overdrive.server")
 

@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from server.errors import BadRequest, NotFoundError
-from server.models import Event, InstalledImage, Membership, Vehicle
-from server.vehicles import iso
+from overdrive.server.errors import BadRequest, NotFoundError
+from overdrive.server.models import Event, InstalledImage, Membership, Vehicle
+from overdrive.server.vehicles import iso
 
 FILTERS = ("hardware_id", "version", "model", "region", "campaign", "campaign_status", "search")
 """Query parameters of ``GET /vehicles`` besides ``attr.NAME``, ``sort``, ``limit``, ``offset``."""

@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
+from overdrive.server.campaign_cli import call, json_option, server_option, table, token_option
 from overdrive.text import one_line
-from server.campaign_cli import call, json_option, server_option, table, token_option
 
 
 @click.group()

@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from server.models import (
+from overdrive.server.models import (
     ABORTED,
     ACTIVE_STATES,
     COMPLETED,
@@ -189,7 +189,7 @@ class DatabaseCollector(Collector):
             "admitted yet",
             labels=["status", "admitted"],
         )
-        from server.vehicles import EVENT_TYPES  # not at import: it needs the context
+        from overdrive.server.vehicles import EVENT_TYPES  # not at import: it needs the context
 
         # Every status a membership can have (pending, then what its vehicle last reported).
         counts = {(status, True): 0 for status in ("pending", *EVENT_TYPES)}

@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, inspect
 
-from server.db import make_engine, normalise_url
+from overdrive.server.db import make_engine, normalise_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from server.db import Base
+from overdrive.server.db import Base
 
 # Campaign states (see server/campaigns.py for the transitions).
 DRAFT, RUNNING, PAUSED, COMPLETED, ABORTED = "draft", "running", "paused", "completed", "aborted"

@@ -3,8 +3,8 @@
 Every route of the app except the dashboard's (its pages, and the JSON they refresh with, are
 for signed-in browsers, not an API) is described here; a test walks ``app.url_map`` and fails
 for a route missing from the document, or an operation that is no route. Each operation has
-its parameters with their bounds (:mod:`server.openapi_parameters`), its request body, the
-2xx answer's schema (:mod:`server.openapi_schemas`) and each error it really answers, all as
+its parameters with their bounds (:mod:`overdrive.server.openapi_parameters`), its request body, the
+2xx answer's schema (:mod:`overdrive.server.openapi_schemas`) and each error it really answers, all as
 ``Error``. The fuzzers (``tests/fuzz``) check every answer against
 it, and a typed Python client is generated from it (``tests/server/test_openapi_client.py``).
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from overdrive import __version__
-from server.openapi_parameters import (
+from overdrive.server.openapi_parameters import (
     AUDIT_FILTERS,
     CAMPAIGN_STATE,
     CAMPAIGN_VEHICLE_FILTERS,
@@ -24,7 +24,7 @@ from server.openapi_parameters import (
     PATH_PARAMETERS,
     VEHICLE_FILTERS,
 )
-from server.openapi_schemas import SCHEMAS, Schema, ref
+from overdrive.server.openapi_schemas import SCHEMAS, Schema, ref
 
 API = "/api/v1"
 _JSON = "application/json"

@@ -1,14 +1,14 @@
-"""The parameters of the OpenAPI document (:mod:`server.openapi`): paging, the filters of the
+"""The parameters of the OpenAPI document (:mod:`overdrive.server.openapi`): paging, the filters of the
 list endpoints and the path ids, each with the bounds the server checks
 (``server.validation.paging``, ``server.fleet.parse_filters``, ``server.campaign_view``,
 ``server.api.admin.audit``)."""
 
 from __future__ import annotations
 
-from server.campaign_view import MEMBER_STATUSES
-from server.fleet import MAX_FILTER, MEMBERSHIP_STATUSES, SORTS
-from server.openapi_schemas import CAMPAIGN_STATES, IDENTIFIER, Schema
-from server.validation import MAX_INT32
+from overdrive.server.campaign_view import MEMBER_STATUSES
+from overdrive.server.fleet import MAX_FILTER, MEMBERSHIP_STATUSES, SORTS
+from overdrive.server.openapi_schemas import CAMPAIGN_STATES, IDENTIFIER, Schema
+from overdrive.server.validation import MAX_INT32
 
 
 def query(name: str, schema: Schema, description: str) -> Schema:

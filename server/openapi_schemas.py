@@ -1,4 +1,4 @@
-"""The component schemas of the OpenAPI document (:mod:`server.openapi`): every request and
+"""The component schemas of the OpenAPI document (:mod:`overdrive.server.openapi`): every request and
 response body of ``/api/v1`` and the meta endpoints, written from the code that builds them
 (``server.campaign_view``, ``server.fleet``, ``server.tokens``, ``server.poll``,
 ``server.vehicles``, ``server.api``), so that a typed client can be generated from them and the
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.validation import ID_PATTERN, MAX_INT32
-from server.vehicles import (
+from overdrive.server.validation import ID_PATTERN, MAX_INT32
+from overdrive.server.vehicles import (
     EVENT_TYPES,
     MAX_ATTRIBUTE_NAME,
     MAX_ATTRIBUTE_TEXT,

@@ -34,12 +34,19 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from overdrive.envelope import MANIFEST
 from overdrive.errors import OverdriveError
-from server.context import ServerContext
-from server.db import DirectConnections
-from server.errors import BadRequest, Conflict
-from server.models import RUNNING, Campaign, CampaignRelease, InstalledImage, Membership, Vehicle
-from server.validation import MAX_INT32, field
-from server.vehicles import (
+from overdrive.server.context import ServerContext
+from overdrive.server.db import DirectConnections
+from overdrive.server.errors import BadRequest, Conflict
+from overdrive.server.models import (
+    RUNNING,
+    Campaign,
+    CampaignRelease,
+    InstalledImage,
+    Membership,
+    Vehicle,
+)
+from overdrive.server.validation import MAX_INT32, field
+from overdrive.server.vehicles import (
     FINAL,
     iso,
     parse_images,

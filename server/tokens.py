@@ -8,11 +8,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.audit import record
-from server.auth import ROLES, hash_secret, new_secret, now
-from server.errors import BadRequest, NotFoundError
-from server.models import ApiToken, EnrollToken
-from server.validation import identifier
+from overdrive.server.audit import record
+from overdrive.server.auth import ROLES, hash_secret, new_secret, now
+from overdrive.server.errors import BadRequest, NotFoundError
+from overdrive.server.models import ApiToken, EnrollToken
+from overdrive.server.validation import identifier
 
 
 def create_api_token(session: Session, name: str, role: str) -> tuple[ApiToken, str]:
@@ -42,7 +42,7 @@ def list_api_tokens(session: Session) -> list[ApiToken]:
 
 
 def token_dict(token: ApiToken) -> dict[str, Any]:
-    from server.vehicles import iso
+    from overdrive.server.vehicles import iso
 
     return {
         "id": token.id,
@@ -82,7 +82,7 @@ def list_enroll_tokens(session: Session) -> list[EnrollToken]:
 
 def enroll_token_dict(token: EnrollToken) -> dict[str, Any]:
     """An enrollment token as operators see it (never its secret: only the hash is stored)."""
-    from server.vehicles import aware, iso
+    from overdrive.server.vehicles import aware, iso
 
     expired = token.expires_at is not None and aware(token.expires_at) <= now()
     return {

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 from flask import request
 
+from overdrive.server.errors import BadRequest
 from overdrive.text import text_problem
-from server.errors import BadRequest
 
 T = TypeVar("T")
 #: Integers the database stores in 32 bits; anything larger is refused before a query.

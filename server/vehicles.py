@@ -1,5 +1,5 @@
 """The vehicle side of the API: registration, message authentication and signed event reports
-(polls are in :mod:`server.poll`).
+(polls are in :mod:`overdrive.server.poll`).
 
 A vehicle proves every message with the ed25519 key it registered. A manifest carries a counter
 that must grow and a timestamp close to ours, so a replayed poll is refused; events carry their own
@@ -29,18 +29,26 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from overdrive.envelope import EVENTS, EnvelopeError, verify_envelope
-from overdrive.text import text_problem
-from server.auth import hash_secret
-from server.context import ServerContext
-from server.errors import BadRequest, Conflict, Unauthorized
-from server.models import (
+from overdrive.server.auth import hash_secret
+from overdrive.server.context import ServerContext
+from overdrive.server.errors import BadRequest, Conflict, Unauthorized
+from overdrive.server.models import (
     EnrollToken,
     Event,
     InstalledImage,
     Membership,
     Vehicle,
 )
-from server.validation import ID_PATTERN, MAX_INT32, bounded_json, field, identifier, shown, text
+from overdrive.server.validation import (
+    ID_PATTERN,
+    MAX_INT32,
+    bounded_json,
+    field,
+    identifier,
+    shown,
+    text,
+)
+from overdrive.text import text_problem
 
 EVENT_TYPES = (
     "assigned",

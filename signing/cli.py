@@ -2,7 +2,7 @@
 
 Options that name the repository and the key directory also read ``OVERDRIVE_STORAGE`` and
 ``OVERDRIVE_KEYS``, so a shell (or CI job) can set them once. Commands that sign take the
-passphrase options of :func:`passphrase_options` (lookup order: :mod:`signing.keys`).
+passphrase options of :func:`passphrase_options` (lookup order: :mod:`overdrive.signing.keys`).
 
 A change that needs several people's signatures (key rotation, threshold change, release add,
 release yank, director keys) is published when the keys at hand meet every threshold, and
@@ -25,10 +25,8 @@ from tuf.api.metadata import Metadata, Root
 from overdrive.bundle.cli import parse_size
 from overdrive.durations import parse_duration
 from overdrive.releases import withdrawal_reason
-from overdrive.storage import Storage, open_storage
-from overdrive.tuf_layout import BundleInfo, LayoutError, Yank
-from signing.errors import KeyError_, RepositoryError
-from signing.keys import (
+from overdrive.signing.errors import KeyError_, RepositoryError
+from overdrive.signing.keys import (
     INSECURE_PERMISSIONS_ENV,
     KEY_TYPES,
     PASSPHRASE_DIR_ENV,
@@ -37,8 +35,10 @@ from signing.keys import (
     check_new_key,
     generate_key,
 )
-from signing.release import BuildOptions, ReleaseResult, add_release
-from signing.repository import ImageRepository, Outcome, now, parse_expiry, wipe
+from overdrive.signing.release import BuildOptions, ReleaseResult, add_release
+from overdrive.signing.repository import ImageRepository, Outcome, now, parse_expiry, wipe
+from overdrive.storage import Storage, open_storage
+from overdrive.tuf_layout import BundleInfo, LayoutError, Yank
 
 storage_option = click.option(
     "--storage",
@@ -592,7 +592,7 @@ def human(size: int) -> str:
 )
 def repo_verify(storage_url: str, root_file: Path) -> None:
     """Verify the published repository exactly as a vehicle would, downloading every target."""
-    from signing.verify import VerificationFailed, verify_repository
+    from overdrive.signing.verify import VerificationFailed, verify_repository
 
     try:
         trusted = root_file.read_bytes()
@@ -706,7 +706,7 @@ def repo_set_director_keys(
     passphrases: PassphraseSources,
 ) -> None:
     """Publish the director's public keys (KEY.pub …) as the TUF target director/keys.json."""
-    from signing.director_keys import set_director_keys
+    from overdrive.signing.director_keys import set_director_keys
 
     repo_ = load_repo(storage_url, keys_dir, passphrases)
     keyids, outcome = set_director_keys(repo_, list(public_keys), stage_only=stage_only)
@@ -853,7 +853,7 @@ def release_yank(
 
     Staged instead of published when the targets keys at hand are short of the threshold.
     """
-    from signing.yank import yank_release
+    from overdrive.signing.yank import yank_release
 
     repo_ = load_repo(storage_url, keys_dir, passphrases)
     result = yank_release(repo_, hardware_id, version, reason, stage_only=stage_only)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from tuf.api.metadata import TargetFile
 
+from overdrive.signing.errors import KeyError_, ReleaseError
+from overdrive.signing.keys import public_key_from_pem
+from overdrive.signing.repository import ImageRepository, Outcome
 from overdrive.tuf_layout import DIRECTOR_KEYS_TARGET
-from signing.errors import KeyError_, ReleaseError
-from signing.keys import public_key_from_pem
-from signing.repository import ImageRepository, Outcome
 
 
 def set_director_keys(

@@ -39,8 +39,8 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 
 from overdrive.passphrase import passphrase_variable
+from overdrive.signing.errors import KeyError_
 from overdrive.storage.local import atomic_write
-from signing.errors import KeyError_
 
 KEY_TYPES = ("ed25519", "ecdsa-p256")
 #: Field of a key in root metadata that records where its private half lives (KMS keys).

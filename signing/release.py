@@ -3,7 +3,7 @@
 The bundle codec (:mod:`overdrive.bundle`) does the encoding; this module decides what to build,
 finds the earlier images the deltas need (read back from the repository's own full bundles, kept in
 a local cache), assigns the release counter, and hands everything to
-:meth:`~signing.repository.ImageRepository.propose`, which publishes it or, when the targets
+:meth:`~overdrive.signing.repository.ImageRepository.propose`, which publishes it or, when the targets
 signatures at hand are short of the threshold, stages it for the other signers.
 """
 
@@ -18,6 +18,8 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from overdrive.bundle import apply_bundle, encode_bundle, image_sha256
 from overdrive.bundle.format import read_header
+from overdrive.signing.errors import ReleaseError
+from overdrive.signing.repository import ImageRepository, Shortfall
 from overdrive.tuf_layout import (
     BundleInfo,
     ImageRef,
@@ -25,8 +27,6 @@ from overdrive.tuf_layout import (
     check_segment,
     target_storage_key,
 )
-from signing.errors import ReleaseError
-from signing.repository import ImageRepository, Shortfall
 
 
 def default_cache_dir() -> Path:

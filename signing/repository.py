@@ -42,6 +42,8 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from overdrive.durations import parse_duration
+from overdrive.signing.errors import KeyError_, RepositoryError, ThresholdError
+from overdrive.signing.keys import KeyDirectory
 from overdrive.storage import CachePolicy, NotFound, Storage
 from overdrive.tuf_layout import (
     METADATA_PREFIX,
@@ -50,8 +52,6 @@ from overdrive.tuf_layout import (
     staging_key,
     target_storage_key,
 )
-from signing.errors import KeyError_, RepositoryError, ThresholdError
-from signing.keys import KeyDirectory
 
 T = TypeVar("T", Root, Snapshot, Targets, Timestamp)
 

@@ -19,9 +19,9 @@ from tuf.ngclient import Updater
 from overdrive.bundle import BundleError
 from overdrive.bundle.format import read_header
 from overdrive.fetcher import LocalOrHttpFetcher
+from overdrive.signing.errors import SigningError
 from overdrive.storage import Storage
 from overdrive.tuf_layout import BundleInfo, LayoutError
-from signing.errors import SigningError
 
 
 class VerificationFailed(SigningError):

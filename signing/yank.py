@@ -17,6 +17,8 @@ from datetime import datetime
 
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
+from overdrive.signing.errors import ReleaseError
+from overdrive.signing.repository import ImageRepository, Shortfall, now
 from overdrive.tuf_layout import (
     YANKED_KEY,
     BundleInfo,
@@ -26,8 +28,6 @@ from overdrive.tuf_layout import (
     check_segment,
     utc_stamp,
 )
-from signing.errors import ReleaseError
-from signing.repository import ImageRepository, Shortfall, now
 
 
 @dataclass

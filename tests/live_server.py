@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
-from server.app import create_app
-from server.config import ServerConfig
-from server.context import EXTENSION, ServerContext
-from server.migrate import upgrade
-from server.tokens import create_api_token, create_enroll_token
+from overdrive.server.app import create_app
+from overdrive.server.config import ServerConfig
+from overdrive.server.context import EXTENSION, ServerContext
+from overdrive.server.migrate import upgrade
+from overdrive.server.tokens import create_api_token, create_enroll_token
 from tests.conftest import Cli, Result
 from tests.repo_fixtures import Published
 

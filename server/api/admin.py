@@ -8,14 +8,14 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
+from overdrive.server import tokens
+from overdrive.server.audit import entry_dict
+from overdrive.server.auth import requires
+from overdrive.server.context import context
+from overdrive.server.errors import BadRequest
+from overdrive.server.models import AuditEntry
+from overdrive.server.validation import field, json_body, paging
 from overdrive.text import text_problem
-from server import tokens
-from server.audit import entry_dict
-from server.auth import requires
-from server.context import context
-from server.errors import BadRequest
-from server.models import AuditEntry
-from server.validation import field, json_body, paging
 
 bp = Blueprint("admin", __name__, url_prefix="/api/v1")
 MAX_ENROLL_SECONDS = 10 * 366 * 86400  # ten years

@@ -6,12 +6,12 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
-from server import campaign_view, campaigns
-from server.auth import requires
-from server.context import context
-from server.errors import BadRequest
-from server.models import Campaign
-from server.validation import json_body, paging
+from overdrive.server import campaign_view, campaigns
+from overdrive.server.auth import requires
+from overdrive.server.context import context
+from overdrive.server.errors import BadRequest
+from overdrive.server.models import Campaign
+from overdrive.server.validation import json_body, paging
 
 bp = Blueprint("campaigns", __name__, url_prefix="/api/v1")
 STATES = ("draft", "running", "paused", "completed", "aborted")

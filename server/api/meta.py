@@ -6,8 +6,8 @@ from flask import Blueprint, Response, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 
-from server.context import context
-from server.openapi import openapi_document
+from overdrive.server.context import context
+from overdrive.server.openapi import openapi_document
 
 bp = Blueprint("meta", __name__)
 
@@ -43,11 +43,11 @@ def readyz() -> ResponseReturnValue:
 @bp.get("/metrics")
 def metrics() -> ResponseReturnValue:
     """Prometheus metrics of the whole server (every worker's counters, the database's gauges;
-    see :mod:`server.metrics`). Unauthenticated, so no label names a campaign or a vehicle."""
+    see :mod:`overdrive.server.metrics`). Unauthenticated, so no label names a campaign or a vehicle."""
     return Response(context().metrics.render(), mimetype="text/plain; version=0.0.4")
 
 
 @bp.get("/api/v1/openapi.json")
 def openapi() -> ResponseReturnValue:
-    """The OpenAPI document of every route but the dashboard's (:mod:`server.openapi`)."""
+    """The OpenAPI document of every route but the dashboard's (:mod:`overdrive.server.openapi`)."""
     return jsonify(openapi_document())

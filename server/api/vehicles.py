@@ -7,13 +7,13 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from server import fleet, vehicles
-from server import poll as polling
-from server.auth import requires
-from server.context import context
-from server.errors import NotFoundError
-from server.models import InstalledImage, Membership, Vehicle
-from server.validation import json_body, paging
+from overdrive.server import fleet, vehicles
+from overdrive.server import poll as polling
+from overdrive.server.auth import requires
+from overdrive.server.context import context
+from overdrive.server.errors import NotFoundError
+from overdrive.server.models import InstalledImage, Membership, Vehicle
+from overdrive.server.validation import json_body, paging
 
 bp = Blueprint("vehicles", __name__, url_prefix="/api/v1/vehicles")
 

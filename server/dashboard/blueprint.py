@@ -16,10 +16,10 @@ from flask import Blueprint, Response, current_app, g, jsonify, render_template,
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from server.dashboard import security
-from server.dashboard.formatting import HELPERS
-from server.dashboard.queries import PARTS
-from server.errors import ApiError
+from overdrive.server.dashboard import security
+from overdrive.server.dashboard.formatting import HELPERS
+from overdrive.server.dashboard.queries import PARTS
+from overdrive.server.errors import ApiError
 
 log = logging.getLogger("overdrive.dashboard")
 

@@ -1,7 +1,7 @@
 """The campaign timeline as an inline SVG drawn on the server: vehicles per state over time.
 
 The page needs no JavaScript and no chart library for it: this module turns the samples of
-:func:`server.campaign_view.timeline` into path data, axis ticks and labels, and the template
+:func:`overdrive.server.campaign_view.timeline` into path data, axis ticks and labels, and the template
 writes the ``<svg>``. The evaluator records a sample whenever the counts it sees have changed,
 so every band is a step function: a sample's counts held until the next sample. After the last
 one, a campaign still going may have moved on without the evaluator seeing it yet: given its
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from server.dashboard.formatting import as_datetime, when
+from overdrive.server.dashboard.formatting import as_datetime, when
 
 #: Bands from the bottom up, with their labels and the progress bar's colour classes.
 BANDS = (

@@ -96,7 +96,7 @@ def rate(fraction: float | None) -> str:
     return "—" if fraction is None else f"{round(100.0 * fraction, 1):g}%"
 
 
-#: How the group dimensions of :func:`server.campaign_view.groups` read on the page.
+#: How the group dimensions of :func:`overdrive.server.campaign_view.groups` read on the page.
 DIMENSIONS = {
     "campaign": "All vehicles",
     "hardware_id": "Hardware id",

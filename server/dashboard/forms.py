@@ -1,5 +1,5 @@
 """The dashboard's input: the create-campaign form (from posted fields to the body
-:func:`server.campaigns.create` takes, with an error per field that people can fix where they
+:func:`overdrive.server.campaigns.create` takes, with an error per field that people can fix where they
 typed), and the filters and sorting of the list pages (:class:`ListQuery`: a bad value is left
 out with a message saying why, never an error page).
 
@@ -19,11 +19,11 @@ from typing import Any
 
 from werkzeug.datastructures import MultiDict
 
-import rollout_policies as rp
+import overdrive.rollout_policies as rp
 from overdrive.errors import OverdriveError
-from rollout_policies.documents import decode_json, decode_yaml
-from server.campaign_view import MEMBER_STATUSES
-from server.validation import ID_PATTERN
+from overdrive.rollout_policies.documents import decode_json, decode_yaml
+from overdrive.server.campaign_view import MEMBER_STATUSES
+from overdrive.server.validation import ID_PATTERN
 
 MAX_LIST = 10_000
 _SPLIT = re.compile(r"[\s,]+")

@@ -1,7 +1,7 @@
 """Why a campaign is where it is: its judged groups as table rows, the vehicles behind every
 count (filtered, sorted, paged), its history and its timeline chart.
 
-The numbers are those of :mod:`server.campaign_view` (what the API answers): the groups come
+The numbers are those of :mod:`overdrive.server.campaign_view` (what the API answers): the groups come
 from ``campaign_dict``, the history and samples from ``history`` and ``timeline``. The vehicle
 list is read here rather than through ``campaign_vehicles`` because the dashboard sorts it by
 any column; its filters mean exactly what that function's do, plus ``in_progress`` (admitted,
@@ -19,16 +19,23 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, case, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-import rollout_policies as rp
+import overdrive.rollout_policies as rp
 from overdrive.releases import ReleaseIndex
-from server import campaign_view
-from server.campaigns import FAILED
-from server.dashboard.chart import Chart, timeline_chart
-from server.dashboard.forms import ListQuery
-from server.dashboard.queries import EVENT_ORDER
-from server.evaluator import NONE_VALUE, dimension_column
-from server.models import ACTIVE_STATES, Campaign, Event, InstalledImage, Membership, Vehicle
-from server.vehicles import FINAL
+from overdrive.server import campaign_view
+from overdrive.server.campaigns import FAILED
+from overdrive.server.dashboard.chart import Chart, timeline_chart
+from overdrive.server.dashboard.forms import ListQuery
+from overdrive.server.dashboard.queries import EVENT_ORDER
+from overdrive.server.evaluator import NONE_VALUE, dimension_column
+from overdrive.server.models import (
+    ACTIVE_STATES,
+    Campaign,
+    Event,
+    InstalledImage,
+    Membership,
+    Vehicle,
+)
+from overdrive.server.vehicles import FINAL
 
 #: The vehicle-list filters behind each count of the progress card (``data-count`` names).
 TILE_FILTERS: dict[str, dict[str, str]] = {
@@ -162,7 +169,7 @@ def _members(campaign: Campaign) -> _Members:
 
 
 def _filtered(query: _Members, filters: dict[str, str]) -> _Members:
-    """The filters of :func:`server.campaign_view.campaign_vehicles`, plus ``in_progress``."""
+    """The filters of :func:`overdrive.server.campaign_view.campaign_vehicles`, plus ``in_progress``."""
     status = filters.get("status")
     if status == "finished":
         query = query.where(Membership.status.in_(FINAL))

@@ -2,7 +2,7 @@
 
 The filters only ever compare or search with bound parameters (``icontains`` escapes ``%`` and
 ``_``), so nothing a person types reaches the SQL as SQL; what they may type is checked first
-by :mod:`server.dashboard.forms`.
+by :mod:`overdrive.server.dashboard.forms`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
-from server.dashboard.forms import ListQuery
-from server.models import AuditEntry, Campaign, InstalledImage, Membership, Vehicle
+from overdrive.server.dashboard.forms import ListQuery
+from overdrive.server.models import AuditEntry, Campaign, InstalledImage, Membership, Vehicle
 
 #: At most this many distinct values are offered as suggestions in a filter's list.
 MAX_CHOICES = 200

@@ -11,10 +11,10 @@ from typing import Any
 from flask import request, url_for
 
 from overdrive.releases import Release, ReleaseIndex
-from server.context import context
-from server.dashboard import forms
-from server.dashboard.formatting import when
-from server.errors import ApiError
+from overdrive.server.context import context
+from overdrive.server.dashboard import forms
+from overdrive.server.dashboard.formatting import when
+from overdrive.server.errors import ApiError
 
 log = logging.getLogger("overdrive.dashboard")
 

@@ -1,6 +1,6 @@
 """What the dashboard pages show, read from the database with the server's own domain code.
 
-Campaign data comes from :func:`server.campaign_view.campaign_dict` and :func:`server.campaigns.counts`
+Campaign data comes from :func:`overdrive.server.campaign_view.campaign_dict` and :func:`overdrive.server.campaigns.counts`
 (the same numbers the API answers); this module only shapes it for people: a progress breakdown
 that adds up to the eligible fleet, the policy's stages as a stepper, the actions that make sense
 in the campaign's state.
@@ -15,14 +15,14 @@ from typing import Any
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
-import rollout_policies as rp
+import overdrive.rollout_policies as rp
 from overdrive.errors import OverdriveError
-from server import campaigns
-from server.campaign_view import campaign_dict
-from server.context import ServerContext
-from server.dashboard.formatting import percent
-from server.errors import NotFoundError
-from server.models import (
+from overdrive.server import campaigns
+from overdrive.server.campaign_view import campaign_dict
+from overdrive.server.context import ServerContext
+from overdrive.server.dashboard.formatting import percent
+from overdrive.server.errors import NotFoundError
+from overdrive.server.models import (
     ABORTED,
     ACTIVE_STATES,
     COMPLETED,
@@ -36,7 +36,7 @@ from server.models import (
     Membership,
     Vehicle,
 )
-from server.vehicles import EVENT_TYPES
+from overdrive.server.vehicles import EVENT_TYPES
 
 #: Campaign states, in the order of their lifecycle (the list page's filter chips).
 STATES = (DRAFT, RUNNING, PAUSED, COMPLETED, ABORTED)

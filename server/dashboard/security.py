@@ -42,10 +42,10 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from server.auth import ROLES, hash_secret
-from server.context import EXTENSION, context
-from server.errors import BadRequest, Forbidden, Unauthorized
-from server.models import ApiToken, DashboardSession
+from overdrive.server.auth import ROLES, hash_secret
+from overdrive.server.context import EXTENSION, context
+from overdrive.server.errors import BadRequest, Forbidden, Unauthorized
+from overdrive.server.models import ApiToken, DashboardSession
 
 log = logging.getLogger("overdrive.dashboard")
 

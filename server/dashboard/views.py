@@ -1,8 +1,8 @@
 """The dashboard's pages and form handlers.
 
-Reads go through :mod:`server.dashboard.queries` (campaigns, the fleet overview),
-:mod:`server.dashboard.insight` (a campaign's groups, vehicles, history and timeline) and
-:mod:`server.dashboard.listings` (the vehicle list and audit log); every change goes through the same domain
+Reads go through :mod:`overdrive.server.dashboard.queries` (campaigns, the fleet overview),
+:mod:`overdrive.server.dashboard.insight` (a campaign's groups, vehicles, history and timeline) and
+:mod:`overdrive.server.dashboard.listings` (the vehicle list and audit log); every change goes through the same domain
 function the API calls (``server.campaigns.create/start/pause/resume/abort/approve``) inside one
 transaction, so the audit log records it exactly as it would an API call (``g.actor`` is set by
 the blueprint's ``before_request``). Failed changes come back as a message on the page, not an
@@ -17,11 +17,11 @@ from flask import flash, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
-from server import campaigns
-from server.context import context
-from server.dashboard import forms, insight, listings, queries, security
-from server.dashboard.blueprint import bp
-from server.dashboard.pages import (
+from overdrive.server import campaigns
+from overdrive.server.context import context
+from overdrive.server.dashboard import forms, insight, listings, queries, security
+from overdrive.server.dashboard.blueprint import bp
+from overdrive.server.dashboard.pages import (
     Pager,
     latest_versions,
     list_status,
@@ -32,8 +32,8 @@ from server.dashboard.pages import (
     updated_stamp,
     withdrawn_versions,
 )
-from server.errors import ApiError, NotFoundError
-from server.models import DRAFT, Campaign
+from overdrive.server.errors import ApiError, NotFoundError
+from overdrive.server.models import DRAFT, Campaign
 
 CAMPAIGNS_PER_PAGE = 25
 VEHICLES_PER_PAGE = 50

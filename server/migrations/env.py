@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from server import models  # noqa: F401  (registers the tables)
-from server.db import Base, make_engine
+from overdrive.server import models  # noqa: F401  (registers the tables)
+from overdrive.server.db import Base, make_engine
 
 config = context.config
 connection = config.attributes.get("connection")

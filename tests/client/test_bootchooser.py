@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from client.bootchooser import (
+from overdrive.client.bootchooser import (
     DEFAULT_TRIAL_TRIES,
     BootError,
     BootState,

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.bootchooser import (
+from overdrive.client.bootchooser import (
     DEFAULT_TRIAL_TRIES,
     BootState,
     SlotState,
@@ -34,7 +34,7 @@ from client.bootchooser import (
     mark_trial,
     trial_slot,
 )
-from client.bootenv import (
+from overdrive.client.bootenv import (
     BOOTED_VAR,
     GRUB_MAX_TRIES,
     BootEnv,

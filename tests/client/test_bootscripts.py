@@ -7,7 +7,7 @@ environment block per scenario; ``client/bootscripts/boot.cmd`` is built with U-
 built-in TFTP. For every boot state over slots A/B (both orders, tries 0-3 and the largest each
 script counts, good or not, any recorded slot), the test compares the slot each bootloader
 chose, the tries it spent, the slot it recorded, and whether it wrote the environment at all,
-with :func:`client.bootchooser.choose_boot`.
+with :func:`overdrive.client.bootchooser.choose_boot`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from client import bootchooser as bc
+from overdrive.client import bootchooser as bc
 from tests.client.realboot import SCRIPTS, grub_kernel, need, need_grub, qemu_output
 
 UBOOT_ARM64 = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from client.download import (
+from overdrive.client.download import (
     BundleCache,
     DownloadError,
     DownloadInterrupted,

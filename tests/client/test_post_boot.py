@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from server.models import Event, Membership
+from overdrive.server.models import Event, Membership
 from tests.client.realboot import grub_boot, need, need_grub
 from tests.conftest import Cli, Result
 from tests.live_server import Car, LiveServer, provision, run_once, start_campaign

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client import bootchooser as bc
-from client.health import Health
-from client.postboot import BootView, Outcome, decide
-from client.state import IDLE, INSTALLED, SlotImage, VehicleState
+from overdrive.client import bootchooser as bc
+from overdrive.client.health import Health
+from overdrive.client.postboot import BootView, Outcome, decide
+from overdrive.client.state import IDLE, INSTALLED, SlotImage, VehicleState
 from tests.conftest import reproducible
 
 SLOTS = ("A", "B")

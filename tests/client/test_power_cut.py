@@ -29,10 +29,10 @@ from typing import Any
 
 import pytest
 
-from client.state import IDLE, StateStore
-from client.vehicle import Vehicle
 from overdrive.bundle import image_sha256
-from server.models import Event, Membership
+from overdrive.client.state import IDLE, StateStore
+from overdrive.client.vehicle import Vehicle
+from overdrive.server.models import Event, Membership
 from tests.client.conftest import Car, LiveServer, provision
 from tests.conftest import Cli, make_image
 from tests.live_server import start_campaign

@@ -29,9 +29,9 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from sqlalchemy import select
 
-from client.download import DownloadOptions
 from overdrive.bundle import decoder
-from server.models import Event, Membership
+from overdrive.client.download import DownloadOptions
+from overdrive.server.models import Event, Membership
 from tests.client.conftest import Car, LiveServer, provision
 from tests.conftest import Cli, mutate
 from tests.live_server import run_once, start_campaign

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from server.campaigns import tick
+from overdrive.server.campaigns import tick
 from tests.client.conftest import LiveServer, provision
 from tests.conftest import Cli
 from tests.live_server import start_campaign, vehicle_status
@@ -20,7 +20,7 @@ def status(cli: Cli, state_dir: Path) -> dict[str, Any]:
 
 def server_view(live: LiveServer, vehicle_id: str) -> dict[str, Any]:
     with live.ctx.session() as session:
-        from server.models import Event, Membership
+        from overdrive.server.models import Event, Membership
 
         memberships = {
             m.hardware_id: m.status

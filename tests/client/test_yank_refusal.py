@@ -19,13 +19,13 @@ import pytest
 from sqlalchemy import select
 from tuf.api.metadata import TargetFile
 
-from client.errors import Refused
-from client.trust import check_not_withdrawn
+from overdrive.client.errors import Refused
+from overdrive.client.trust import check_not_withdrawn
+from overdrive.server.models import Event, Membership
+from overdrive.signing.keys import KeyDirectory
+from overdrive.signing.repository import ImageRepository
 from overdrive.storage import LocalStorage
 from overdrive.tuf_layout import YANKED_KEY, BundleInfo, ImageRef
-from server.models import Event, Membership
-from signing.keys import KeyDirectory
-from signing.repository import ImageRepository
 from tests.client.conftest import Car, LiveServer, provision
 from tests.conftest import Cli, Result, mutate
 from tests.live_server import run_once, serve_live, start_campaign

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from server.context import ServerContext
+from overdrive.server.context import ServerContext
 from tests.conftest import Cli, make_image
 from tests.faults.fault_proxy import FaultProxy, fault_proxy
 from tests.faults.s3util import upload_tree

@@ -42,13 +42,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from server.app import create_app
-from server.campaigns import tick
-from server.config import ServerConfig
-from server.context import EXTENSION, ServerContext
-from server.migrate import upgrade
-from server.models import Campaign, Event, Membership
-from server.tokens import create_api_token, create_enroll_token
+from overdrive.server.app import create_app
+from overdrive.server.campaigns import tick
+from overdrive.server.config import ServerConfig
+from overdrive.server.context import EXTENSION, ServerContext
+from overdrive.server.migrate import upgrade
+from overdrive.server.models import Campaign, Event, Membership
+from overdrive.server.tokens import create_api_token, create_enroll_token
 from tests.repo_fixtures import Published
 from tests.server.conftest import db_url, vehicle_on  # noqa: F401 (db_url is a fixture)
 from tests.server.fleet import SimVehicle

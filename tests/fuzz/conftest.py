@@ -18,12 +18,12 @@ import pytest
 from sqlalchemy import update
 from werkzeug.serving import make_server
 
-from server.app import create_app
-from server.config import ServerConfig
-from server.context import EXTENSION, ServerContext
-from server.migrate import upgrade
-from server.models import ApiToken
-from server.tokens import create_api_token, create_enroll_token, revoke_api_token
+from overdrive.server.app import create_app
+from overdrive.server.config import ServerConfig
+from overdrive.server.context import EXTENSION, ServerContext
+from overdrive.server.migrate import upgrade
+from overdrive.server.models import ApiToken
+from overdrive.server.tokens import create_api_token, create_enroll_token, revoke_api_token
 from tests.repo_fixtures import Published
 from tests.server.conftest import db_url, vehicle_on  # noqa: F401 (db_url is a fixture)
 from tests.server.fleet import SimVehicle

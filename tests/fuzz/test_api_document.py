@@ -29,12 +29,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from server.app import create_app
-from server.campaigns import tick
-from server.config import ServerConfig
-from server.context import EXTENSION
-from server.migrate import upgrade
-from server.openapi import openapi_document
+from overdrive.server.app import create_app
+from overdrive.server.campaigns import tick
+from overdrive.server.config import ServerConfig
+from overdrive.server.context import EXTENSION
+from overdrive.server.migrate import upgrade
+from overdrive.server.openapi import openapi_document
 from tests.fuzz.conftest import FuzzServer
 from tests.server.fleet import SimVehicle
 

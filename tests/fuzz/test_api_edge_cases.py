@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from overdrive.envelope import EVENTS, MANIFEST, sign_envelope
-from server.models import Vehicle
-from server.openapi import openapi_document
+from overdrive.server.models import Vehicle
+from overdrive.server.openapi import openapi_document
 from tests.fuzz.conftest import FuzzServer, assert_error_body
 from tests.server.conftest import vehicle_on
 from tests.server.fleet import SimVehicle

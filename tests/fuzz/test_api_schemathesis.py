@@ -39,7 +39,7 @@ from schemathesis import Case
 from schemathesis.core.failures import Failure, FailureGroup, ServerError
 from schemathesis.openapi.checks import AllowHeaderMismatch, UndefinedStatusCode
 
-from server.openapi import openapi_document
+from overdrive.server.openapi import openapi_document
 from tests.fuzz.conftest import ADMIN_TOKEN_ID, FuzzServer, assert_error_body
 
 pytestmark = pytest.mark.slow

@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from overdrive.envelope import EVENTS, MANIFEST, sign_envelope
-from server.models import Event, Vehicle
-from server.vehicles import EVENT_TYPES
+from overdrive.server.models import Event, Vehicle
+from overdrive.server.vehicles import EVENT_TYPES
 from tests.fuzz.conftest import FuzzServer, assert_error_body
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from rollout_policies import StageState
+from overdrive.rollout_policies import StageState
 
 from .strategies import T0
 

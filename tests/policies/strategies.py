@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from rollout_policies import Policy, StageState, parse_policy
-from rollout_policies.units import PPM, format_duration, format_ppm
+from overdrive.rollout_policies import Policy, StageState, parse_policy
+from overdrive.rollout_policies.units import PPM, format_duration, format_ppm
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
-import rollout_policies as rp
+import overdrive.rollout_policies as rp
 
 
 def test_the_server_flow() -> None:
@@ -36,7 +36,15 @@ def test_the_server_flow() -> None:
     assert stored["maintenance_windows"] == [] and stored["stages"][0]["name"] == "pilot-0.05%"
 
 
-FORBIDDEN = ("flask", "sqlalchemy", "yaml", "boto3", "server", "signing", "client")
+FORBIDDEN = (
+    "flask",
+    "sqlalchemy",
+    "yaml",
+    "boto3",
+    "overdrive.server",
+    "overdrive.signing",
+    "overdrive.client",
+)
 
 
 def loaded_after(program: str) -> list[str]:

@@ -11,8 +11,8 @@ from pathlib import Path
 import click.testing
 import pytest
 
-from rollout_policies import PRESETS
-from rollout_policies.cli import policy
+from overdrive.rollout_policies import PRESETS
+from overdrive.rollout_policies.cli import policy
 from tests.conftest import Result, run_cli
 
 VALID = """\

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rollout_policies import (
+from overdrive.rollout_policies import (
     BUCKETS,
     Policy,
     Stage,
@@ -21,7 +21,7 @@ from rollout_policies import (
     in_cohort,
     parse_policy,
 )
-from rollout_policies.units import PPM, Share
+from overdrive.rollout_policies.units import PPM, Share
 
 from .strategies import PROPERTY, policies
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import click.testing
 import pytest
 
-from rollout_policies.simulate_cli import simulate
+from overdrive.rollout_policies.simulate_cli import simulate
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "simulate.md"
 BLOCK = re.compile(r"```console\n(.*?)```", re.S)

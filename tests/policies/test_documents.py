@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rollout_policies import InvalidPolicy, PolicyFileError, load_policy, read_document
-from rollout_policies.documents import decode_yaml
+from overdrive.rollout_policies import InvalidPolicy, PolicyFileError, load_policy, read_document
+from overdrive.rollout_policies.documents import decode_yaml
 
 YAML_POLICY = """\
 name: nightly

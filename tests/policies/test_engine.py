@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rollout_policies import (
+from overdrive.rollout_policies import (
     Decision,
     InvalidState,
     Policy,
@@ -373,7 +373,7 @@ def test_more_failures_never_turn_a_stop_into_progress(
 def test_canary_rolls_a_synthetic_fleet_to_completion() -> None:
     """Drive the canary preset over 20,000 vehicles with accelerated time: every admitted
     vehicle finishes an hour after admission, 0.5% fail; admission is by (bucket, id)."""
-    from rollout_policies import admission_order
+    from overdrive.rollout_policies import admission_order
 
     policy = preset("canary")
     vehicles = [f"VIN{i:06d}" for i in range(20_000)]

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rollout_policies import (
+from overdrive.rollout_policies import (
     GroupCounts,
     InvalidPolicy,
     InvalidState,
@@ -20,7 +20,7 @@ from rollout_policies import (
     judge,
     parse_policy,
 )
-from rollout_policies.units import Ratio
+from overdrive.rollout_policies.units import Ratio
 from tests.conftest import reproducible
 from tests.policies.strategies import T0
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 
-from rollout_policies import InvalidPolicy, MaintenanceWindow, Ratio, Share, parse_policy
+from overdrive.rollout_policies import InvalidPolicy, MaintenanceWindow, Ratio, Share, parse_policy
 
 from .strategies import PROPERTY, policies, policy_documents
 

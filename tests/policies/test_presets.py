@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from rollout_policies import PRESETS, UnknownPreset, all_presets, parse_policy, preset
-from rollout_policies.preset_twins import json_twin
-from rollout_policies.presets import preset_file
+from overdrive.rollout_policies import PRESETS, UnknownPreset, all_presets, parse_policy, preset
+from overdrive.rollout_policies.preset_twins import json_twin
+from overdrive.rollout_policies.presets import preset_file
 
 
 @pytest.mark.parametrize("name", PRESETS)

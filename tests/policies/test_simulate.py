@@ -16,8 +16,8 @@ import click.testing
 import pytest
 
 from overdrive.maintenance import MaintenanceWindow, in_maintenance_window
-from rollout_policies import admission_target, parse_policy, preset
-from rollout_policies.simulate import (
+from overdrive.rollout_policies import admission_target, parse_policy, preset
+from overdrive.rollout_policies.simulate import (
     DAY,
     SimulationConfig,
     SimulationError,
@@ -27,8 +27,8 @@ from rollout_policies.simulate import (
     build_fleet,
     simulate,
 )
-from rollout_policies.simulate_cli import simulate as simulate_command
-from rollout_policies.simulate_parse import parse_fleet, parse_size, parse_spread
+from overdrive.rollout_policies.simulate_cli import simulate as simulate_command
+from overdrive.rollout_policies.simulate_parse import parse_fleet, parse_size, parse_spread
 from tests.conftest import Result, run_cli
 
 HOUR = 3600

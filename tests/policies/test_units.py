@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rollout_policies.units import (
+from overdrive.rollout_policies.units import (
     PPM,
     Ratio,
     Share,

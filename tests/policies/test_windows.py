@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rollout_policies import MaintenanceWindow, in_maintenance_window, parse_policy
+from overdrive.rollout_policies import MaintenanceWindow, in_maintenance_window, parse_policy
 
 from .strategies import PROPERTY, window_documents
 

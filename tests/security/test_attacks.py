@@ -36,14 +36,14 @@ from securesystemslib.signer import CryptoSigner, Signer
 from sqlalchemy import select
 from tuf.api.metadata import Metadata, MetaFile, Root, TargetFile
 
-from client.config import VehicleConfig
+from overdrive.client.config import VehicleConfig
 from overdrive.envelope import sign_envelope
+from overdrive.server.director import Director
+from overdrive.server.models import Campaign, Event, Membership
+from overdrive.signing.keys import KeyDirectory
+from overdrive.signing.repository import ImageRepository, to_bytes
 from overdrive.storage import LocalStorage
 from overdrive.tuf_layout import metadata_key
-from server.director import Director
-from server.models import Campaign, Event, Membership
-from signing.keys import KeyDirectory
-from signing.repository import ImageRepository, to_bytes
 from tests.client.conftest import Car, LiveServer, provision
 from tests.conftest import Cli, Result, mutate
 from tests.live_server import run_once, start_campaign

@@ -41,21 +41,21 @@ from flask import Flask
 from sqlalchemy import select, update
 from sqlalchemy.exc import DataError, IntegrityError
 
-from client.api import ServerApi
-from client.events import EventQueue
+from overdrive.client.api import ServerApi
+from overdrive.client.events import EventQueue
 from overdrive.envelope import EVENTS, MANIFEST
 from overdrive.errors import OverdriveError
+from overdrive.server import campaigns, tokens
+from overdrive.server.app import create_app
+from overdrive.server.config import ServerConfig, default_state_dir
+from overdrive.server.context import ReleaseCache
+from overdrive.server.dashboard.queries import EVENT_ORDER
+from overdrive.server.migrate import upgrade
+from overdrive.server.models import DashboardSession, Event, Membership, Vehicle
+from overdrive.server.validation import ID_PATTERN
+from overdrive.server.vehicles import MAX_IMAGES
 from overdrive.text import text_problem
 from overdrive.tuf_layout import check_segment
-from server import campaigns, tokens
-from server.app import create_app
-from server.config import ServerConfig, default_state_dir
-from server.context import ReleaseCache
-from server.dashboard.queries import EVENT_ORDER
-from server.migrate import upgrade
-from server.models import DashboardSession, Event, Membership, Vehicle
-from server.validation import ID_PATTERN
-from server.vehicles import MAX_IMAGES
 from tests.conftest import Cli, generate_keys, make_image, mutate
 from tests.live_server import LiveServer, serve_live, start_campaign
 from tests.repo_fixtures import Published

@@ -30,19 +30,19 @@ from typing import Any
 import pytest
 from tuf.api.metadata import TargetFile
 
-from client.bootchooser import BootState, SlotState
-from client.bootenv import FileBootEnv
-from client.daemon import run_daemon
-from client.events import EventQueue
-from client.state import StateStore
-from client.vehicle import Vehicle
 from overdrive.bundle import Expected, ImageIdentity, NotAsSigned
 from overdrive.bundle.format import read_header
+from overdrive.client.bootchooser import BootState, SlotState
+from overdrive.client.bootenv import FileBootEnv
+from overdrive.client.daemon import run_daemon
+from overdrive.client.events import EventQueue
+from overdrive.client.state import StateStore
+from overdrive.client.vehicle import Vehicle
+from overdrive.server.models import Event, Membership
+from overdrive.signing.keys import KeyDirectory
+from overdrive.signing.repository import ImageRepository
 from overdrive.storage import LocalStorage
 from overdrive.tuf_layout import BundleInfo, ImageRef, bundle_target_path
-from server.models import Event, Membership
-from signing.keys import KeyDirectory
-from signing.repository import ImageRepository
 from tests.bundle.conftest import chunk_entry, identity, raw_bundle
 from tests.client.realboot import need
 from tests.conftest import Cli, make_image
@@ -500,7 +500,9 @@ def test_the_install_target_follows_the_running_slot_not_the_state(
     cmdline = tmp_path / "cmdline"
     cmdline.write_text("root=/dev/vda3 ro overdrive.slot=B")
     start_campaign(live_server)
-    monkeypatch.setattr("client.vehicle.CMDLINE", cmdline)  # what this kernel was booted with
+    monkeypatch.setattr(
+        "overdrive.client.vehicle.CMDLINE", cmdline
+    )  # what this kernel was booted with
     run = run_once(cli, car)
     assert run.code == 3 and "running slot B" in run.stdout
     assert car.slot_b.read_bytes() == b""

@@ -20,10 +20,10 @@ import zstandard
 from tuf.api.metadata import TargetFile
 
 from overdrive.bundle import MAGIC
+from overdrive.signing.keys import KeyDirectory
+from overdrive.signing.repository import ImageRepository
 from overdrive.storage import LocalStorage
 from overdrive.tuf_layout import BundleInfo, ImageRef, bundle_target_path
-from signing.keys import KeyDirectory
-from signing.repository import ImageRepository
 from tests.bundle.conftest import chunk_entry, identity, raw_bundle
 from tests.conftest import Cli
 from tests.live_server import Car, LiveServer, provision, run_once, start_campaign

@@ -15,11 +15,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 
-from server.app import create_app
-from server.config import ServerConfig
-from server.context import EXTENSION, ServerContext
-from server.migrate import upgrade
-from server.tokens import create_api_token, create_enroll_token
+from overdrive.server.app import create_app
+from overdrive.server.config import ServerConfig
+from overdrive.server.context import EXTENSION, ServerContext
+from overdrive.server.migrate import upgrade
+from overdrive.server.tokens import create_api_token, create_enroll_token
 from tests.repo_fixtures import Published
 from tests.server.fleet import SimVehicle
 

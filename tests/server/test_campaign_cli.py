@@ -121,7 +121,7 @@ def test_seeing_why_from_the_command_line(
 ) -> None:
     """Status says what a running campaign waits for and shows its groups; the vehicles
     behind a count are listed; pause/abort take a reason; short id prefixes work."""
-    from server.campaigns import tick
+    from overdrive.server.campaigns import tick
 
     monkeypatch.setenv("OVERDRIVE_SERVER", server_url)
     monkeypatch.setenv("OVERDRIVE_TOKEN", tokens["operator"])

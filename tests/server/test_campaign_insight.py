@@ -9,8 +9,8 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from server.campaigns import tick
-from server.context import ServerContext
+from overdrive.server.campaigns import tick
+from overdrive.server.context import ServerContext
 from tests.server.conftest import Published, auth
 from tests.server.fleet import SimVehicle
 from tests.server.test_campaigns import finish, poll_all

@@ -8,8 +8,8 @@ from typing import Any
 from flask.testing import FlaskClient
 
 from overdrive.envelope import verify_envelope
-from server.campaigns import tick
-from server.context import ServerContext
+from overdrive.server.campaigns import tick
+from overdrive.server.context import ServerContext
 from tests.server.conftest import Published, auth
 from tests.server.fleet import SimVehicle
 from tests.server.test_vehicle_api import error_of

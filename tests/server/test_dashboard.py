@@ -28,15 +28,15 @@ from jinja2 import StrictUndefined
 from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
-from server import campaigns
-from server.app import create_app
-from server.config import ServerConfig
-from server.context import EXTENSION, ServerContext
-from server.dashboard import bp, forms, listings, queries
-from server.dashboard.formatting import ago, size
-from server.dashboard.security import SECRET_ENV
-from server.errors import Unavailable
-from server.tokens import revoke_api_token
+from overdrive.server import campaigns
+from overdrive.server.app import create_app
+from overdrive.server.config import ServerConfig
+from overdrive.server.context import EXTENSION, ServerContext
+from overdrive.server.dashboard import bp, forms, listings, queries
+from overdrive.server.dashboard.formatting import ago, size
+from overdrive.server.dashboard.security import SECRET_ENV
+from overdrive.server.errors import Unavailable
+from overdrive.server.tokens import revoke_api_token
 from tests.server.conftest import Published
 from tests.server.fleet import SimVehicle
 from tests.server.test_campaigns import finish, poll_all
@@ -191,7 +191,7 @@ def test_sign_in_session_cookie_and_pages(
 def test_vehicle_pages(
     app: Flask, tokens: dict[str, str], fleet: list[SimVehicle], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from server.dashboard import views
+    from overdrive.server.dashboard import views
 
     monkeypatch.setattr(views, "VEHICLES_PER_PAGE", 10)
     client, _csrf = signed_in(app, tokens["viewer"])

@@ -20,10 +20,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from server import campaigns
-from server.context import ServerContext
-from server.dashboard import chart, forms
-from server.dashboard.formatting import rate, when
+from overdrive.server import campaigns
+from overdrive.server.context import ServerContext
+from overdrive.server.dashboard import chart, forms
+from overdrive.server.dashboard.formatting import rate, when
 from tests.conftest import run_cli
 from tests.server import test_dashboard as dashboard_tests
 from tests.server.conftest import Published, auth, vehicle_on
@@ -215,7 +215,7 @@ def test_campaign_vehicles_filter_sort_page_and_refuse_bad_input(
     published: Published,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from server.dashboard import views
+    from overdrive.server.dashboard import views
 
     campaign_id = judged_campaign(http, tokens["operator"])
     breach_us(http, ctx, fleet, published)

@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from server.context import ServerContext
+from overdrive.server.context import ServerContext
 from tests.server.conftest import Published, vehicle_on
 from tests.server.fleet import SimVehicle
 

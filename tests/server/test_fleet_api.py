@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from server.context import ServerContext
+from overdrive.server.context import ServerContext
 from tests.conftest import Cli
 from tests.server.conftest import Published, auth, vehicle_on
 from tests.server.fleet import SimVehicle

@@ -27,11 +27,11 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.app import create_app
-from server.config import ServerConfig
-from server.context import EXTENSION
-from server.migrate import upgrade
-from server.tokens import create_api_token, create_enroll_token
+from overdrive.server.app import create_app
+from overdrive.server.config import ServerConfig
+from overdrive.server.context import EXTENSION
+from overdrive.server.migrate import upgrade
+from overdrive.server.tokens import create_api_token, create_enroll_token
 from tests.repo_fixtures import Published
 from tests.server.conftest import vehicle_on
 from tests.server.fleet import SimVehicle

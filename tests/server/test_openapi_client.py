@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
-from server.campaigns import tick
-from server.context import ServerContext
+from overdrive.server.campaigns import tick
+from overdrive.server.context import ServerContext
 from tests.server.fleet import SimVehicle
 
 PACKAGE = "overdrive_generated_client"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from server.db import DirectConnections
+from overdrive.server.db import DirectConnections
 from tests.server.conftest import postgres_schema
 
 POSTGRES = os.environ.get("OVERDRIVE_TEST_POSTGRES_URL")

@@ -10,8 +10,8 @@ import pytest
 
 from overdrive.errors import OverdriveError
 from overdrive.releases import ReleaseIndex
-from server.config import ServerConfig
-from server.context import ReleaseCache
+from overdrive.server.config import ServerConfig
+from overdrive.server.context import ReleaseCache
 from tests.repo_fixtures import Published
 
 

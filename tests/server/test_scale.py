@@ -14,9 +14,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import event, func, select
 from werkzeug.serving import make_server
 
-from server.campaigns import tick
-from server.context import ServerContext
-from server.models import Membership
+from overdrive.server.campaigns import tick
+from overdrive.server.context import ServerContext
+from overdrive.server.models import Membership
 from tests.server.conftest import Published, auth, vehicle_on
 from tests.server.fleet import SimVehicle
 from tests.server.test_campaigns import POLICY, create, finish

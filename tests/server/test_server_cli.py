@@ -118,9 +118,9 @@ def test_admin_commands_do_not_warn_about_the_dashboard_key(
 def test_create_app_still_warns_when_serving(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from server.app import create_app
-    from server.config import ServerConfig
-    from server.migrate import upgrade
+    from overdrive.server.app import create_app
+    from overdrive.server.config import ServerConfig
+    from overdrive.server.migrate import upgrade
 
     monkeypatch.delenv("OVERDRIVE_SECRET_KEY", raising=False)
     db = f"sqlite:///{tmp_path / 'o.db'}"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from securesystemslib.signer import CryptoSigner
 
-from signing.errors import KeyError_
-from signing.keys import KeyDirectory, env_passphrase, public_key_from_pem
+from overdrive.signing.errors import KeyError_
+from overdrive.signing.keys import KeyDirectory, env_passphrase, public_key_from_pem
 from tests.conftest import Cli
 
 

@@ -20,8 +20,8 @@ from tuf.api.metadata import Metadata, Targets
 from tuf.ngclient import Updater
 
 from overdrive.fetcher import LocalOrHttpFetcher
+from overdrive.signing.verify import base_url
 from overdrive.storage import LocalStorage
-from signing.verify import base_url
 from tests.conftest import Cli, Result, generate_keys, make_image
 from tests.signing.test_repository import assert_one_error, snapshot_of
 

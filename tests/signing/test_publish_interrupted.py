@@ -13,11 +13,11 @@ from typing import Any, BinaryIO
 
 import pytest
 
+from overdrive.signing.keys import KeyDirectory
+from overdrive.signing.release import BuildOptions, add_release
+from overdrive.signing.repository import ImageRepository
+from overdrive.signing.verify import verify_repository
 from overdrive.storage import CachePolicy, LocalStorage, StorageError
-from signing.keys import KeyDirectory
-from signing.release import BuildOptions, add_release
-from signing.repository import ImageRepository
-from signing.verify import verify_repository
 from tests.conftest import Cli, Workspace, make_image, mutate
 
 

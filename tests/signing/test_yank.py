@@ -15,9 +15,9 @@ import pytest
 from tuf.api.metadata import Metadata, TargetFile
 
 from overdrive.releases import ReleaseIndex
+from overdrive.server.campaigns import tick
 from overdrive.storage import LocalStorage
 from overdrive.tuf_layout import YANKED_KEY, LayoutError, Yank
-from server.campaigns import tick
 from tests.conftest import Cli, Result, Workspace, generate_keys, make_image, mutate
 from tests.live_server import api, provision, run_once, serve_live, start_campaign
 from tests.repo_fixtures import Published
@@ -293,8 +293,8 @@ def test_a_malformed_marker_withdraws_without_crashing(three: Workspace, value: 
 
 def test_a_malformed_marker_is_repaired_by_yanking(three: Workspace, cli: Cli) -> None:
     """``repo status`` shows it as withdrawn; yanking writes a proper marker over it."""
-    from signing.keys import KeyDirectory
-    from signing.repository import ImageRepository
+    from overdrive.signing.keys import KeyDirectory
+    from overdrive.signing.repository import ImageRepository
 
     repo = ImageRepository.load(LocalStorage(three.storage), KeyDirectory(three.keys))
     targets = repo.bump(repo.targets, "targets")
