@@ -19,6 +19,7 @@ from overdrive.server.campaigns import aware, counts, policy_of, utcnow
 from overdrive.server.errors import BadRequest
 from overdrive.server.evaluator import group_counts, stage_state
 from overdrive.server.models import (
+    MEMBERSHIP_STATUSES,
     RUNNING,
     AuditEntry,
     Campaign,
@@ -31,18 +32,7 @@ from overdrive.server.models import (
 )
 from overdrive.server.vehicles import iso
 
-MEMBER_STATUSES = (
-    "pending",
-    "assigned",
-    "downloading",
-    "downloaded",
-    "installing",
-    "installed",
-    "booted",
-    "committed",
-    "failed",
-    "rolled_back",
-)
+MEMBER_STATUSES = MEMBERSHIP_STATUSES
 HISTORY_LIMIT = 200
 SAMPLE_LIMIT = 2000
 

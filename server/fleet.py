@@ -13,7 +13,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from overdrive.server.errors import BadRequest, NotFoundError
-from overdrive.server.models import Event, InstalledImage, Membership, Vehicle
+from overdrive.server.models import MEMBERSHIP_STATUSES, Event, InstalledImage, Membership, Vehicle
 from overdrive.server.vehicles import iso
 
 FILTERS = ("hardware_id", "version", "model", "region", "campaign", "campaign_status", "search")
@@ -25,18 +25,6 @@ SORTS = {
     "model": Vehicle.model,
     "region": Vehicle.region,
 }
-MEMBERSHIP_STATUSES = (
-    "pending",
-    "assigned",
-    "downloading",
-    "downloaded",
-    "installing",
-    "installed",
-    "booted",
-    "committed",
-    "failed",
-    "rolled_back",
-)
 MAX_FILTER = 200
 _ATTRIBUTE = re.compile(r"attr\.([A-Za-z0-9_.-]{1,64})")
 

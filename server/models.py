@@ -30,6 +30,20 @@ from overdrive.server.db import Base
 DRAFT, RUNNING, PAUSED, COMPLETED, ABORTED = "draft", "running", "paused", "completed", "aborted"
 ACTIVE_STATES = (RUNNING, PAUSED)
 
+#: A membership's status: ``pending`` until its vehicle reports, then the vehicle's last event.
+MEMBERSHIP_STATUSES = (
+    "pending",
+    "assigned",
+    "downloading",
+    "downloaded",
+    "installing",
+    "installed",
+    "booted",
+    "committed",
+    "failed",
+    "rolled_back",
+)
+
 
 class Vehicle(Base):
     __tablename__ = "vehicles"
@@ -222,6 +236,7 @@ __all__ = [
     "ACTIVE_STATES",
     "COMPLETED",
     "DRAFT",
+    "MEMBERSHIP_STATUSES",
     "PAUSED",
     "RUNNING",
     "ApiToken",

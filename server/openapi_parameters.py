@@ -6,7 +6,8 @@ list endpoints and the path ids, each with the bounds the server checks
 from __future__ import annotations
 
 from overdrive.server.campaign_view import MEMBER_STATUSES
-from overdrive.server.fleet import MAX_FILTER, MEMBERSHIP_STATUSES, SORTS
+from overdrive.server.fleet import MAX_FILTER, SORTS
+from overdrive.server.models import MEMBERSHIP_STATUSES
 from overdrive.server.openapi_schemas import CAMPAIGN_STATES, IDENTIFIER, Schema
 from overdrive.server.validation import MAX_INT32
 

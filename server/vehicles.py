@@ -33,6 +33,7 @@ from overdrive.server.auth import hash_secret
 from overdrive.server.context import ServerContext
 from overdrive.server.errors import BadRequest, Conflict, Unauthorized
 from overdrive.server.models import (
+    MEMBERSHIP_STATUSES,
     EnrollToken,
     Event,
     InstalledImage,
@@ -50,17 +51,8 @@ from overdrive.server.validation import (
 )
 from overdrive.text import text_problem
 
-EVENT_TYPES = (
-    "assigned",
-    "downloading",
-    "downloaded",
-    "installing",
-    "installed",
-    "booted",
-    "committed",
-    "failed",
-    "rolled_back",
-)
+EVENT_TYPES = MEMBERSHIP_STATUSES[1:]
+"""What a vehicle may report: every membership status but ``pending``."""
 FINAL = ("committed", "failed", "rolled_back")
 MAX_EVENTS = 100
 #: Hardware ids one manifest (or registration) may report.
