@@ -19,16 +19,39 @@ import pytest
 from overdrive.demo import Demo, DemoError
 from tests.conftest import Cli
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def normalised(line: str) -> str:
+    """A demo output line without what changes from run to run: the clock, paths, ids, numbers."""
+    line = re.sub(r"^\[\s*[\d.]+s\] ", "", line)
+    line = re.sub(r"/[^\s,;)]+", "PATH", line)
+    line = re.sub(r"\b[0-9a-f]{8}\b", "ID", line)
+    return re.sub(r"\d+(\.\d+)?", "#", line).rstrip()
+
+
+def readme_demo_lines() -> list[str]:
+    text = README.read_text("utf-8")
+    block = text.split("What `make demo` prints", 1)[1].split("```", 2)[1]
+    return [line for line in block.splitlines() if line.strip()]
+
 
 def test_demo_end_to_end(cli: Cli, tmp_path: Path) -> None:
     workspace = tmp_path / "demo"
-    result = cli("demo", "--workspace", workspace, "--vehicles", "10")
+    result = cli("demo", "--workspace", workspace, "--vehicles", "20")
     assert result.code == 0, result.stdout[-2000:] + result.stderr
     assert "the policy paused the campaign: failure rate" in result.stdout
     assert "campaign completed across the fleet" in result.stdout
+    # The README quotes this run (abridged): each quoted line is printed, in that order.
+    printed = [normalised(line) for line in result.stdout.splitlines()]
+    position = 0
+    for line in readme_demo_lines():
+        wanted = normalised(line)
+        assert wanted in printed[position:], f"README line not printed (in order): {line}"
+        position = printed.index(wanted, position) + 1
     summary = json.loads((workspace / "summary.json").read_text())
     # Everyone ends on the fixed release 1.2; the broken 1.1 was rolled back where it was tried.
-    assert summary["versions"] == {"ecu-gateway 1.2": 6, "ecu-infotainment 1.2": 4}
+    assert summary["versions"] == {"ecu-gateway 1.2": 12, "ecu-infotainment 1.2": 8}
     assert summary["rollbacks"] >= 1
     assert summary["bytes_shipped"]["delta"] > 0
     assert summary["bytes_shipped"]["full"] == 0  # every vehicle had a delta for its image
