@@ -365,6 +365,17 @@ class Fleet:
 # --------------------------------------------------------------------------- the proof
 
 
+def rebooting_after_install(version: str, slot: str) -> str:
+    """The daemon's "installed VERSION into slot SLOT; rebooting" line, or, when journald's
+    forwarding to the console lost that line in the shutdown that follows it, the shutdown's own
+    first console line (systemd-shutdown writes to the console itself). Either way the next
+    boot's GRUB line, waited for next, proves the slot was installed and marked for a trial."""
+    return (
+        rf"installed {re.escape(version)} into slot {slot}; rebooting"
+        r"|systemd-shutdown\[1\]: [^\n]*"
+    )
+
+
 class Machine:
     """The car's computer: one QEMU run per boot. ``-no-reboot`` turns every guest reset (a
     reboot, a kernel panic's ``panic=5``) into QEMU exiting, and the next boot is a fresh QEMU on
@@ -526,7 +537,7 @@ class Proof:
         with self.sw.phase("campaign 1: 1.1, delta, commit in B"):
             c1 = fleet.launch("1.1")
             self.timeline.note(f"campaign {c1[:8]}: {HW} 1.1 started")
-            self.wait(vm, r"installed 1\.1 into slot B; rebooting", "daemon", t * 4)
+            self.wait(vm, rebooting_after_install("1.1", "B"), "daemon", t * 4)
             self.wait(vm, r"OVERDRIVE-GRUB slot=B A_LEFT=0 B_LEFT=1", "GRUB tries B")
             self.wait(vm, r"committed 1\.1 in slot B", "post-boot")
             status = fleet.wait_counts(c1, "committed", 120)
@@ -550,7 +561,7 @@ class Proof:
         with self.sw.phase("campaign 2: 1.2, health check fails, back to B"):
             c2 = fleet.launch("1.2")
             self.timeline.note(f"campaign {c2[:8]}: {HW} 1.2 started")
-            self.wait(vm, r"installed 1\.2 into slot A; rebooting", "daemon", t * 4)
+            self.wait(vm, rebooting_after_install("1.2", "A"), "daemon", t * 4)
             self.wait(vm, r"OVERDRIVE-GRUB slot=A A_LEFT=1 B_LEFT=0", "GRUB tries A")
             self.wait(vm, r"rolled back slot A: health check failed: [^\n]*", "post-boot")
             self.wait(vm, r"OVERDRIVE-GRUB slot=B", "GRUB falls back")
@@ -572,7 +583,7 @@ class Proof:
         with self.sw.phase("campaign 3: 1.3 panics, GRUB falls back by itself"):
             c3 = fleet.launch("1.3")
             self.timeline.note(f"campaign {c3[:8]}: {HW} 1.3 started")
-            self.wait(vm, r"installed 1\.3 into slot A; rebooting", "daemon", t * 4)
+            self.wait(vm, rebooting_after_install("1.3", "A"), "daemon", t * 4)
             for attempt in (1, 2):
                 self.wait(vm, r"OVERDRIVE-GRUB slot=A", f"GRUB tries A ({attempt} of 2)")
                 self.wait(vm, r"Kernel panic - not syncing[^\n]*", "the kernel")
