@@ -30,6 +30,10 @@ def normalised(line: str) -> str:
     return re.sub(r"\d+(\.\d+)?", "#", line).rstrip()
 
 
+VARYING = ("the policy paused the campaign: ",)
+"""Quoted lines whose rest depends on the run's draw."""
+
+
 def readme_demo_lines() -> list[str]:
     text = README.read_text("utf-8")
     block = text.split("What `make demo` prints", 1)[1].split("```", 2)[1]
@@ -47,8 +51,14 @@ def test_demo_end_to_end(cli: Cli, tmp_path: Path) -> None:
     position = 0
     for line in readme_demo_lines():
         wanted = normalised(line)
-        assert wanted in printed[position:], f"README line not printed (in order): {line}"
-        position = printed.index(wanted, position) + 1
+        # Which vehicles the canary draws changes from run to run, and with it the words of
+        # the breach (a campaign-wide rate, or one group's clear failures): compare the start.
+        for varying in VARYING:
+            if varying in wanted:
+                wanted = wanted.split(varying, 1)[0] + varying
+        matches = [i for i, p in enumerate(printed) if i >= position and p.startswith(wanted)]
+        assert matches, f"README line not printed (in order): {line}"
+        position = matches[0] + 1
     summary = json.loads((workspace / "summary.json").read_text())
     # Everyone ends on the fixed release 1.2; the broken 1.1 was rolled back where it was tried.
     assert summary["versions"] == {"ecu-gateway 1.2": 12, "ecu-infotainment 1.2": 8}
