@@ -17,7 +17,7 @@ import overdrive.rollout_policies as rp
 from overdrive.rollout_policies.units import format_duration
 from overdrive.server.campaigns import aware, counts, policy_of, utcnow
 from overdrive.server.errors import BadRequest
-from overdrive.server.evaluator import group_counts, stage_state
+from overdrive.server.evaluator import stage_state
 from overdrive.server.models import (
     MEMBERSHIP_STATUSES,
     RUNNING,
@@ -43,8 +43,19 @@ def campaign_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
         select(CampaignRelease).where(CampaignRelease.campaign_id == campaign.id)
     )
     stages = campaign.policy.get("stages", [])
-    decision = _decision(session, campaign) if campaign.state == RUNNING else None
-    waiting = waits(decision, utcnow()) if decision else []
+    now = utcnow()
+    policy = policy_of(campaign)
+    # One read of the counts, overall and per group, serves the counts, the groups and (before
+    # the evaluator's first run) the preview of its decision.
+    state: rp.StageState | None = None
+    if campaign.started_at is None:  # a draft has no members yet
+        raw = counts(session, campaign.id)
+    else:
+        state, raw = stage_state(session, campaign, policy, now)
+    decision = None
+    if campaign.state == RUNNING and state is not None:
+        decision = campaign.decision or {**rp.decide(policy, state).to_dict(), "at": None}
+    waiting = waits(decision, now) if decision else []
     return {
         "id": campaign.id,
         "name": campaign.name,
@@ -69,21 +80,11 @@ def campaign_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
             r.hardware_id: {"version": r.version, "release_counter": r.release_counter}
             for r in releases
         },
-        "counts": counts(session, campaign.id),
-        "groups": groups(session, campaign),
+        "counts": raw,
+        "groups": groups(policy, state) if state is not None else [],
         "created_at": iso(campaign.created_at),
         "created_by": campaign.created_by,
     }
-
-
-def _decision(session: Session, campaign: Campaign) -> dict[str, Any]:
-    """The evaluator's last decision; before its first run, what it would decide now (so a
-    running campaign never answers "reason": null)."""
-    if campaign.decision:
-        return campaign.decision
-    now = utcnow()
-    state, _counts = stage_state(session, campaign, policy_of(campaign), now)
-    return {**rp.decide(policy_of(campaign), state).to_dict(), "at": None}
 
 
 def waits(decision: dict[str, Any], now: datetime) -> list[str]:
@@ -97,16 +98,9 @@ def waits(decision: dict[str, Any], now: datetime) -> list[str]:
     return lines
 
 
-def groups(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
+def groups(policy: rp.Policy, state: rp.StageState) -> list[dict[str, Any]]:
     """Every judged group now: counts, rate, and what the sequential test holds it against."""
-    if campaign.started_at is None:
-        return []
-    policy = policy_of(campaign)
-    c = counts(session, campaign.id)
-    succeeded = c.get("committed", 0)
-    failures = c.get("failed", 0) + c.get("rolled_back", 0)
-    overall = rp.GroupCounts(rp.OVERALL, "all", c["eligible"], c["admitted"], succeeded, failures)
-    verdicts = rp.judge(policy.judge, (overall, *group_counts(session, campaign, policy)))
+    verdicts = rp.judge(policy.judge, (state.overall, *state.groups))
     p0 = str(policy.judge.acceptable_failure_rate)
     return [{**v.to_dict(), "acceptable_failure_rate": p0} for v in verdicts]
 
