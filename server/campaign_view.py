@@ -15,10 +15,11 @@ from sqlalchemy.orm import Session
 
 import overdrive.rollout_policies as rp
 from overdrive.rollout_policies.units import format_duration
-from overdrive.server.campaigns import aware, counts, policy_of, utcnow
+from overdrive.server.campaigns import FAILED, aware, counts, policy_of, utcnow
 from overdrive.server.errors import BadRequest
-from overdrive.server.evaluator import stage_state
+from overdrive.server.evaluator import NONE_VALUE, dimension_column, stage_state
 from overdrive.server.models import (
+    EVENT_ORDER,
     MEMBERSHIP_STATUSES,
     RUNNING,
     AuditEntry,
@@ -30,7 +31,7 @@ from overdrive.server.models import (
     Membership,
     Vehicle,
 )
-from overdrive.server.vehicles import iso
+from overdrive.server.vehicles import FINAL, iso
 
 MEMBER_STATUSES = MEMBERSHIP_STATUSES
 HISTORY_LIMIT = 200
@@ -129,24 +130,14 @@ def campaign_vehicles(
     """The vehicles behind a campaign's counts: membership status and reason, installed
     version, model, region, last event; filtered by status, hardware id, model, region,
     stage, or a group (``dimension`` + ``value`` as in ``groups``)."""
-    query = (
-        select(Membership, Vehicle, InstalledImage.version)
-        .join(Vehicle, Vehicle.id == Membership.vehicle_id)
-        .outerjoin(
-            InstalledImage,
-            (InstalledImage.vehicle_id == Membership.vehicle_id)
-            & (InstalledImage.hardware_id == Membership.hardware_id),
-        )
-        .where(Membership.campaign_id == campaign.id)
-    )
-    query = _filtered(query, filters)
+    query = filter_members(member_query(campaign), filters)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows: Sequence[Any] = session.execute(
         query.order_by(Membership.updated_at.desc(), Membership.vehicle_id)
         .limit(limit)
         .offset(offset)
     ).all()
-    last = _last_events(session, campaign.id, [m.vehicle_id for m, _v, _ver in rows])
+    last = last_events(session, campaign.id, [m.vehicle_id for m, _v, _ver in rows])
     items = [
         {
             "vehicle_id": m.vehicle_id,
@@ -160,7 +151,7 @@ def campaign_vehicles(
             "model": v.model,
             "region": v.region,
             "updated_at": iso(m.updated_at) if m.updated_at else None,
-            "last_event": last.get((m.vehicle_id, m.hardware_id)),
+            "last_event": _event_summary(last.get((m.vehicle_id, m.hardware_id))),
         }
         for m, v, version in rows
     ]
@@ -174,12 +165,30 @@ def campaign_vehicles(
 _Members = Select[Membership, Vehicle, str]
 
 
-def _filtered(query: _Members, filters: dict[str, str]) -> _Members:
+def member_query(campaign: Campaign) -> _Members:
+    """The campaign's memberships with their vehicles and the version each runs now."""
+    return (
+        select(Membership, Vehicle, InstalledImage.version)
+        .join(Vehicle, Vehicle.id == Membership.vehicle_id)
+        .outerjoin(
+            InstalledImage,
+            (InstalledImage.vehicle_id == Membership.vehicle_id)
+            & (InstalledImage.hardware_id == Membership.hardware_id),
+        )
+        .where(Membership.campaign_id == campaign.id)
+    )
+
+
+def filter_members(query: _Members, filters: dict[str, str]) -> _Members:
+    """Apply the vehicle-list filters (see :func:`member_filters`; ``status`` may also be
+    ``in_progress``: admitted and not finished, which the dashboard offers)."""
     status = filters.get("status")
     if status == "finished":
-        query = query.where(Membership.status.in_(("committed", "failed", "rolled_back")))
+        query = query.where(Membership.status.in_(FINAL))
     elif status == "failures":
-        query = query.where(Membership.status.in_(("failed", "rolled_back")))
+        query = query.where(Membership.status.in_(FAILED))
+    elif status == "in_progress":
+        query = query.where(Membership.admitted.is_(True), Membership.status.not_in(FINAL))
     elif status:
         query = query.where(Membership.status == status)
     for key, column in (
@@ -194,32 +203,31 @@ def _filtered(query: _Members, filters: dict[str, str]) -> _Members:
         query = query.where(Membership.admitted.is_(filters["admitted"] == "true"))
     dimension, value = filters.get("dimension"), filters.get("value")
     if dimension and value is not None and dimension != rp.OVERALL:
-        from overdrive.server.evaluator import NONE_VALUE, dimension_column
-
         selected = dimension_column(dimension)
         query = query.where(selected.is_(None) if value == NONE_VALUE else selected == value)
     return query
 
 
-def _last_events(
+def last_events(
     session: Session, campaign_id: str, vehicle_ids: list[str]
-) -> dict[tuple[str, str | None], dict[str, Any]]:
-    """The last event each of these vehicles reported for the campaign (by arrival)."""
+) -> dict[tuple[str, str | None], Event]:
+    """The newest event each of these vehicles reported for the campaign, per hardware id."""
     if not vehicle_ids:
         return {}
-    rows = session.scalars(
+    last: dict[tuple[str, str | None], Event] = {}
+    for event in session.scalars(
         select(Event)
         .where(Event.campaign_id == campaign_id, Event.vehicle_id.in_(vehicle_ids))
-        .order_by(Event.received_at)
-    )
-    last: dict[tuple[str, str | None], dict[str, Any]] = {}
-    for event in rows:
-        last[(event.vehicle_id, event.hardware_id)] = {
-            "type": event.type,
-            "reason": event.reason,
-            "received_at": iso(event.received_at),
-        }
+        .order_by(*EVENT_ORDER)
+    ):
+        last.setdefault((event.vehicle_id, event.hardware_id), event)
     return last
+
+
+def _event_summary(event: Event | None) -> dict[str, Any] | None:
+    if event is None:
+        return None
+    return {"type": event.type, "reason": event.reason, "received_at": iso(event.received_at)}
 
 
 # ------------------------------------------------------------------------------ history

@@ -13,7 +13,14 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from overdrive.server.errors import BadRequest, NotFoundError
-from overdrive.server.models import MEMBERSHIP_STATUSES, Event, InstalledImage, Membership, Vehicle
+from overdrive.server.models import (
+    EVENT_ORDER,
+    MEMBERSHIP_STATUSES,
+    Event,
+    InstalledImage,
+    Membership,
+    Vehicle,
+)
 from overdrive.server.vehicles import iso
 
 FILTERS = ("hardware_id", "version", "model", "region", "campaign", "campaign_status", "search")
@@ -134,11 +141,7 @@ def vehicle_events(session: Session, vehicle_id: str, *, limit: int, offset: int
         raise NotFoundError(f"unknown vehicle {vehicle_id[:128]}")
     query = select(Event).where(Event.vehicle_id == vehicle_id)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(Event.received_at.desc(), Event.occurred_at.desc(), Event.event_id)
-        .limit(limit)
-        .offset(offset)
-    )
+    rows = session.scalars(query.order_by(*EVENT_ORDER, Event.event_id).limit(limit).offset(offset))
     return {
         "items": [
             {

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    case,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -191,6 +192,17 @@ class Event(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+#: The order of event feeds, newest first: by arrival, then the vehicle's own time, then the
+#: step's place in an update (one batch arrives at one moment: its last step comes first).
+EVENT_ORDER = (
+    Event.received_at.desc(),
+    Event.occurred_at.desc(),
+    case(
+        {kind: i for i, kind in enumerate(MEMBERSHIP_STATUSES)}, value=Event.type, else_=-1
+    ).desc(),
+)
+
+
 class CampaignSample(Base):
     """A campaign's vehicles per state at one evaluation (the dashboard's timeline chart)."""
 
@@ -236,6 +248,7 @@ __all__ = [
     "ACTIVE_STATES",
     "COMPLETED",
     "DRAFT",
+    "EVENT_ORDER",
     "MEMBERSHIP_STATUSES",
     "PAUSED",
     "RUNNING",

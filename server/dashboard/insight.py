@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, func, select
+from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 import overdrive.rollout_policies as rp
@@ -25,8 +25,6 @@ from overdrive.server import campaign_view
 from overdrive.server.campaigns import FAILED
 from overdrive.server.dashboard.chart import Chart, timeline_chart
 from overdrive.server.dashboard.forms import ListQuery
-from overdrive.server.dashboard.queries import EVENT_ORDER
-from overdrive.server.evaluator import NONE_VALUE, dimension_column
 from overdrive.server.models import (
     ACTIVE_STATES,
     Campaign,
@@ -35,7 +33,6 @@ from overdrive.server.models import (
     Membership,
     Vehicle,
 )
-from overdrive.server.vehicles import FINAL
 
 #: The vehicle-list filters behind each count of the progress card (``data-count`` names).
 TILE_FILTERS: dict[str, dict[str, str]] = {
@@ -152,53 +149,10 @@ MEMBER_ORDER: dict[str, tuple[ColumnElement[Any] | InstrumentedAttribute[Any], .
     "status": (_STATUS_ORDER,),
 }
 
-_Members = Select[Membership, Vehicle, str]
-
-
-def _members(campaign: Campaign) -> _Members:
-    return (
-        select(Membership, Vehicle, InstalledImage.version)
-        .join(Vehicle, Vehicle.id == Membership.vehicle_id)
-        .outerjoin(
-            InstalledImage,
-            (InstalledImage.vehicle_id == Membership.vehicle_id)
-            & (InstalledImage.hardware_id == Membership.hardware_id),
-        )
-        .where(Membership.campaign_id == campaign.id)
-    )
-
-
-def _filtered(query: _Members, filters: dict[str, str]) -> _Members:
-    """The filters of :func:`overdrive.server.campaign_view.campaign_vehicles`, plus ``in_progress``."""
-    status = filters.get("status")
-    if status == "finished":
-        query = query.where(Membership.status.in_(FINAL))
-    elif status == "failures":
-        query = query.where(Membership.status.in_(FAILED))
-    elif status == "in_progress":
-        query = query.where(Membership.admitted.is_(True), Membership.status.not_in(FINAL))
-    elif status:
-        query = query.where(Membership.status == status)
-    if "admitted" in filters:
-        query = query.where(Membership.admitted.is_(filters["admitted"] == "true"))
-    for key, column in (
-        ("hardware_id", Membership.hardware_id),
-        ("model", Vehicle.model),
-        ("region", Vehicle.region),
-        ("from_version", Membership.from_version),
-    ):
-        if key in filters:
-            query = query.where(column == filters[key])
-    dimension, value = filters.get("dimension"), filters.get("value")
-    if dimension and value is not None and dimension != rp.OVERALL:
-        selected = dimension_column(dimension)
-        query = query.where(selected.is_(None) if value == NONE_VALUE else selected == value)
-    return query
-
 
 def count_members(session: Session, campaign: Campaign, query: ListQuery) -> int:
     """How many of the campaign's vehicles match ``query``'s filters."""
-    selected = _filtered(_members(campaign), query.filters)
+    selected = campaign_view.filter_members(campaign_view.member_query(campaign), query.filters)
     return session.scalar(select(func.count()).select_from(selected.subquery())) or 0
 
 
@@ -206,7 +160,7 @@ def member_page(
     session: Session, campaign: Campaign, query: ListQuery, limit: int, offset: int
 ) -> list[MemberRow]:
     """A page of the campaign's vehicles matching ``query``, in its sort order."""
-    selected = _filtered(_members(campaign), query.filters)
+    selected = campaign_view.filter_members(campaign_view.member_query(campaign), query.filters)
     order = [
         (c.desc() if query.descending else c.asc()).nulls_last() for c in MEMBER_ORDER[query.sort]
     ]
@@ -215,7 +169,9 @@ def member_page(
         .limit(limit)
         .offset(offset)
     ).all()
-    last = last_events(session, campaign.id, [m.vehicle_id for m, _v, _version in rows])
+    last = campaign_view.last_events(
+        session, campaign.id, [m.vehicle_id for m, _v, _version in rows]
+    )
     return [
         MemberRow(
             vehicle_id=m.vehicle_id,
@@ -232,22 +188,6 @@ def member_page(
         )
         for m, v, version in rows
     ]
-
-
-def last_events(
-    session: Session, campaign_id: str, vehicle_ids: list[str]
-) -> dict[tuple[str, str | None], Event]:
-    """The newest event each of these vehicles reported for the campaign, per hardware id."""
-    if not vehicle_ids:
-        return {}
-    last: dict[tuple[str, str | None], Event] = {}
-    for event in session.scalars(
-        select(Event)
-        .where(Event.campaign_id == campaign_id, Event.vehicle_id.in_(vehicle_ids))
-        .order_by(*EVENT_ORDER)
-    ):
-        last.setdefault((event.vehicle_id, event.hardware_id), event)
-    return last
 
 
 # ------------------------------------------------------------------------------ the page

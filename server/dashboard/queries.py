@@ -27,6 +27,7 @@ from overdrive.server.models import (
     ACTIVE_STATES,
     COMPLETED,
     DRAFT,
+    EVENT_ORDER,
     PAUSED,
     RUNNING,
     AuditEntry,
@@ -36,18 +37,12 @@ from overdrive.server.models import (
     Membership,
     Vehicle,
 )
-from overdrive.server.vehicles import EVENT_TYPES
 
 #: Campaign states, in the order of their lifecycle (the list page's filter chips).
 STATES = (DRAFT, RUNNING, PAUSED, COMPLETED, ABORTED)
 #: Events newest first: by when the server received them (a vehicle's own clock, which it may
 #: set to 2099, never moves its events ahead of others), then by when they happened and by
 #: lifecycle step (a vehicle reports an update in one batch, and rows keep no insertion order).
-EVENT_ORDER = (
-    Event.received_at.desc(),
-    Event.occurred_at.desc(),
-    case({kind: i for i, kind in enumerate(EVENT_TYPES)}, value=Event.type, else_=-1).desc(),
-)
 #: The parts of a campaign's progress bar, in drawing order, with their labels.
 PARTS = (
     ("committed", "Committed"),
