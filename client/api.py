@@ -32,17 +32,20 @@ MAX_NEXT_POLL_S = 86_400
 
 @dataclass(frozen=True)
 class PollAnswer:
-    """A well-formed poll answer: the assignments (still unverified) and when to poll next."""
+    """A well-formed poll answer: the version of the vehicle's director chain (None: it has
+    none), the time attestation (still unverified) and when to poll next."""
 
-    assignments: list[dict[str, Any]]
+    director_version: int | None
+    time: dict[str, Any] | None
     next_poll: int | None
 
 
 def parse_poll_answer(answer: Any) -> PollAnswer:
     """Check a poll answer's shape; :class:`ServerError` for anything malformed.
 
-    ``next_poll_seconds`` must be an integer in ``[1, MAX_NEXT_POLL_S]`` when present; the
-    assignments a list of objects. Their signatures are checked later, by the caller.
+    ``next_poll_seconds`` must be an integer in ``[1, MAX_NEXT_POLL_S]`` when present,
+    ``director.version`` a positive integer, ``time`` an object. The signatures are checked
+    later, by the caller; the director chain is fetched and verified through TUF.
     """
     if not isinstance(answer, dict):
         raise ServerError(f"malformed poll answer: expected a JSON object, got {_kind(answer)}")
@@ -56,10 +59,16 @@ def parse_poll_answer(answer: Any) -> PollAnswer:
             f"malformed poll answer: next_poll_seconds must be an integer in "
             f"[1, {MAX_NEXT_POLL_S}], got {one_line(json.dumps(raw_next), 40)}"
         )
-    assignments = answer.get("assignments", [])
-    if not isinstance(assignments, list) or not all(isinstance(a, dict) for a in assignments):
-        raise ServerError("malformed poll answer: assignments must be a list of objects")
-    return PollAnswer(assignments, raw_next)
+    director = answer.get("director")
+    version = director.get("version") if isinstance(director, dict) else None
+    if director is not None and (
+        isinstance(version, bool) or not isinstance(version, int) or not 0 < version < 1 << 31
+    ):
+        raise ServerError("malformed poll answer: director.version must be a positive integer")
+    time = answer.get("time")
+    if time is not None and not isinstance(time, dict):
+        raise ServerError("malformed poll answer: time must be an object")
+    return PollAnswer(version, time, raw_next)
 
 
 def _kind(value: Any) -> str:

@@ -25,9 +25,10 @@ from overdrive.client.errors import ConfigError
 from overdrive.client.events import EventQueue
 from overdrive.client.identity import create_key
 from overdrive.client.state import SlotImage, StateStore, VehicleState
-from overdrive.client.trust import TRUSTED_ROOT
+from overdrive.client.trust import DIRECTOR_ROOT, TRUSTED_ROOT
 from overdrive.client.tuf_client import tuf_client
 from overdrive.client.vehicle import KEY_FILE, Vehicle, boot_env_for
+from overdrive.text import one_line
 
 state_dir_option = click.option(
     "--state-dir",
@@ -63,6 +64,17 @@ def vehicle() -> None:
     required=True,
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="The image repository's root.json this vehicle trusts.",
+)
+@click.option(
+    "--director-root",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The director's root.json this vehicle trusts ('overdrive director init').",
+)
+@click.option(
+    "--ecu-serial",
+    default="",
+    help="This primary ECU's serial [default: VEHICLE_ID-primary].",
 )
 @click.option(
     "--repo-url", required=True, help="Base URL of the image repository (file:// or http(s)://)."
@@ -127,6 +139,8 @@ def provision(
     slot_a: Path,
     slot_b: Path,
     trusted_root: Path,
+    director_root: Path,
+    ecu_serial: str,
     repo_url: str,
     factory_version: str,
     factory_release_counter: int,
@@ -187,7 +201,10 @@ def provision(
         poll_interval=poll_interval,
         max_bytes_per_s=max_bytes_per_s,
         attributes=attributes,
+        ecu_serial=ecu_serial,
     )
+    _check_root(director_root, "--director-root")
+    _check_root(trusted_root, "--trusted-root")
     length = factory_length or size
     factory = SlotImage(
         hardware_id, factory_version, image_sha256(slot_a, length), length, factory_release_counter
@@ -199,6 +216,7 @@ def provision(
         "vehicle_id": vehicle_id,
         "public_key": {"keyid": key.keyid, **key.to_dict()},
         "attributes": attributes,
+        "ecus": {config.serial: {"hardware_id": hardware_id, "primary": True}},
         "images": {
             hardware_id: {
                 "version": factory_version,
@@ -213,6 +231,7 @@ def provision(
         (state_dir / KEY_FILE).unlink(missing_ok=True)  # nothing half-provisioned stays behind
         raise
     shutil.copyfile(trusted_root, state_dir / TRUSTED_ROOT)
+    shutil.copyfile(director_root, state_dir / DIRECTOR_ROOT)
     config.save(state_dir)
     StateStore(state_dir).save(
         VehicleState(slots={"A": factory, "B": None}, committed_counter=factory_release_counter)
@@ -225,6 +244,18 @@ def provision(
     click.echo(
         f"provisioned {vehicle_id} ({hardware_id} {factory_version} in slot A); state in {state_dir}"
     )
+
+
+def _check_root(path: Path, option: str) -> None:
+    """``path`` must hold TUF root metadata (which one it is, TUF checks at every refresh)."""
+    from tuf.api.metadata import Metadata, Root
+
+    try:
+        Metadata[Root].from_bytes(path.read_bytes())
+    except Exception as e:
+        raise ConfigError(
+            f"{option} {path} is not TUF root metadata: {one_line(str(e), 120)}"
+        ) from e
 
 
 def _slot_size(path: Path) -> int:

@@ -51,6 +51,9 @@ class VehicleConfig:
     #: A download slower than 1 KiB/s averaged over this window is dropped (slow retrieval).
     download_rate_window_s: float = 10.0
     attributes: dict[str, str] = field(default_factory=dict)
+    #: This (primary) ECU's serial in the director's targets and in version reports; empty:
+    #: ``<vehicle_id>-primary``.
+    ecu_serial: str = ""
 
     def __post_init__(self) -> None:
         """Check what an integrator may have edited by hand: one clear line per mistake."""
@@ -78,11 +81,19 @@ class VehicleConfig:
         for name in ("health_timeout_s", "request_deadline_s", "download_rate_window_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"vehicle.toml: {name} must be a positive number of seconds")
+        if self.ecu_serial and not _valid_serial(self.ecu_serial):
+            raise ConfigError(
+                "vehicle.toml: ecu_serial must be letters, digits and . _ : - (at most 128)"
+            )
         if self.max_bytes_per_s < 0 or self.cache_max_bytes < 0 or self.download_backoff_s < 0:
             raise ConfigError(
                 "vehicle.toml: max_bytes_per_s, cache_max_bytes and download_backoff_s "
                 "must not be negative"
             )
+
+    @property
+    def serial(self) -> str:
+        return self.ecu_serial or f"{self.vehicle_id}-primary"
 
     def slot_path(self, slot: str) -> Path:
         return Path(self.slot_a if slot == "A" else self.slot_b)
@@ -118,6 +129,16 @@ class VehicleConfig:
             return cls(**data)
         except TypeError as e:  # a required setting is missing
             raise ConfigError(f"{path}: {e}") from e
+
+
+def _valid_serial(value: str) -> bool:
+    from overdrive.uptane import UptaneError, check_serial
+
+    try:
+        check_serial(value)
+    except UptaneError:
+        return False
+    return True
 
 
 _KINDS: dict[str, type] = {

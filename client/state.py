@@ -67,6 +67,14 @@ class VehicleState:
     #: the same atomic write and then moved to the event queue: a decision and its report are
     #: never separated by a power cut.
     outbox: list[dict[str, Any]] = field(default_factory=list)
+    #: The director chain version whose target for this ECU was acted on (installed, refused
+    #: or given up): the same version is not acted on twice.
+    director_acted: int = 0
+    #: The latest time a director time attestation vouched for (ISO UTC): trusted time never
+    #: goes back, whatever the server (or the vehicle's own clock) says.
+    trusted_time: str | None = None
+    #: What this ECU detected and has not yet reported in a version report (one line).
+    attacks_detected: str = ""
 
     @property
     def inactive(self) -> str:

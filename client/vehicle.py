@@ -44,10 +44,11 @@ from overdrive.client.state import (
     StateStore,
     VehicleState,
 )
-from overdrive.client.trust import Trust, check_assignment, check_target
-from overdrive.envelope import MANIFEST
+from overdrive.client.trust import DirectorTrust, Trust, check_director_target, check_target
+from overdrive.envelope import sign_envelope
 from overdrive.text import one_line
 from overdrive.tuf_layout import BundleInfo
+from overdrive.uptane import VEHICLE_MANIFEST, DirectorEntry, ecu_report, installed_image, parse_iso
 
 KEY_FILE = "vehicle.key"
 #: Downloads whose bytes did not match the signed hash before the assignment is given up.
@@ -95,6 +96,12 @@ class Vehicle:
         self.store = StateStore(state_dir)
         self.events = EventQueue(state_dir)
         self.trust = Trust(state_dir, self.config.repo_url, self.config.request_deadline_s)
+        self.director = DirectorTrust(
+            state_dir,
+            self.config.server_url,
+            self.config.vehicle_id,
+            self.config.request_deadline_s,
+        )
         self.boot_env = boot_env_for(self.config, state_dir)
         self.cache = BundleCache(state_dir / "cache", self.config.cache_max_bytes)
         self._api: ServerApi | None = None
@@ -171,25 +178,44 @@ class Vehicle:
         return self._poll(state)
 
     def _manifest(self, state: VehicleState, nonce: str) -> dict[str, Any]:
+        """The vehicle version manifest: this ECU's version report (signed by its key, echoing
+        ``nonce``, counted by the manifest counter), and the vehicle's update state."""
         active = state.image(state.active)
-        images = {}
-        if active is not None:
-            images[active.hardware_id] = {
-                "version": active.version,
-                "sha256": active.sha256,
-                "release_counter": active.release_counter,
-            }
+        if active is None:  # never after provisioning: slot A holds the factory image
+            image = installed_image(None, 0, "0" * 64, "none", 0)
+        else:
+            image = installed_image(
+                f"{active.hardware_id}/{active.version}",
+                active.length,
+                active.sha256,
+                active.version,
+                active.release_counter,
+            )
+        report = ecu_report(
+            ecu_serial=self.config.serial,
+            hardware_id=self.config.hardware_id,
+            nonce=nonce,
+            counter=state.manifest_counter,
+            image=image,
+            attacks_detected=state.attacks_detected,
+        )
         return {
-            "_type": MANIFEST,
+            "_type": VEHICLE_MANIFEST,
             "vehicle_id": self.config.vehicle_id,
+            "primary_ecu_serial": self.config.serial,
             "counter": state.manifest_counter,
             "timestamp": now_iso(),
             "nonce": nonce,
-            "images": images,
+            "ecu_version_reports": {self.config.serial: sign_envelope(report, self.api_signer())},
             "slot": state.active,
             "state": state.state,
             "last_result": state.last_result,
         }
+
+    def api_signer(self) -> Any:
+        signer = self.api.signer
+        assert signer is not None
+        return signer
 
     def _poll(self, state: VehicleState) -> CycleResult:
         nonce = secrets.token_hex(16)
@@ -201,9 +227,12 @@ class Vehicle:
         except ServerError as e:
             action = "offline" if "cannot reach" in str(e) else "server_error"
             return CycleResult(action, str(e), interval)
+        if state.attacks_detected:  # reported in that manifest's version report
+            state.attacks_detected = ""
+            self.store.save(state)
         next_poll = answer.next_poll or interval
-        assignments = [a for a in answer.assignments if _for(a, self.config.hardware_id)]
-        if not assignments:
+        version = answer.director_version
+        if version is None or version == state.director_acted:
             return CycleResult("nothing", "nothing to do", next_poll)
         running = self.running_slot(self.boot_env.load())
         if running != state.active:
@@ -214,62 +243,86 @@ class Vehicle:
                 next_poll,
             )
         try:
-            verified = self._verify(state, assignments[0], nonce, running)
+            verified = self._verify(state, answer.time, nonce, running)
         except RepositoryUnreachable as e:
             return CycleResult("offline", str(e), next_poll)
         except Refused as e:
-            # Name the campaign only for an assignment whose signature checked out: a forged one
-            # must not take the vehicle out of a real campaign.
-            state.assignment = {"payload": e.payload} if e.payload else None
-            state.outbox.append(
-                final_event(
-                    state,
-                    "failed",
-                    now_iso(),
-                    self.config.hardware_id,
-                    f"{e.reason}: {e}",
-                    salt="" if e.payload else nonce,
-                )
-            )
-            state.assignment = None
-            state.last_result = _result("refused", e.reason, str(e))
-            self.save_with_outbox(state)
-            self.flush_events()
-            return CycleResult("refused", f"{e.reason}: {e}", next_poll)
+            return self._refused(state, e, version, nonce, next_poll)
+        if verified is None:
+            state.director_acted = version
+            self.store.save(state)
+            return CycleResult("nothing", "nothing to do", next_poll)
         if not _in_window(verified["payload"].get("maintenance_windows") or []):
             return CycleResult("waiting", "outside the maintenance window", next_poll)
+        state.director_acted = version
         state.assignment = verified
         state.state = DOWNLOADING
         self.store.save(state)
         self.report(state, "downloading")
         return self._continue(state)
 
-    def _verify(
-        self, state: VehicleState, envelope: Any, nonce: str, running: str
-    ) -> dict[str, Any]:
-        updater = self.trust.refresh()
-        keys, threshold = self.trust.director_keys(updater)
-        payload = check_assignment(
-            envelope,
-            director_keys=keys,
-            threshold=threshold,
-            vehicle_id=self.config.vehicle_id,
-            nonce=nonce,
-            hardware_id=self.config.hardware_id,
+    def _refused(
+        self, state: VehicleState, e: Refused, version: int, nonce: str, next_poll: int
+    ) -> CycleResult:
+        """Report a refusal once per director version, and remember it as a detected attack.
+
+        The campaign is named only for a director target whose signature checked out: a forged
+        one must not take the vehicle out of a real campaign."""
+        state.assignment = {"payload": e.payload} if e.payload else None
+        state.outbox.append(
+            final_event(
+                state,
+                "failed",
+                now_iso(),
+                self.config.hardware_id,
+                f"{e.reason}: {e}",
+                salt="" if e.payload else nonce,
+            )
         )
-        target = updater.get_targetinfo(payload["target"]["path"])
+        state.assignment = None
+        state.last_result = _result("refused", e.reason, str(e))
+        state.attacks_detected = one_line(f"{e.reason}: {e}", 500)
+        state.director_acted = version
+        self.save_with_outbox(state)
+        self.flush_events()
+        return CycleResult("refused", f"{e.reason}: {e}", next_poll)
+
+    def _trusted_time(self, state: VehicleState, attestation: Any, nonce: str) -> datetime:
+        last = parse_iso(state.trusted_time, "trusted time") if state.trusted_time else None
+        moment = self.director.check_time(attestation, nonce, last)
+        state.trusted_time = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.store.save(state)
+        return moment
+
+    def _verify(
+        self, state: VehicleState, attestation: Any, nonce: str, running: str
+    ) -> dict[str, Any] | None:
+        """Full verification of what the director says this ECU should run (see
+        :mod:`overdrive.client.trust`); None when it says nothing new for this ECU."""
+        moment = self._trusted_time(state, attestation, nonce)
+        entries = self.director.refresh(moment)
+        entry = entries.get(self.config.serial)
+        if entry is None:
+            return None
+        payload = _payload(entry, self.director.local_version() or 0)
+        active = state.image(state.active)
+        updater = self.trust.refresh(moment)
+        target = updater.get_targetinfo(entry.path)
         try:
+            check_director_target(entry, target, hardware_id=self.config.hardware_id)
+            assert target is not None
+            if active is not None and _image_of(target) == active.sha256:
+                return None  # already running it (the director has not seen our report yet)
             info = check_target(
-                payload,
                 target,
                 hardware_id=self.config.hardware_id,
-                active=state.image(state.active),
+                active=active,
                 committed_counter=state.committed_counter,
             )
         except Refused as e:
             e.payload = payload
             raise
-        assert target is not None
+        payload["kind"] = info.kind
         return {
             "payload": payload,
             "custom": target.custom,
@@ -408,9 +461,29 @@ def _result(status: str, reason: str, message: str) -> dict[str, Any]:
     return {"status": status, "reason": reason, "message": one_line(message), "at": now_iso()}
 
 
-def _for(envelope: Any, hardware_id: str) -> bool:
-    signed = envelope.get("signed") if isinstance(envelope, dict) else None
-    return isinstance(signed, dict) and signed.get("hardware_id") in (hardware_id, None)
+def _payload(entry: DirectorEntry, director_version: int) -> dict[str, Any]:
+    """What the vehicle keeps of a director target while it works on it (and reports about)."""
+    return {
+        "campaign_id": entry.campaign_id,
+        "hardware_id": entry.hardware_id,
+        "ecu_serial": entry.ecu_serial,
+        "version": entry.version,
+        "release_counter": entry.release_counter,
+        "target": {"path": entry.path, "sha256": entry.sha256, "length": entry.length},
+        "maintenance_windows": entry.maintenance_windows,
+        "director_version": director_version,
+        # identifies this assignment in event ids (see events.event_id)
+        "nonce": f"director-{director_version}-{entry.sha256[:16]}",
+    }
+
+
+def _image_of(target: Any) -> str | None:
+    """The sha256 of the image a bundle target produces, if it says."""
+    try:
+        info = BundleInfo.from_custom(target.custom, target.path)
+    except Exception:
+        return None
+    return info.image.sha256 if info is not None else None
 
 
 def _in_window(windows: list[dict[str, Any]], now: datetime | None = None) -> bool:

@@ -28,6 +28,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "Create, sign, publish, inspect and verify the TUF image repository.",
     ),
     "release": ("overdrive.signing.cli", "release", "Register a build as signed update bundles."),
+    "director": (
+        "overdrive.signing.director_cli",
+        "director",
+        "Create, rotate and co-sign the director repository's root (offline keys).",
+    ),
     "bundle": ("overdrive.bundle.cli", "bundle", "Create, inspect and apply update bundles."),
     "demo": ("overdrive.demo", "demo", "Run the whole system end to end on the embedded defaults."),
     "policy": (

@@ -1,4 +1,5 @@
-"""Signed JSON messages between vehicles and the director: manifests, assignments, event batches.
+"""Signed JSON messages: vehicle version manifests and ECU reports, time attestations, event
+batches (see :mod:`overdrive.uptane`).
 
 An envelope is ``{"signed": PAYLOAD, "signatures": [{"keyid": …, "sig": …}]}`` — the TUF shape —
 where the signature covers the canonical JSON of ``PAYLOAD`` (sorted keys, no whitespace) and
@@ -17,8 +18,6 @@ from securesystemslib.signer import Key, Signature, Signer
 
 from overdrive.errors import OverdriveError
 
-MANIFEST = "vehicle_manifest"
-ASSIGNMENT = "assignment"
 EVENTS = "vehicle_events"
 
 

@@ -27,8 +27,9 @@ METADATA_PREFIX = "metadata/"
 TARGETS_PREFIX = "targets/"
 STAGING_PREFIX = "staging/"
 TOP_LEVEL_ROLES = ("root", "targets", "snapshot", "timestamp")
-#: The target that lists the director keys vehicles may trust (``{"keys": {…}, "threshold": n}``).
-DIRECTOR_KEYS_TARGET = "director/keys.json"
+#: Root carries the repository's expiry policy (role → seconds), so every engineer re-signs with
+#: the same periods, and the director signs each vehicle's metadata with its root's periods.
+EXPIRY_FIELD = "x-overdrive-expiry-seconds"
 #: Namespace of our fields inside a target's ``custom``.
 CUSTOM_KEY = "overdrive"
 #: A withdrawn target's ``custom`` carries ``{"reason": …, "at": ISO-UTC}`` under this key.

@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 from overdrive.server.config import ServerConfig
 from overdrive.server.context import EXTENSION, ReleaseCache, ServerContext
 from overdrive.server.db import DirectConnections, make_engine, make_sessionmaker
-from overdrive.server.director import Director
+from overdrive.server.director import Director, DirectorKeyError
 from overdrive.server.errors import (
     DATA_ERRORS,
     RETRY_AFTER,
@@ -49,11 +49,13 @@ def create_app(
         app.config["SECRET_KEY"] = secrets.token_urlsafe(32)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     engine = make_engine(config.db_url)
-    director = (
-        Director.from_file(config.director_key, config.director_passphrase_env)
-        if config.director_key
-        else None
-    )
+    director = None
+    if config.director_storage or config.director_keys:
+        if not (config.director_storage and config.director_keys):
+            raise DirectorKeyError("--director-storage and --director-keys go together")
+        director = Director.open(
+            config.director_storage, config.director_keys, config.director_passphrase_env
+        )
     ctx = ServerContext(
         config=config,
         engine=engine,
@@ -70,9 +72,10 @@ def create_app(
     app.extensions[EXTENSION] = ctx
 
     from overdrive.server.api import admin, campaigns, meta, vehicles
+    from overdrive.server.api import director as director_api
     from overdrive.server.dashboard import bp as dashboard
 
-    for blueprint in (vehicles.bp, campaigns.bp, admin.bp, meta.bp, dashboard):
+    for blueprint in (vehicles.bp, director_api.bp, campaigns.bp, admin.bp, meta.bp, dashboard):
         app.register_blueprint(blueprint)
     _register_error_handlers(app)
 

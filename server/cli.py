@@ -34,13 +34,21 @@ def server() -> None:
     "--storage", "storage_url", envvar="OVERDRIVE_STORAGE", help="Image repository storage URL."
 )
 @click.option(
-    "--director-key",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="OVERDRIVE_DIRECTOR_KEY",
-    help="The director's private key (PEM) that signs assignments.",
+    "--director-storage",
+    envvar="OVERDRIVE_DIRECTOR_STORAGE",
+    help="Storage URL of the director's root ('overdrive director init').",
 )
 @click.option(
-    "--director-passphrase-env", metavar="VAR", help="Environment variable holding its passphrase."
+    "--director-keys",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="OVERDRIVE_DIRECTOR_KEYS",
+    help="Key directory with the director's online targets, snapshot and timestamp keys.",
+)
+@click.option(
+    "--director-passphrase-env",
+    metavar="VAR",
+    help="Variable holding the passphrase of every director key (default: each key's own "
+    "$OVERDRIVE_PASSPHRASE_<NAME>).",
 )
 @click.option(
     "--trusted-root",
@@ -96,7 +104,8 @@ def server() -> None:
 def run(
     db_url: str,
     storage_url: str | None,
-    director_key: Path | None,
+    director_storage: str | None,
+    director_keys: Path | None,
     director_passphrase_env: str | None,
     trusted_root: Path | None,
     state_dir: Path | None,
@@ -114,7 +123,8 @@ def run(
     config = ServerConfig(
         db_url=db_url,
         storage_url=storage_url,
-        director_key=director_key,
+        director_storage=director_storage,
+        director_keys=director_keys,
         director_passphrase_env=director_passphrase_env,
         trusted_root=trusted_root,
         state_dir=state_dir_from(state_dir),

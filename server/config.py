@@ -44,15 +44,15 @@ class ServerConfig:
 
     db_url: str = "sqlite:///overdrive.db"
     storage_url: str | None = None
-    director_key: Path | None = None
+    #: The director's root chain (``overdrive director init``) and this server's online keys.
+    director_storage: str | None = None
+    director_keys: Path | None = None
     director_passphrase_env: str | None = None
     trusted_root: Path | None = None
     #: Pinned TUF state, one subdirectory per repository (see ``ReleaseCache.trust_dir``).
     state_dir: Path = field(default_factory=default_state_dir)
     #: Seconds between polls that a vehicle is told when there is nothing to do.
     poll_interval: int = 900
-    #: How long a signed assignment stays valid.
-    assignment_ttl: int = 3600
     #: Seconds between in-process evaluator runs (0: only ``overdrive server tick``).
     tick_interval: int = 30
     #: Seconds between re-reading the image repository.
@@ -69,17 +69,17 @@ class ServerConfig:
     @classmethod
     def from_env(cls) -> ServerConfig:
         env = os.environ
-        key = env.get("OVERDRIVE_DIRECTOR_KEY")
+        keys = env.get("OVERDRIVE_DIRECTOR_KEYS")
         root = env.get("OVERDRIVE_TRUSTED_ROOT")
         return cls(
             db_url=env.get("OVERDRIVE_DB", cls.db_url),
             storage_url=env.get("OVERDRIVE_STORAGE") or None,
-            director_key=Path(key) if key else None,
+            director_storage=env.get("OVERDRIVE_DIRECTOR_STORAGE") or None,
+            director_keys=Path(keys) if keys else None,
             director_passphrase_env=env.get("OVERDRIVE_DIRECTOR_PASSPHRASE_ENV") or None,
             trusted_root=Path(root) if root else None,
             state_dir=state_dir_from(env.get(STATE_DIR_ENV)),
             poll_interval=_env_int("OVERDRIVE_POLL_INTERVAL", cls.poll_interval),
-            assignment_ttl=_env_int("OVERDRIVE_ASSIGNMENT_TTL", cls.assignment_ttl),
             tick_interval=_env_int("OVERDRIVE_TICK_INTERVAL", cls.tick_interval),
             repository_refresh=_env_int("OVERDRIVE_REPOSITORY_REFRESH", cls.repository_refresh),
             secret_key=env.get("OVERDRIVE_SECRET_KEY") or None,
@@ -92,14 +92,15 @@ class ServerConfig:
             "OVERDRIVE_DB": self.db_url,
             STATE_DIR_ENV: str(self.state_dir),
             "OVERDRIVE_POLL_INTERVAL": str(self.poll_interval),
-            "OVERDRIVE_ASSIGNMENT_TTL": str(self.assignment_ttl),
             "OVERDRIVE_TICK_INTERVAL": str(self.tick_interval),
             "OVERDRIVE_REPOSITORY_REFRESH": str(self.repository_refresh),
         }
         if self.storage_url:
             env["OVERDRIVE_STORAGE"] = self.storage_url
-        if self.director_key:
-            env["OVERDRIVE_DIRECTOR_KEY"] = str(self.director_key)
+        if self.director_storage:
+            env["OVERDRIVE_DIRECTOR_STORAGE"] = self.director_storage
+        if self.director_keys:
+            env["OVERDRIVE_DIRECTOR_KEYS"] = str(self.director_keys)
         if self.director_passphrase_env:
             env["OVERDRIVE_DIRECTOR_PASSPHRASE_ENV"] = self.director_passphrase_env
         if self.trusted_root:

@@ -258,7 +258,10 @@ class ServerContext:
 
     def require_director(self) -> Director:
         if self.director is None:
-            raise Unavailable("this server has no director key configured (--director-key)")
+            raise Unavailable(
+                "this server has no director repository configured "
+                "(--director-storage, --director-keys)"
+            )
         return self.director
 
 

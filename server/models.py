@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -58,6 +59,11 @@ class Vehicle(Base):
     registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     status: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # slot state, last result
+    #: The vehicle's ECUs: serial → ``{"hardware_id": …, "primary": bool, "public_key": …}``
+    #: (the primary's key is the vehicle's own ``public_key``; see docs/vehicles.md).
+    ecus: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: Each ECU's last accepted version-report counter (serial → n): the replay guard of reports.
+    ecu_counters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class InstalledImage(Base):
@@ -230,6 +236,37 @@ class DashboardSession(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class DirectorRepo(Base):
+    """Where a vehicle's director repository stands: the version of its signed chain (targets,
+    snapshot and timestamp share it), the root that signed it, and what it lists (a digest of
+    the targets, so an unchanged assignment is never re-signed)."""
+
+    __tablename__ = "director_repos"
+
+    vehicle_id: Mapped[str] = mapped_column(
+        ForeignKey("vehicles.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    root_version: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    expires: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DirectorMetadata(Base):
+    """A signed per-vehicle director metadata file, as served (the current and the previous
+    version of each role, so a vehicle in the middle of a refresh still finds its files)."""
+
+    __tablename__ = "director_metadata"
+
+    vehicle_id: Mapped[str] = mapped_column(
+        ForeignKey("vehicles.id", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class AuditEntry(Base):
     """Every operator action, who did it and when."""
 
@@ -258,6 +295,8 @@ __all__ = [
     "CampaignRelease",
     "CampaignSample",
     "DashboardSession",
+    "DirectorMetadata",
+    "DirectorRepo",
     "EnrollToken",
     "Event",
     "InstalledImage",

@@ -1,4 +1,6 @@
-"""A vehicle's poll: check its signed manifest, record it, and hand out signed assignments.
+"""A vehicle's poll: check its vehicle version manifest, record it, and keep its director
+repository up to date (signing a new chain only when what it lists changes, see
+:mod:`overdrive.server.director_store`), answering with the chain's version and a signed time.
 
 This is the server's hot path: a million vehicles polling every 15 minutes is ~1,100 polls/s, and
 most polls have nothing to do. So it is written for few database round trips and little Python
@@ -14,33 +16,52 @@ per call, with the same guarantees as the rest of the API:
 * The manifest counter moves forward by compare-and-set (``UPDATE … WHERE manifest_counter <
   :counter``): that is the replay guard, so no row lock and, on PostgreSQL, no explicit
   transaction (each statement commits on its own: 2 round trips for a "nothing to do" poll).
-* The assignment query runs only for a vehicle with an open membership (at any time, most of the
-  fleet has none); a membership goes ``pending`` → ``assigned`` by a conditional ``UPDATE``, so
-  two concurrent polls of one vehicle cannot both move it.
+* The assignment query runs only for a vehicle with an open membership, or whose director
+  targets still list something (at any time, most of the fleet has neither); a membership goes
+  ``pending`` → ``assigned`` by a conditional ``UPDATE``, so two concurrent polls of one vehicle
+  cannot both move it.
+* The same ``SELECT`` reads where the vehicle's director repository stands; a new chain (three
+  signatures and one transaction) is written only when the targets change, the timestamp is
+  past half its life or the director's root changed. Every poll gets a time attestation (one
+  signature) so that the vehicle can check expiry against a time it trusts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 import psycopg
 from psycopg.types.json import Json
-from sqlalchemy import Connection, Executable, and_, bindparam, exists, literal, select, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Executable,
+    and_,
+    bindparam,
+    exists,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from tuf.api.metadata import TargetFile
 
-from overdrive.envelope import MANIFEST
 from overdrive.errors import OverdriveError
+from overdrive.server import director_store
 from overdrive.server.context import ServerContext
 from overdrive.server.db import DirectConnections
+from overdrive.server.director_store import EMPTY_DIGEST, RepoState, publish, state_of
 from overdrive.server.errors import BadRequest, Conflict
+from overdrive.server.manifest import check_reports, ecu_status, images_of
 from overdrive.server.models import (
     RUNNING,
     Campaign,
     CampaignRelease,
+    DirectorRepo,
     InstalledImage,
     Membership,
     Vehicle,
@@ -49,13 +70,13 @@ from overdrive.server.validation import MAX_INT32, field
 from overdrive.server.vehicles import (
     FINAL,
     iso,
-    parse_images,
     parse_status,
     parse_time,
     unknown_vehicle,
     utcnow,
     verify_message,
 )
+from overdrive.uptane import VEHICLE_MANIFEST, DirectorEntry, director_targets
 
 __all__ = ["PollResult", "poll", "record_poll"]
 
@@ -67,11 +88,18 @@ _OPEN = and_(
     *(Membership.status != literal(status) for status in FINAL),
 )
 
-#: The vehicle, one row per installed image (or one row of NULLs), and "has an open membership".
+#: The vehicle and its director repository's state, one row per installed image (or one row of
+#: NULLs), and "has an open membership".
 _READ_VEHICLE = (
     select(
         Vehicle.public_key,
         Vehicle.manifest_counter,
+        Vehicle.ecus,
+        Vehicle.ecu_counters,
+        DirectorRepo.version,
+        DirectorRepo.root_version,
+        DirectorRepo.digest,
+        DirectorRepo.expires,
         InstalledImage.hardware_id,
         InstalledImage.version,
         InstalledImage.sha256,
@@ -79,6 +107,7 @@ _READ_VEHICLE = (
         exists().where(_OPEN).label("has_work"),
     )
     .select_from(Vehicle)
+    .outerjoin(DirectorRepo, DirectorRepo.vehicle_id == Vehicle.id)
     .outerjoin(InstalledImage, InstalledImage.vehicle_id == Vehicle.id)
     .where(Vehicle.id == bindparam("vid"))
 )
@@ -91,6 +120,7 @@ _ADVANCE = (
         manifest_counter=bindparam("counter"),
         last_seen_at=bindparam("now"),
         status=bindparam("status", type_=Vehicle.status.type),
+        ecu_counters=bindparam("ecu_counters", type_=JSON),
     )
 )
 
@@ -144,19 +174,28 @@ _UPSERT_IMAGE = {"postgresql": _upsert_image(postgresql), "sqlite": _upsert_imag
 
 @dataclass
 class PollResult:
-    assignments: list[dict[str, Any]]
+    #: The version of the vehicle's director chain (None: it has none yet), and how many
+    #: images a chain signed by this very poll assigns.
+    director_version: int | None
+    time: dict[str, Any] | None
     next_poll: int
+    assigned: int = 0
 
     def body(self) -> dict[str, Any]:
         """The answer's JSON body."""
-        return {"assignments": self.assignments, "next_poll_seconds": self.next_poll}
+        body: dict[str, Any] = {"next_poll_seconds": self.next_poll}
+        if self.director_version is not None:
+            body["director"] = {"version": self.director_version}
+        if self.time is not None:
+            body["time"] = self.time
+        return body
 
 
 def record_poll(ctx: ServerContext, result: PollResult) -> None:
     """Count an answered poll in the metrics."""
-    ctx.metrics.polls.labels("assignment" if result.assignments else "nothing").inc()
-    if result.assignments:
-        ctx.metrics.assignments.inc(len(result.assignments))
+    ctx.metrics.polls.labels("assignment" if result.assigned else "nothing").inc()
+    if result.assigned:
+        ctx.metrics.assignments.inc(result.assigned)
 
 
 class _Statements(Protocol):
@@ -166,6 +205,8 @@ class _Statements(Protocol):
 
     def count(self, name: str, params: dict[str, Any] | list[dict[str, Any]]) -> int: ...
 
+    def atomic(self) -> AbstractContextManager[Any]: ...
+
 
 _STATEMENTS: dict[str, Executable] = {
     "read_vehicle": _READ_VEHICLE,
@@ -173,6 +214,7 @@ _STATEMENTS: dict[str, Executable] = {
     "open_assignments": _OPEN_ASSIGNMENTS,
     "mark_assigned": _MARK_ASSIGNED,
     "upsert_image": _UPSERT_IMAGE["sqlite"],
+    **director_store.STATEMENTS,
 }
 
 
@@ -186,13 +228,20 @@ class _EngineStatements:
     def count(self, name: str, params: dict[str, Any] | list[dict[str, Any]]) -> int:
         return self.conn.execute(_STATEMENTS[name], params).rowcount
 
+    def atomic(self) -> AbstractContextManager[Any]:
+        return nullcontext()  # the whole request is one transaction already
+
 
 def _compile_for_psycopg() -> dict[str, tuple[str, dict[str, Any]]]:
     """Each statement as PostgreSQL SQL (``%(name)s`` parameters) with its constant parameters."""
     from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
     dialect = PGDialect_psycopg()  # type: ignore[no-untyped-call]
-    statements = {**_STATEMENTS, "upsert_image": _UPSERT_IMAGE["postgresql"]}
+    statements = {
+        **_STATEMENTS,
+        "upsert_image": _UPSERT_IMAGE["postgresql"],
+        "director_upsert": director_store.UPSERT_REPO["postgresql"],
+    }
     compiled = {name: stmt.compile(dialect=dialect) for name, stmt in statements.items()}
     return {
         name: (str(c), {k: v for k, v in c.params.items() if v is not None})
@@ -201,7 +250,7 @@ def _compile_for_psycopg() -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 _PSYCOPG_SQL = _compile_for_psycopg()
-_READS = frozenset({"read_vehicle", "open_assignments"})
+_READS = frozenset({"read_vehicle", "open_assignments", "director_state", "director_file"})
 #: SQLSTATEs after which a session must be replaced: feature_not_supported (a cached plan whose
 #: result type changed), read_only_sql_transaction (connected to a demoted primary).
 _NEEDS_NEW_SESSION = frozenset({"0A000", "25006"})
@@ -258,6 +307,10 @@ class _PsycopgStatements:
     def count(self, name: str, params: dict[str, Any] | list[dict[str, Any]]) -> int:
         return self._execute(name, params).rowcount
 
+    def atomic(self) -> AbstractContextManager[Any]:
+        """One transaction on this thread's autocommit connection (rolled back on error)."""
+        return self.direct.get().transaction()
+
 
 def _adapt(constants: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The constants plus ``params``, JSON values wrapped for psycopg (the SQL casts to JSON)."""
@@ -269,7 +322,9 @@ def _adapt(constants: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def _statements(ctx: ServerContext) -> Iterator[_Statements]:
+def statements(ctx: ServerContext) -> Iterator[_Statements]:
+    """The statement runner for this thread: prepared psycopg statements on PostgreSQL, one
+    engine transaction (committed at the end of the block) on SQLite."""
     if ctx.direct is None:
         with ctx.engine.begin() as conn:
             yield _EngineStatements(conn)
@@ -278,14 +333,15 @@ def _statements(ctx: ServerContext) -> Iterator[_Statements]:
 
 
 def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
-    """Answer one signed poll: the director-signed assignments this vehicle should act on now."""
+    """Answer one vehicle version manifest: the director chain's version and a signed time."""
     stamp = utcnow()
-    with _statements(ctx) as db:
+    with statements(ctx) as db:
         rows = db.rows("read_vehicle", {"vid": vehicle_id})
         if not rows:
-            unknown_vehicle(vehicle_id, envelope, MANIFEST)  # the same 401 as a bad signature
-        public_key, stored_counter, *_image, has_work = rows[0]
-        manifest = verify_message(public_key, vehicle_id, envelope, MANIFEST)
+            unknown_vehicle(vehicle_id, envelope, VEHICLE_MANIFEST)  # the 401 of a bad signature
+        public_key, stored_counter, ecus, ecu_counters, *repo = rows[0][:8]
+        has_work = rows[0][-1]
+        manifest = verify_message(public_key, vehicle_id, envelope, VEHICLE_MANIFEST)
         counter = field(manifest, "counter", int, where="signed.")
         if not 0 < counter <= MAX_INT32:
             raise BadRequest(f"field 'signed.counter' must be 1..{MAX_INT32}")
@@ -297,17 +353,33 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
                 f"manifest timestamp {iso(sent_at)} is too far from server time {iso(stamp)}"
             )
         nonce = field(manifest, "nonce", str, where="signed.")
-        if not 8 <= len(nonce) <= 128:
-            raise BadRequest("field 'signed.nonce' must be 8..128 characters")
-        images = parse_images(manifest.get("images", {}), "signed.images")
-        status = parse_status(manifest)
+        if not 8 <= len(nonce) <= 128 or not nonce.isascii() or not nonce.isalnum():
+            raise BadRequest("field 'signed.nonce' must be 8..128 letters and digits")
+        ecus, counters = ecus or {}, ecu_counters or {}
+        reports = check_reports(
+            manifest.get("ecu_version_reports"),
+            nonce=nonce,
+            vehicle_key=public_key,
+            ecus=ecus,
+            counters=counters,
+        )
+        images = images_of(reports)
+        status = {**parse_status(manifest), **ecu_status(reports, stamp)}
+        new_counters = {**counters, **{s: r.counter for s, r in reports.items()}}
 
         advanced = db.count(
-            "advance", {"vid": vehicle_id, "counter": counter, "now": stamp, "status": status}
+            "advance",
+            {
+                "vid": vehicle_id,
+                "counter": counter,
+                "now": stamp,
+                "status": status,
+                "ecu_counters": new_counters,
+            },
         )
         if advanced != 1:  # a concurrent poll got there first
             raise Conflict(f"replayed manifest: counter {counter} is not above the stored one")
-        stored = {hw: (version, sha, rc) for _k, _c, hw, version, sha, rc, _w in rows if hw}
+        stored = {row[-5]: tuple(row[-4:-1]) for row in rows if row[-5]}
         changed = [
             {"vid": vehicle_id, "hw": hw, **image}
             for hw, image in images.items()
@@ -315,19 +387,47 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
         ]
         if changed:
             db.count("upsert_image", changed)
-        assignments = _assignments(ctx, db, vehicle_id, nonce, images, stamp) if has_work else []
-    return PollResult(assignments, ctx.config.poll_interval)
+        state = state_of(repo)
+        assigned = 0
+        if ctx.director is None:
+            if has_work:
+                ctx.require_director()  # 503: nothing can be assigned without one
+            return PollResult(None, None, ctx.config.poll_interval)
+        director = ctx.director
+        director.maybe_reload()
+        listed = has_work or (state is not None and state.digest != EMPTY_DIGEST)
+        targets = _director_targets(ctx, db, vehicle_id, ecus, images, stamp) if listed else {}
+        content = director_store.digest(targets)
+        if (state is None and targets) or (
+            state is not None
+            and (content != state.digest or director.due(state.root_version, state.expires, stamp))
+        ):
+            version = publish(
+                director, db, vehicle_id, targets, state, stamp, content_digest=content
+            )
+            state = RepoState(version, director.root_version, content, stamp)
+            assigned = len(targets)
+        attestation = director.attest_time(nonce, stamp)
+    return PollResult(
+        state.version if state else None, attestation, ctx.config.poll_interval, assigned
+    )
 
 
-def _assignments(
+def _director_targets(
     ctx: ServerContext,
     db: _Statements,
     vehicle_id: str,
-    nonce: str,
+    ecus: dict[str, Any],
     images: dict[str, dict[str, Any]],
     stamp: datetime,
-) -> list[dict[str, Any]]:
-    assignments = []
+) -> dict[str, TargetFile]:
+    """What the vehicle's director targets must list now: per ECU, the bundle of its open
+    campaign's release that suits the image it runs (nothing for an ECU already on it)."""
+    serials: dict[str, list[str]] = {}
+    for serial, about in ecus.items():
+        if isinstance(about, dict) and isinstance(about.get("hardware_id"), str):
+            serials.setdefault(about["hardware_id"], []).append(serial)
+    entries = []
     for campaign_id, hw, status, policy, version, release_counter, sha256 in db.rows(
         "open_assignments", {"vid": vehicle_id}
     ):
@@ -341,23 +441,22 @@ def _assignments(
         if release is None or release.yanked is not None:
             continue  # vanished from the verified repository, or withdrawn: offer nothing
         bundle = release.best_for(installed["sha256"] if installed else None)
-        payload = {
-            "_type": "assignment",
-            "vehicle_id": vehicle_id,
-            "nonce": nonce,
-            "issued": iso(stamp),
-            "expires": iso(stamp + timedelta(seconds=ctx.config.assignment_ttl)),
-            "campaign_id": campaign_id,
-            "hardware_id": hw,
-            "version": version,
-            "release_counter": release_counter,
-            "target": {"path": bundle.path, "sha256": bundle.sha256, "length": bundle.length},
-            "kind": bundle.info.kind,
-            "maintenance_windows": policy.get("maintenance_windows", []),
-        }
-        assignments.append(ctx.require_director().sign(payload))
-        if status == "pending":
+        for serial in serials.get(hw, []):
+            entries.append(
+                DirectorEntry(
+                    serial,
+                    hw,
+                    bundle.path,
+                    bundle.length,
+                    {"sha256": bundle.sha256},
+                    release_counter,
+                    version,
+                    campaign_id,
+                    list(policy.get("maintenance_windows", [])),
+                )
+            )
+        if status == "pending" and serials.get(hw):
             db.count(
                 "mark_assigned", {"cid": campaign_id, "vid": vehicle_id, "hw": hw, "now": stamp}
             )
-    return assignments
+    return director_targets(entries)

@@ -180,13 +180,8 @@ def register(ctx: ServerContext, body: dict[str, Any]) -> dict[str, Any]:
     raw_key = field(body, "public_key", dict)
     attributes = field(body, "attributes", dict, required=False, default={})
     images = parse_images(body.get("images", {}), "images")
-    try:
-        keyid, key_dict = _split_key(raw_key)
-        key = SSlibKey.from_dict(keyid, key_dict)
-    except Exception as e:
-        raise BadRequest("field 'public_key' must be a TUF key object with a keyid") from e
-    if key.keytype != "ed25519":
-        raise BadRequest("field 'public_key' must be an ed25519 key")
+    key = _ed25519_key(raw_key, "public_key")
+    ecus = parse_ecus(body.get("ecus"), images)
     parse_attributes(attributes)
     stamp = utcnow()
     with ctx.transaction() as session:
@@ -213,12 +208,57 @@ def register(ctx: ServerContext, body: dict[str, Any]) -> dict[str, Any]:
                 registered_at=stamp,
                 manifest_counter=0,
                 status={},
+                ecus=ecus,
+                ecu_counters={},
             )
         )
         session.flush()
         for hw, image in images.items():
             session.add(InstalledImage(vehicle_id=vehicle_id, hardware_id=hw, **image))
     return {"vehicle_id": vehicle_id, "poll_interval": ctx.config.poll_interval}
+
+
+def _ed25519_key(raw: Any, label: str) -> SSlibKey:
+    if not isinstance(raw, dict):
+        raise BadRequest(f"field '{label}' must be a TUF key object with a keyid")
+    try:
+        keyid, key_dict = _split_key(raw)
+        key = SSlibKey.from_dict(keyid, key_dict)
+    except Exception as e:
+        raise BadRequest(f"field '{label}' must be a TUF key object with a keyid") from e
+    if key.keytype != "ed25519":
+        raise BadRequest(f"field '{label}' must be an ed25519 key")
+    return key
+
+
+def parse_ecus(raw: Any, images: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A registration's ECUs (serial → hardware id, whether it is the primary, its own key):
+    exactly one primary, whose key is the vehicle's; at most :data:`MAX_IMAGES`."""
+    if not isinstance(raw, dict) or not raw:
+        raise BadRequest("field 'ecus' must be an object of ECU serial → {hardware_id, primary}")
+    if len(raw) > MAX_IMAGES:
+        raise BadRequest(f"field 'ecus' lists {len(raw)} ECUs; at most {MAX_IMAGES} are accepted")
+    ecus: dict[str, Any] = {}
+    for serial, about in raw.items():
+        identifier(serial, "ECU serial")
+        if not isinstance(about, dict):
+            raise BadRequest(f"field 'ecus.{serial}' must be an object")
+        hardware_id = identifier(
+            field(about, "hardware_id", str, where=f"ecus.{serial}."), "hardware id"
+        )
+        primary = field(about, "primary", bool, where=f"ecus.{serial}.", required=False)
+        entry: dict[str, Any] = {"hardware_id": hardware_id, "primary": bool(primary)}
+        if about.get("public_key") is not None:
+            key = _ed25519_key(about["public_key"], f"ecus.{serial}.public_key")
+            entry["public_key"] = {"keyid": key.keyid, **key.to_dict()}
+        ecus[serial] = entry
+    primaries = [s for s, e in ecus.items() if e["primary"]]
+    if len(primaries) != 1:
+        raise BadRequest(f"field 'ecus' must name exactly one primary ECU, not {len(primaries)}")
+    unreported = [e["hardware_id"] for e in ecus.values() if e["hardware_id"] not in images]
+    if unreported:
+        raise BadRequest(f"no factory image reported for hardware id {unreported[0]}")
+    return ecus
 
 
 # ------------------------------------------------------------------------------ messages

@@ -2,10 +2,10 @@
 
 Options that name the repository and the key directory also read ``OVERDRIVE_STORAGE`` and
 ``OVERDRIVE_KEYS``, so a shell (or CI job) can set them once. Commands that sign take the
-passphrase options of :func:`passphrase_options` (lookup order: :mod:`overdrive.signing.keys`).
+passphrase options of :func:`passphrase_options` (lookup order: :mod:`overdrive.keys`).
 
 A change that needs several people's signatures (key rotation, threshold change, release add,
-release yank, director keys) is published when the keys at hand meet every threshold, and
+release yank) is published when the keys at hand meet every threshold, and
 otherwise staged with a ``staged: …`` line saying who must sign with ``repo sign``.
 """
 
@@ -24,9 +24,7 @@ from tuf.api.metadata import Metadata, Root
 
 from overdrive.bundle.cli import parse_size
 from overdrive.durations import parse_duration
-from overdrive.releases import withdrawal_reason
-from overdrive.signing.errors import KeyError_, RepositoryError
-from overdrive.signing.keys import (
+from overdrive.keys import (
     INSECURE_PERMISSIONS_ENV,
     KEY_TYPES,
     PASSPHRASE_DIR_ENV,
@@ -35,6 +33,8 @@ from overdrive.signing.keys import (
     check_new_key,
     generate_key,
 )
+from overdrive.releases import withdrawal_reason
+from overdrive.signing.errors import KeyError_, RepositoryError
 from overdrive.signing.release import BuildOptions, ReleaseResult, add_release
 from overdrive.signing.repository import ImageRepository, Outcome, now, parse_expiry, wipe
 from overdrive.storage import Storage, open_storage
@@ -688,34 +688,6 @@ def repo_publish(storage_url: str, keys_dir: Path, passphrases: PassphraseSource
         f"published: root v{repo_.root.signed.version}, targets v{repo_.targets.signed.version}, "
         f"snapshot v{repo_.snapshot.signed.version}, timestamp v{repo_.timestamp.signed.version}"
     )
-
-
-@repo.command("set-director-keys")
-@storage_option
-@keys_option
-@click.argument(
-    "public_keys", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path)
-)
-@stage_only_option
-@passphrase_options
-def repo_set_director_keys(
-    storage_url: str,
-    keys_dir: Path,
-    public_keys: tuple[Path, ...],
-    stage_only: bool,
-    passphrases: PassphraseSources,
-) -> None:
-    """Publish the director's public keys (KEY.pub …) as the TUF target director/keys.json."""
-    from overdrive.signing.director_keys import set_director_keys
-
-    repo_ = load_repo(storage_url, keys_dir, passphrases)
-    keyids, outcome = set_director_keys(repo_, list(public_keys), stage_only=stage_only)
-    verb = "staged" if outcome.staged else "published"
-    click.echo(
-        f"{verb} director/keys.json with {len(keyids)} key(s): {', '.join(k[:12] for k in keyids)}"
-    )
-    if outcome.staged:
-        echo_staged(outcome)
 
 
 @repo.command("discard")

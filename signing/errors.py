@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from overdrive.errors import OverdriveError
+from overdrive.keys import KeyError_
+
+__all__ = ["KeyError_", "ReleaseError", "RepositoryError", "SigningError", "ThresholdError"]
 
 
 class SigningError(OverdriveError):
     """Base class of the signing toolchain's errors."""
-
-
-class KeyError_(SigningError):
-    """A key is missing, unreadable, locked with another passphrase, or not one of a role's keys."""
 
 
 class RepositoryError(SigningError):

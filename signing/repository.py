@@ -42,10 +42,11 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from overdrive.durations import parse_duration
+from overdrive.keys import KeyDirectory
 from overdrive.signing.errors import KeyError_, RepositoryError, ThresholdError
-from overdrive.signing.keys import KeyDirectory
 from overdrive.storage import CachePolicy, NotFound, Storage
 from overdrive.tuf_layout import (
+    EXPIRY_FIELD,
     METADATA_PREFIX,
     TOP_LEVEL_ROLES,
     metadata_key,
@@ -61,8 +62,6 @@ DEFAULT_EXPIRY: dict[str, timedelta] = {
     "snapshot": timedelta(days=7),
     "timestamp": timedelta(days=1),
 }
-#: Root carries the repository's expiry policy, so every engineer re-signs with the same periods.
-EXPIRY_FIELD = "x-overdrive-expiry-seconds"
 _SERIALIZER = JSONSerializer(compact=False)
 _ROOT_FILE = re.compile(r"^metadata/(\d+)\.root\.json$")
 
@@ -355,7 +354,7 @@ class ImageRepository:
         )
 
     def check_targets_change(self, *, stage_only: bool) -> bool:
-        """Before building a targets change (release add, yank, director keys): will it publish
+        """Before building a targets change (release add, yank): will it publish
         at once (the targets keys at hand meet the threshold; then the online snapshot and
         timestamp keys must be at hand too), or be staged for others to sign? Holding none of
         the targets keys is refused unless ``stage_only``: it is more likely the wrong ``--keys``

@@ -45,7 +45,7 @@ def serve_live(
     settings: dict[str, Any] = {
         "db_url": db,
         "storage_url": storage_url or str(published.storage),
-        "director_key": published.director_key,
+        **published.director_config(),
         "state_dir": tmp_path / "server-state",
         "tick_interval": 0,
         "poll_interval": 5,
@@ -120,6 +120,8 @@ def provision(
         slot_b,
         "--trusted-root",
         live.published.storage / "metadata" / "1.root.json",
+        "--director-root",
+        live.published.director_root,
         "--repo-url",
         repo_url or live.published.storage.as_uri(),
         "--factory-version",

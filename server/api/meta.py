@@ -20,7 +20,7 @@ def healthz() -> ResponseReturnValue:
 
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
-    """Ready: the database answers, the director key is loaded, and the image repository (if
+    """Ready: the database answers, the director repository is configured, and the image repository (if
     configured) verifies, so campaigns can be created and assignments signed; else a 503 listing
     each problem with its reason."""
     ctx = context()
@@ -31,7 +31,7 @@ def readyz() -> ResponseReturnValue:
     except Exception as e:
         problems.append(f"database: {type(e).__name__}")
     if ctx.director is None:
-        problems.append("no director key")
+        problems.append("no director repository (--director-storage, --director-keys)")
     repository = ctx.releases.problem()  # e.g. re-initialised with keys the server does not trust
     if repository is not None:
         problems.append(f"image repository: {repository}")

@@ -176,6 +176,8 @@ def test_slot_a_must_hold_the_factory_image(
         tmp_path / "slot-b",
         "--trusted-root",
         live_server.published.storage / "metadata" / "1.root.json",
+        "--director-root",
+        live_server.published.director_root,
         "--repo-url",
         live_server.published.storage.as_uri(),
         "--factory-version",

@@ -106,6 +106,7 @@ def provision(cli: Cli, fleet: Fleet, tmp_path: Path, vehicle_id: str) -> Car:
         "--enroll-token", fleet.enroll, "--vehicle-id", vehicle_id, "--hardware-id", "ecu-a",
         "--slot-a", slot_a, "--slot-b", slot_b,
         "--trusted-root", fleet.published.storage / "metadata" / "1.root.json",
+        "--director-root", fleet.published.director_root,
         "--repo-url", fleet.repo_url, "--factory-version", "0.9",
         "--factory-release-counter", "0", "--attr", "model=m1",
     )  # fmt: skip

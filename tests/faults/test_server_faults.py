@@ -148,7 +148,7 @@ def serve(db: str, published: Published, tmp_path: Path, workers: int = 2) -> It
             [
                 sys.executable, "-m", "overdrive.cli", "server", "run",
                 "--db", db, "--storage", str(published.storage),
-                "--director-key", str(published.director_key),
+                *published.director_args(),
                 "--trusted-root", str(published.storage / "metadata" / "1.root.json"),
                 "--state-dir", str(tmp_path / "server-state"),
                 "--port", str(port), "--workers", str(workers),

@@ -80,7 +80,7 @@ def serve(db: str, published: Published, tmp_path: Path) -> Iterator[FuzzServer]
     config = ServerConfig(
         db_url=db,
         storage_url=str(published.storage),
-        director_key=published.director_key,
+        **published.director_config(),
         state_dir=tmp_path / "server-state",
         tick_interval=0,
         poll_interval=60,

@@ -40,7 +40,7 @@ from overdrive.client.config import VehicleConfig
 from overdrive.envelope import sign_envelope
 from overdrive.server.director import Director
 from overdrive.server.models import Campaign, Event, Membership
-from overdrive.signing.keys import KeyDirectory
+from overdrive.keys import KeyDirectory
 from overdrive.signing.repository import ImageRepository, to_bytes
 from overdrive.storage import LocalStorage
 from overdrive.tuf_layout import metadata_key

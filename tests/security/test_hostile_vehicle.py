@@ -39,7 +39,7 @@ from overdrive.client.events import EventQueue
 from overdrive.client.state import StateStore
 from overdrive.client.vehicle import Vehicle
 from overdrive.server.models import Event, Membership
-from overdrive.signing.keys import KeyDirectory
+from overdrive.keys import KeyDirectory
 from overdrive.signing.repository import ImageRepository
 from overdrive.storage import LocalStorage
 from overdrive.tuf_layout import BundleInfo, ImageRef, bundle_target_path

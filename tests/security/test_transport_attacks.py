@@ -20,7 +20,7 @@ import zstandard
 from tuf.api.metadata import TargetFile
 
 from overdrive.bundle import MAGIC
-from overdrive.signing.keys import KeyDirectory
+from overdrive.keys import KeyDirectory
 from overdrive.signing.repository import ImageRepository
 from overdrive.storage import LocalStorage
 from overdrive.tuf_layout import BundleInfo, ImageRef, bundle_target_path

@@ -65,7 +65,7 @@ def config(db_url: str, published: Published, tmp_path: Path) -> ServerConfig:
     return ServerConfig(
         db_url=db_url,
         storage_url=str(published.storage),
-        director_key=published.director_key,
+        **published.director_config(),
         state_dir=tmp_path / "server-state",
         tick_interval=0,
         poll_interval=60,

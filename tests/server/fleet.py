@@ -10,7 +10,8 @@ from typing import Any
 
 from securesystemslib.signer import CryptoSigner
 
-from overdrive.envelope import EVENTS, MANIFEST, sign_envelope
+from overdrive.envelope import EVENTS, sign_envelope
+from overdrive.uptane import VEHICLE_MANIFEST, ecu_report, installed_image
 
 
 def now_iso() -> str:
@@ -28,6 +29,10 @@ class SimVehicle:
     signer: CryptoSigner = field(default_factory=CryptoSigner.generate_ed25519)
     counter: int = 0
 
+    @property
+    def serial(self) -> str:
+        return f"{self.vehicle_id}-primary"
+
     def public_key(self) -> dict[str, Any]:
         key = self.signer.public_key
         return {"keyid": key.keyid, **key.to_dict()}
@@ -38,18 +43,38 @@ class SimVehicle:
             "vehicle_id": self.vehicle_id,
             "public_key": self.public_key(),
             "attributes": self.attributes,
+            "ecus": {self.serial: {"hardware_id": self.hardware_id, "primary": True}},
             "images": {self.hardware_id: self.image},
         }
 
     def manifest(self, nonce: str | None = None, **extra: Any) -> dict[str, Any]:
+        """A signed vehicle version manifest with this vehicle's one ECU report (``images``
+        in ``extra``: hardware id → image, reported instead of :attr:`image`)."""
         self.counter += 1
+        nonce = nonce or uuid.uuid4().hex
+        images = extra.pop("images", None) or {self.hardware_id: self.image}
+        image = images.get(self.hardware_id, self.image)
+        report = ecu_report(
+            ecu_serial=self.serial,
+            hardware_id=self.hardware_id,
+            nonce=nonce,
+            counter=self.counter,
+            image=installed_image(
+                None,
+                image.get("length", 0),
+                image.get("sha256", "0" * 64),
+                image.get("version", "0"),
+                image.get("release_counter", 0),
+            ),
+        )
         payload = {
-            "_type": MANIFEST,
+            "_type": VEHICLE_MANIFEST,
             "vehicle_id": self.vehicle_id,
+            "primary_ecu_serial": self.serial,
             "counter": self.counter,
             "timestamp": now_iso(),
-            "nonce": nonce or uuid.uuid4().hex,
-            "images": {self.hardware_id: self.image},
+            "nonce": nonce,
+            "ecu_version_reports": {self.serial: sign_envelope(report, self.signer)},
             **extra,
         }
         return sign_envelope(payload, self.signer)

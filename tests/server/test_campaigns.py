@@ -7,9 +7,9 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from overdrive.envelope import verify_envelope
 from overdrive.server.campaigns import tick
 from overdrive.server.context import ServerContext
+from tests.director_view import assignments, flask_get
 from tests.server.conftest import Published, auth
 from tests.server.fleet import SimVehicle
 from tests.server.test_vehicle_api import error_of
@@ -60,18 +60,17 @@ def act(
 def poll_all(
     http: FlaskClient, vehicles: list[SimVehicle], director: ServerContext
 ) -> dict[str, dict[str, Any]]:
-    """Poll with every vehicle; return the verified assignment payloads by vehicle id."""
-    keys = {director.require_director().public_key.keyid: director.require_director().public_key}
+    """Poll with every vehicle; return what each one's verified director targets assign."""
+    root = director.require_director().root_bytes(1)
+    assert root is not None
     got = {}
     for vehicle in vehicles:
-        nonce = f"nonce-{vehicle.vehicle_id}-{vehicle.counter}"
+        nonce = f"nonce{vehicle.counter}x{vehicle.vehicle_id}".replace("-", "")
         response = http.post(
             f"/api/v1/vehicles/{vehicle.vehicle_id}/poll", json=vehicle.manifest(nonce=nonce)
         )
         assert response.status_code == 200, response.json
-        for envelope in response.json["assignments"]:
-            payload = verify_envelope(envelope, keys, "assignment")
-            assert payload["vehicle_id"] == vehicle.vehicle_id and payload["nonce"] == nonce
+        for payload in assignments(flask_get(http), vehicle.vehicle_id, root):
             got[vehicle.vehicle_id] = payload
     return got
 

@@ -115,7 +115,7 @@ def gunicorn(published: Published, tmp_path: Path) -> Iterator[tuple[Running, di
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     command = [
         *(sys.executable, "-m", "overdrive.cli", "server", "run", "--db", db),
-        *("--storage", str(published.storage), "--director-key", str(published.director_key)),
+        *("--storage", str(published.storage), *published.director_args()),
         *("--state-dir", str(tmp_path / "state"), "--port", str(port)),
         *("--workers", "2", "--threads", "4", "--tick-interval", "0", "--poll-interval", "60"),
     ]

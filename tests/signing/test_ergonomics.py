@@ -354,7 +354,7 @@ def test_no_setting_is_named_like_a_key_passphrase() -> None:
     """A key's own variable is OVERDRIVE_PASSPHRASE_<NAME>: no other setting may look like one
     (a key named "dir" must not read a directory path as its passphrase)."""
     from overdrive.passphrase import PASSPHRASE_VAR_PREFIX
-    from overdrive.signing.keys import INSECURE_PERMISSIONS_ENV, PASSPHRASE_DIR_ENV
+    from overdrive.keys import INSECURE_PERMISSIONS_ENV, PASSPHRASE_DIR_ENV
 
     for setting in (PASSPHRASE_DIR_ENV, INSECURE_PERMISSIONS_ENV):
         assert not setting.startswith(PASSPHRASE_VAR_PREFIX), setting

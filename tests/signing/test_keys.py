@@ -9,7 +9,7 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 
 from overdrive.signing.errors import KeyError_
-from overdrive.signing.keys import KeyDirectory, env_passphrase, public_key_from_pem
+from overdrive.keys import KeyDirectory, env_passphrase, public_key_from_pem
 from tests.conftest import Cli
 
 

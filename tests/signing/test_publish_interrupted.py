@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from overdrive.signing.keys import KeyDirectory
+from overdrive.keys import KeyDirectory
 from overdrive.signing.release import BuildOptions, add_release
 from overdrive.signing.repository import ImageRepository
 from overdrive.signing.verify import verify_repository

@@ -293,7 +293,7 @@ def test_a_malformed_marker_withdraws_without_crashing(three: Workspace, value: 
 
 def test_a_malformed_marker_is_repaired_by_yanking(three: Workspace, cli: Cli) -> None:
     """``repo status`` shows it as withdrawn; yanking writes a proper marker over it."""
-    from overdrive.signing.keys import KeyDirectory
+    from overdrive.keys import KeyDirectory
     from overdrive.signing.repository import ImageRepository
 
     repo = ImageRepository.load(LocalStorage(three.storage), KeyDirectory(three.keys))

@@ -1,4 +1,5 @@
-"""Signing keys: generation, key files on disk, and loading signers.
+"""Signing keys: generation, key files on disk, and loading signers (for the image repository's
+roles and the director's alike).
 
 A key named ``NAME`` in a key directory is two files: ``NAME`` (the private key, PKCS#8 PEM,
 encrypted with a passphrase unless generated with ``--insecure-no-passphrase``, mode 0600) and
@@ -38,8 +39,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 
+from overdrive.errors import OverdriveError
 from overdrive.passphrase import passphrase_variable
-from overdrive.signing.errors import KeyError_
 from overdrive.storage.local import atomic_write
 
 KEY_TYPES = ("ed25519", "ecdsa-p256")
@@ -57,6 +58,10 @@ INSECURE_PERMISSIONS_HINT = (
 )
 
 PassphraseSource = Callable[[str], bytes]
+
+
+class KeyError_(OverdriveError):
+    """A key is missing, unreadable, locked with another passphrase, or not one of a role's keys."""
 
 
 def check_key_name(name: str) -> str:
