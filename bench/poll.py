@@ -1,28 +1,44 @@
 """Poll benchmark: the production server (gunicorn) against 100,000 vehicles in PostgreSQL.
 
 Setup (timed): a fresh database, the schema (Alembic), a small published TUF repository with
-ecu-a 1.0 and 1.1 (+ delta from 1.0) and the director key, 100,000 vehicles bulk-loaded with
-COPY (one ed25519 key each, stored exactly as registration stores it), and a running campaign
-(ecu-a → 1.1) created and started through the operator API, whose first stage admits 10% of the
-fleet. Then ``overdrive server run --workers N`` (gunicorn, gthread) serves pre-signed polls from
-a load generator in another process (``wrk`` + Lua if installed, else a Python generator) over
-keep-alive connections; client-side latency, throughput and the CPU used by server, PostgreSQL,
-generator and everything else are reported per scenario:
+ecu-a 1.0 and 1.1 (+ delta from 1.0), a director root (``overdrive director init``, its own
+storage and keys), 100,000 vehicles bulk-loaded with COPY (one ed25519 key each and one primary
+ECU, ``<id>-primary`` on ecu-a, stored exactly as registration stores them), and a running
+campaign (ecu-a → 1.1) created and started through the operator API, whose first stage admits
+10% of the fleet. Then ``overdrive server run --workers N --director-storage … --director-keys …``
+(gunicorn, gthread) serves pre-signed polls (vehicle version manifests with one ECU version
+report, both signed by the vehicle key) from a load generator in another process (``wrk`` + Lua
+if installed, else a Python generator) over keep-alive connections; client-side latency,
+throughput and the CPU used by server, PostgreSQL, generator and everything else are reported
+per scenario. An answer counts as an *assignment* when its director version differs from the
+previous answer for that vehicle (the poll made the server sign a new per-vehicle chain:
+targets, snapshot and timestamp, three signatures and one transaction), else as *nothing*;
+the server's own ``overdrive_polls_total{outcome="assignment"}`` is read alongside.
 
-a. ``nothing``: vehicles that are not admitted ("nothing to do" polls),
-b. ``assignment``: admitted vehicles; every answer carries a director-signed assignment,
-c. ``mixed``: the whole fleet in random order (≈10% of the answers carry an assignment),
+a. ``nothing``: vehicles that are not admitted ("nothing to do" polls: no chain, only the
+   time attestation),
+b. ``assignment``: admitted vehicles, every poll signs a new chain: each vehicle reports
+   ecu-a 1.0 and a factory image (0.9, in no repository) in turn, so what its director
+   targets list (the 1.0→1.1 delta, or the full 1.1 bundle) changes on every poll,
+e. ``assigned``: admitted vehicles reporting the same image again: their chain already lists
+   the assignment, so nothing is re-signed (the steady state of an admitted vehicle),
+c. ``mixed``: the whole fleet in random order, the admitted 10% changing image as in b
+   (≈10% of the polls sign a chain),
 d. ``goal``: the mixed fleet offered at a fixed 1,000 polls/s (open loop, Python generator,
    latency from each request's due time), run when a–c show the server can reach it.
 
 It also counts the SQL statements of single polls (in-process, Flask test client) with their
-query plans, and profiles a poll in-process (where the CPU goes). Results go to
-``bench/results/poll.md`` (see ``poll_report.py``). The database, the server and the temporary
-files are removed at the end, also on Ctrl-C or an error.
+query plans, profiles polls in-process (where the CPU goes), and measures the cryptographic
+work of a poll in-process (median µs to verify a manifest with 1 and 8 ECU reports, to sign a
+time attestation and a one-target chain). Results go to ``bench/results/poll.md`` (see
+``poll_report.py``), which ``bench/benchmarks_md.py`` copies into ``BENCHMARKS.md``. The
+database, the server and the temporary files are removed at the end, also on Ctrl-C or an error.
 
     .venv/bin/python bench/poll.py                      # 100,000 vehicles, 20 s per scenario
     .venv/bin/python bench/poll.py --quick              # smoke run: 10,000 vehicles, 5 s
     .venv/bin/python bench/poll.py --workers 3 --concurrency 16 --duration 30
+    .venv/bin/python bench/poll.py --pg postgresql://postgres@127.0.0.1:5432/test
+    .venv/bin/python bench/poll.py --crypto-only        # only the cryptographic micro-measurement
 """
 
 from __future__ import annotations

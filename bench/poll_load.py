@@ -5,6 +5,13 @@ over persistent HTTP/1.1 connections, each request exactly once and in file orde
 vehicle's manifest counters reach the server in increasing order (two requests of one vehicle
 are a whole round of the scenario's vehicles apart). Latency is measured client-side per request.
 
+Each 200 answer is classified: **assignment** when its director version
+(``{"director": {"version": V}}``, 0 when absent) differs from the previous answer for that vehicle
+(the first answer of a run is compared with the version stored before the run,
+``versions.txt``), i.e. the poll made the server sign a new chain; **nothing** otherwise. The
+vehicle is found from the answer's time attestation, which echoes the manifest's nonce
+``v<index>n…`` (see ``poll_fleet.nonce``).
+
 * ``wrk`` (closed loop: ``--concurrency`` connections, each sends its next request when the
   previous answer is in) is preferred: it is C and costs the shared CPU almost nothing.
 * The Python generator (run as ``python bench/poll_load.py …`` in its own process) does the same
@@ -20,6 +27,7 @@ import argparse
 import itertools
 import json
 import math
+import re
 import shutil
 import socket
 import subprocess
@@ -30,8 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ASSIGN_MARK = b'"assignments":[{'
-NOTHING_MARK = b'"assignments":[]'
+VERSION_RE = re.compile(rb'"director":\{"version":(\d+)\}')
+NONCE_RE = re.compile(rb'"nonce":"v(\d+)n')
 
 
 @dataclass
@@ -45,12 +53,15 @@ class LoadResult:
     p90_ms: float
     p99_ms: float
     max_ms: float
-    with_assignment: int
-    nothing: int
+    with_assignment: int  # 200 answers whose director version changed (a new chain)
+    nothing: int  # 200 answers whose director version did not change
     non_200: int
     socket_errors: int
     exhausted: bool  # ran out of pre-signed requests before the end
     samples: list[str] = field(default_factory=list)  # first few non-200 answers
+    unclassified: int = 0  # 200 answers naming no vehicle (no time attestation): must stay 0
+    #: polls the server counted as "assignment" (``overdrive_polls_total``), if it was read
+    server_assignment: int | None = None
 
     @property
     def errors(self) -> int:
@@ -88,10 +99,16 @@ function init(args)
       reqs[#reqs + 1] = wrk.format("POST", line:sub(1, sp - 1), headers, line:sub(sp + 1))
    end
    n = #reqs
+   last = {}
+   for line in io.lines(args[1] .. "/versions.txt") do
+      local sp = line:find(" ", 1, true)
+      last[line:sub(1, sp - 1)] = tonumber(line:sub(sp + 1))
+   end
    i = 0
    exhausted = 0
    ok_assign = 0
    ok_nothing = 0
+   unknown = 0
    bad = 0
    samples = ""
    spare = wrk.format("GET", "/healthz")
@@ -109,10 +126,17 @@ end
 
 function response(status, headers, body)
    if status == 200 then
-      if body:find('"assignments":[]', 1, true) then
-         ok_nothing = ok_nothing + 1
-      elseif body:find('"assignments":[{', 1, true) then
-         ok_assign = ok_assign + 1
+      local who = body:match('"nonce":"v(%d+)n')
+      if who == nil then
+         unknown = unknown + 1
+      else
+         local version = tonumber(body:match('"director":{"version":(%d+)}') or "0")
+         if version ~= (last[who] or 0) then
+            ok_assign = ok_assign + 1
+         else
+            ok_nothing = ok_nothing + 1
+         end
+         last[who] = version
       end
    else
       bad = bad + 1
@@ -123,10 +147,11 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-   local assign, nothing, nbad, ex, text = 0, 0, 0, 0, ""
+   local assign, nothing, unk, nbad, ex, text = 0, 0, 0, 0, 0, ""
    for _, t in ipairs(threads) do
       assign = assign + t:get("ok_assign")
       nothing = nothing + t:get("ok_nothing")
+      unk = unk + t:get("unknown")
       nbad = nbad + t:get("bad")
       ex = math.max(ex, t:get("exhausted"))
       text = text .. t:get("samples")
@@ -134,10 +159,10 @@ function done(summary, latency, requests)
    local e = summary.errors
    io.write(string.format(
       'WRK-RESULT {"requests":%d,"duration_us":%d,"p50":%d,"p90":%d,"p99":%d,"max":%d,' ..
-      '"assign":%d,"nothing":%d,"bad":%d,"exhausted":%d,"connect":%d,"read":%d,' ..
-      '"write":%d,"status":%d,"timeout":%d,"samples":"%s"}\n',
+      '"assign":%d,"nothing":%d,"unknown":%d,"bad":%d,"exhausted":%d,"connect":%d,' ..
+      '"read":%d,"write":%d,"status":%d,"timeout":%d,"samples":"%s"}\n',
       summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
-      latency:percentile(99), latency.max, assign, nothing, nbad, ex, e.connect, e.read,
+      latency:percentile(99), latency.max, assign, nothing, unk, nbad, ex, e.connect, e.read,
       e.write, e.status, e.timeout, text:gsub("\n", " | ")))
 end
 """
@@ -147,10 +172,16 @@ def wrk_path() -> str | None:
     return shutil.which("wrk")
 
 
-def write_request_files(lines: list[bytes], directory: Path, parts: int) -> None:
+def write_request_files(
+    lines: list[bytes], directory: Path, parts: int, versions: dict[int, int]
+) -> None:
     """Split ``lines`` into ``parts`` files; a vehicle always lands in the same file (its
-    requests keep their order within a file, whichever connection sends them)."""
+    requests keep their order within a file, whichever connection sends them). ``versions``
+    (vehicle index → director version stored before the run) goes to ``versions.txt``."""
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / "versions.txt").write_text(
+        "".join(f"{index} {version}\n" for index, version in versions.items()) or "-1 0\n"
+    )
     buckets: list[list[bytes]] = [[] for _ in range(parts)]
     for line in lines:
         # "/api/v1/vehicles/veh-000123/poll {...}": hash the path to pick the file.
@@ -161,12 +192,17 @@ def write_request_files(lines: list[bytes], directory: Path, parts: int) -> None
 
 
 def run_wrk(
-    url: str, lines: list[bytes], workdir: Path, duration: float, concurrency: int
+    url: str,
+    lines: list[bytes],
+    workdir: Path,
+    duration: float,
+    concurrency: int,
+    versions: dict[int, int],
 ) -> LoadResult:
     wrk = wrk_path()
     assert wrk is not None
     threads = 1 if concurrency < 64 else 2  # one thread pushes >20k req/s; spare the CPU
-    write_request_files(lines, workdir, threads)
+    write_request_files(lines, workdir, threads, versions)
     script = workdir / "poll.lua"
     script.write_text(WRK_SCRIPT)
     command = [
@@ -208,6 +244,7 @@ def run_wrk(
         socket_errors=socket_errors,
         exhausted=bool(data["exhausted"]),
         samples=[s for s in data["samples"].split(" | ") if s.strip()][:5],
+        unclassified=data["unknown"],
     )
 
 
@@ -220,10 +257,11 @@ def run_python(
     workdir: Path,
     duration: float,
     concurrency: int,
+    versions: dict[int, int],
     rate: float | None = None,
 ) -> LoadResult:
     """Run the Python generator in its own process (its GIL is not the orchestrator's)."""
-    write_request_files(lines, workdir, 1)
+    write_request_files(lines, workdir, 1, versions)
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -235,6 +273,8 @@ def run_python(
         str(duration),
         "--concurrency",
         str(concurrency),
+        "--versions",
+        str(workdir / "versions.txt"),
     ]
     if rate:
         command += ["--rate", str(rate)]
@@ -295,12 +335,19 @@ class _Connection:
 
 
 def python_generator(
-    url: str, requests: list[bytes], duration: float, concurrency: int, rate: float | None
+    url: str,
+    requests: list[bytes],
+    duration: float,
+    concurrency: int,
+    rate: float | None,
+    versions: dict[bytes, int] | None = None,
 ) -> LoadResult:
     host, _, port = url.removeprefix("http://").rstrip("/").partition(":")
     indices = itertools.count()  # next() is atomic under the GIL
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    counts = {"assign": 0, "nothing": 0, "bad": 0, "socket": 0}
+    counts = {"assign": 0, "nothing": 0, "unknown": 0, "bad": 0, "socket": 0}
+    # A vehicle's requests are a whole round apart, so its answers never race each other.
+    last: dict[bytes, int] = dict(versions or {})
     samples: list[str] = []
     lock = threading.Lock()
     exhausted = threading.Event()
@@ -310,7 +357,7 @@ def python_generator(
     def worker(slot: int) -> None:
         conn = _Connection(host, int(port))
         mine = latencies[slot]
-        assign = nothing = bad = sock_errors = 0
+        assign = nothing = unknown = bad = sock_errors = 0
         while True:
             index = next(indices)
             if index >= len(requests):
@@ -335,10 +382,17 @@ def python_generator(
             finished = time.perf_counter()
             mine.append(finished - (due if due is not None else sent))
             if status == 200:
-                if ASSIGN_MARK in body:
-                    assign += 1
-                elif NOTHING_MARK in body:
-                    nothing += 1
+                who = NONCE_RE.search(body)
+                if who is None:
+                    unknown += 1
+                else:
+                    found = VERSION_RE.search(body)
+                    version = int(found.group(1)) if found else 0
+                    if version != last.get(who.group(1), 0):
+                        assign += 1
+                    else:
+                        nothing += 1
+                    last[who.group(1)] = version
             else:
                 bad += 1
                 with lock:
@@ -348,6 +402,7 @@ def python_generator(
         with lock:
             counts["assign"] += assign
             counts["nothing"] += nothing
+            counts["unknown"] += unknown
             counts["bad"] += bad
             counts["socket"] += sock_errors
 
@@ -377,6 +432,7 @@ def python_generator(
         socket_errors=counts["socket"],
         exhausted=exhausted.is_set(),
         samples=samples,
+        unclassified=counts["unknown"],
     )
 
 
@@ -400,10 +456,20 @@ def main() -> None:
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--rate", type=float, default=None)
+    parser.add_argument(
+        "--versions", type=Path, default=None, help="'index version' lines (see the docstring)"
+    )
     args = parser.parse_args()
     host = args.url.removeprefix("http://").rstrip("/")
     requests = _requests_from_file(args.requests, host)
-    result = python_generator(args.url, requests, args.duration, args.concurrency, args.rate)
+    versions = {}
+    if args.versions is not None:
+        for line in args.versions.read_bytes().splitlines():
+            index, _, version = line.partition(b" ")
+            versions[index] = int(version)
+    result = python_generator(
+        args.url, requests, args.duration, args.concurrency, args.rate, versions
+    )
     json.dump(result.to_json(), sys.stdout)
 
 

@@ -389,3 +389,13 @@ def enroll_revoke(token_id: int, db_url: str) -> None:
     with _context(db_url).transaction() as session:
         revoked = revoke_enroll_token(session, token_id)
         click.echo(f"revoked enrollment token {revoked.id}")
+
+
+def _director_commands() -> None:
+    from overdrive.server.director_cli import director_refresh, director_status
+
+    server.add_command(director_status)
+    server.add_command(director_refresh)
+
+
+_director_commands()

@@ -58,7 +58,7 @@ class ServerConfig:
     #: Seconds between re-reading the image repository.
     repository_refresh: int = 60
     max_body_bytes: int = 1 << 20
-    #: Allowed skew between a vehicle's clock and ours for manifest timestamps.
+    #: Allowed skew between a vehicle's clock and ours for event times (bounds what is stored).
     clock_skew: int = 300
     #: Signs the dashboard's session cookies; every worker of a deployment needs the same one.
     secret_key: str | None = field(default=None, repr=False)

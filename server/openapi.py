@@ -110,18 +110,38 @@ OPERATIONS: tuple[Operation, ...] = (
         "post",
         "/vehicles/{vehicle_id}/poll",
         "poll",
-        "Poll with a signed manifest; get director-signed assignments",
+        "Poll with a vehicle version manifest; learn the director metadata's version",
         "vehicles",
         "vehicle",
         _json("PollAnswer"),
         errors={
-            400: "A malformed manifest (counter, timestamp too far off, nonce, images, status).",
-            401: "Not signed by this vehicle's key (or no such vehicle: the same answer).",
-            409: "A replayed manifest: its counter is not above the last one.",
+            400: "A malformed manifest (counter, timestamp too far off, nonce, ECU reports, "
+            "status), or a report from an ECU not registered to this vehicle.",
+            401: "Not signed by this vehicle's key (or no such vehicle: the same answer), or an "
+            "ECU report not signed by that ECU's key.",
+            409: "A replayed manifest or ECU report: its counter is not above the last one, or "
+            "the report does not echo the manifest's nonce.",
             413: "",
-            503: "No director key to sign the vehicle's assignments.",
+            503: "No director repository to sign the vehicle's assignments.",
         },
         body=ref("PollRequest"),
+    ),
+    Operation(
+        "get",
+        "/director/{vehicle_id}/metadata/{name}",
+        "director_metadata",
+        "A TUF metadata file of the vehicle's director repository",
+        "vehicles",
+        "public",
+        _json("TufMetadata"),
+        errors={
+            404: "No such vehicle, or no such file (names: `N.root.json`, `root.json`, "
+            "`timestamp.json`, `N.snapshot.json`, `N.targets.json`).",
+            503: "No director repository configured.",
+        },
+        description="Any TUF client refreshes a vehicle's director repository from the "
+        "director's root with `/api/v1/director/{vehicle_id}/metadata/` as its metadata URL. "
+        "A timestamp past half its life is re-signed when asked for.",
     ),
     Operation(
         "post",

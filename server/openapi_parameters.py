@@ -123,4 +123,8 @@ PATH_PARAMETERS: dict[str, Schema] = {
         "description": "A campaign id, or a unique prefix of one (at least 4 characters).",
     },
     "token_id": {"type": "integer", "minimum": 0, "maximum": MAX_INT32},
+    "name": {
+        "type": "string",
+        "pattern": "^(timestamp|root|[1-9][0-9]{0,8}\\.(root|snapshot|targets))\\.json$",
+    },
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from overdrive.server.manifest import MAX_ECUS
 from overdrive.server.validation import ID_PATTERN, MAX_INT32
 from overdrive.server.vehicles import (
     EVENT_TYPES,
@@ -22,6 +23,7 @@ from overdrive.server.vehicles import (
     MAX_EVENTS,
     MAX_IMAGES,
 )
+from overdrive.uptane import MAX_ATTACK_TEXT
 
 Schema = dict[str, Any]
 
@@ -152,10 +154,29 @@ _VEHICLE_PROTOCOL: dict[str, Schema] = {
                 "maxProperties": MAX_IMAGES,
                 "propertyNames": {"pattern": IDENTIFIER},
                 "additionalProperties": ref("ImageReport"),
-                "description": "Installed image per hardware id.",
+                "description": "Installed (factory) image per hardware id: one for every "
+                "hardware id of `ecus`.",
+            },
+            "ecus": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": MAX_IMAGES,
+                "propertyNames": {"pattern": IDENTIFIER},
+                "additionalProperties": ref("EcuRegistration"),
+                "description": "The vehicle's ECUs by serial: exactly one primary.",
             },
         },
         optional=("attributes", "images"),
+    ),
+    "EcuRegistration": obj(
+        {
+            "hardware_id": {"type": "string", "pattern": IDENTIFIER},
+            "primary": nullable({"type": "boolean"}),
+            "public_key": nullable(ref("PublicKey")),
+        },
+        optional=("primary", "public_key"),
+        description="One ECU: its hardware id, whether it is the primary (whose key is the "
+        "vehicle's `public_key`), and a secondary's own key.",
     ),
     "Registered": obj(
         {
@@ -163,60 +184,121 @@ _VEHICLE_PROTOCOL: dict[str, Schema] = {
             "poll_interval": {"type": "integer", "minimum": 1, "description": "Seconds."},
         }
     ),
+    "InstalledImageReport": obj(
+        {
+            "filepath": nullable({"type": "string"}),
+            "fileinfo": obj(
+                {
+                    "length": {"type": "integer", "minimum": 0},
+                    "hashes": obj({"sha256": {"type": "string", "pattern": SHA256}}),
+                }
+            ),
+            "version": {"type": "string", "minLength": 1, "maxLength": 128},
+            "release_counter": {"type": "integer", "minimum": 0, "maximum": MAX_INT32},
+        },
+        optional=("filepath", "release_counter"),
+    ),
+    "EcuVersionReport": obj(
+        {
+            "_type": {"type": "string", "enum": ["ecu_version_report"]},
+            "ecu_serial": {"type": "string", "pattern": IDENTIFIER},
+            "hardware_id": {"type": "string", "pattern": IDENTIFIER},
+            "nonce": {"type": "string", "description": "The manifest's nonce, echoed."},
+            "counter": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_INT32,
+                "description": "Above this ECU's last accepted report (replay guard).",
+            },
+            "time": TIME,
+            "installed_image": ref("InstalledImageReport"),
+            "attacks_detected": {"type": "string", "maxLength": MAX_ATTACK_TEXT},
+        },
+        optional=("time", "attacks_detected"),
+        description="What one ECU runs, signed by that ECU's own key.",
+    ),
+    "SignedEcuVersionReport": obj(
+        {
+            "signed": ref("EcuVersionReport"),
+            "signatures": {"type": "array", "items": ref("Signature")},
+        }
+    ),
     "Manifest": obj(
         {
-            "_type": {"type": "string", "enum": ["vehicle_manifest"]},
+            "_type": {"type": "string", "enum": ["vehicle_version_manifest"]},
             "vehicle_id": STRING,
+            "primary_ecu_serial": {"type": "string", "pattern": IDENTIFIER},
             "counter": {
                 "type": "integer",
                 "minimum": 1,
                 "maximum": MAX_INT32,
                 "description": "Must grow with every poll (replay guard).",
             },
-            "timestamp": {**TIME, "description": "Within the clock skew (5 min) of the server."},
-            "nonce": {"type": "string", "minLength": 8, "maxLength": 128},
-            "images": {
+            "timestamp": {
+                **TIME,
+                "description": "The vehicle's clock (not judged: the answer's time attestation "
+                "tells a vehicle whose clock is off the time).",
+            },
+            "nonce": {
+                "type": "string",
+                "minLength": 8,
+                "maxLength": 128,
+                "pattern": "^[A-Za-z0-9]+$",
+                "description": "Fresh per poll; echoed by the time attestation.",
+            },
+            "ecu_version_reports": {
                 "type": "object",
-                "maxProperties": MAX_IMAGES,
+                "minProperties": 1,
+                "maxProperties": MAX_ECUS,
                 "propertyNames": {"pattern": IDENTIFIER},
-                "additionalProperties": ref("ImageReport"),
+                "additionalProperties": ref("SignedEcuVersionReport"),
+                "description": "One report per ECU by serial; the primary's is required.",
             },
             "slot": nullable({"type": "string", "maxLength": 64}),
             "state": nullable({"type": "string", "maxLength": 64}),
             "last_result": {"description": "Free-form (at most 4 KiB of JSON with the rest)."},
         },
-        optional=("images", "slot", "state", "last_result"),
-        description="What a vehicle says in a poll: its installed images and update state.",
+        optional=("primary_ecu_serial", "slot", "state", "last_result"),
+        description="The vehicle version manifest: each ECU's signed version report and the "
+        "vehicle's update state.",
     ),
     "PollRequest": obj(
         {"signed": ref("Manifest"), "signatures": {"type": "array", "items": ref("Signature")}},
-        description="A manifest signed with the vehicle's registered key.",
+        description="A vehicle version manifest signed with the vehicle's (primary's) key.",
     ),
-    "Assignment": obj(
+    "TimeAttestation": obj(
         {
-            "_type": {"type": "string", "enum": ["assignment"]},
-            "vehicle_id": STRING,
-            "nonce": {"type": "string", "description": "The poll's nonce, echoed."},
-            "issued": TIME,
-            "expires": TIME,
-            "campaign_id": STRING,
-            "hardware_id": STRING,
-            "version": STRING,
-            "release_counter": COUNT,
-            "target": obj({"path": STRING, "sha256": STRING, "length": COUNT}),
-            "kind": {"type": "string", "enum": ["full", "delta"]},
-            "maintenance_windows": {"type": "array", "items": ANY_OBJECT},
+            "_type": {"type": "string", "enum": ["time_attestation"]},
+            "nonce": STRING,
+            "time": TIME,
         },
-        description="What to install, signed by the director.",
+        description="The server's time and the poll's nonce.",
     ),
-    "SignedAssignment": obj(
-        {"signed": ref("Assignment"), "signatures": {"type": "array", "items": ref("Signature")}}
+    "SignedTimeAttestation": obj(
+        {
+            "signed": ref("TimeAttestation"),
+            "signatures": {"type": "array", "items": ref("Signature")},
+        },
+        description="Signed by the director's timestamp key(s).",
     ),
     "PollAnswer": obj(
         {
-            "assignments": {"type": "array", "items": ref("SignedAssignment")},
             "next_poll_seconds": {"type": "integer", "minimum": 1},
-        }
+            "director": obj(
+                {"version": {"type": "integer", "minimum": 1}},
+                description="The version of the vehicle's director metadata: fetch and verify "
+                "it (TUF) when it differs from the one last verified.",
+            ),
+            "time": ref("SignedTimeAttestation"),
+        },
+        optional=("director", "time"),
+    ),
+    "TufMetadata": obj(
+        {
+            "signed": {**ANY_OBJECT, "description": "TUF root, timestamp, snapshot or targets."},
+            "signatures": {"type": "array", "items": ref("Signature")},
+        },
+        description="A TUF metadata file of the vehicle's director repository.",
     ),
     "EventReport": obj(
         {

@@ -142,11 +142,10 @@ import sys
 from overdrive import demo as d
 
 def run_all(self):
-    for role in ("root", "targets", "snapshot", "timestamp", "director"):
+    for role in ("root", "targets", "snapshot", "timestamp", *d.DIRECTOR_KEYS):
         d.run("keys", "generate", role, "--dir", self.keys, "--insecure-no-passphrase")
     d.run("repo", "init", "--storage", self.repo, "--keys", self.keys)
-    d.run("repo", "set-director-keys", "--storage", self.repo, "--keys", self.keys,
-          self.keys / "director.pub")
+    d.run("director", "init", "--storage", self.director, "--keys", self.keys)
     self.start_server()
 
 d.Demo.run_all = run_all

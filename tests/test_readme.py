@@ -85,7 +85,10 @@ def test_the_quickstarts_run_as_written(tmp_path: Path) -> None:
         "OVERDRIVE_PASSPHRASE_TARGETS": "targets pass phrase",
         "OVERDRIVE_PASSPHRASE_SNAPSHOT": "snapshot pass phrase",
         "OVERDRIVE_PASSPHRASE_TIMESTAMP": "timestamp pass phrase",
-        "OVERDRIVE_PASSPHRASE_DIRECTOR": "director pass phrase",
+        **{
+            f"OVERDRIVE_PASSPHRASE_DIRECTOR_{role}": f"director {role.lower()} pass phrase"
+            for role in ("ROOT", "TARGETS", "SNAPSHOT", "TIMESTAMP")
+        },
     }
     work = tmp_path / "work"
     work.mkdir()

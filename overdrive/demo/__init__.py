@@ -43,6 +43,8 @@ from overdrive.errors import OverdriveError
 VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """What ``demo images`` accepts as a version or hardware id (it becomes a file name)."""
 HARDWARE = ("ecu-gateway", "ecu-infotainment")
+#: The director's keys: its offline root key, and the server's online keys.
+DIRECTOR_KEYS = ("director-root", "director-targets", "director-snapshot", "director-timestamp")
 IMAGE_SIZE = 8 * 1024 * 1024
 DEMO_POLICY = """\
 # The canary preset's shape with demo timing: seconds instead of hours.
@@ -133,6 +135,7 @@ class Demo:
             workspace / "repository",
             workspace / "images",
         )
+        self.director = workspace / "director"
         self.fleet_dir = workspace / "fleet"
         self.db = f"sqlite:///{workspace / 'server.db'}"
         self.vehicle_count = vehicles
@@ -157,11 +160,16 @@ class Demo:
     # ------------------------------------------------------------------ release engineering
 
     def sign_releases(self) -> None:
-        self.heading("1. Release engineers: keys, TUF image repository, signed releases")
-        for role in ("root", "targets", "snapshot", "timestamp", "director"):
+        self.heading("1. Release engineers: keys, the two TUF repositories, signed releases")
+        for role in ("root", "targets", "snapshot", "timestamp", *DIRECTOR_KEYS):
             run("keys", "generate", role, "--dir", self.keys, "--insecure-no-passphrase")
         run("repo", "init", "--storage", self.repo, "--keys", self.keys)
-        self.say(f"TUF repository at {self.repo} (root, targets, snapshot, timestamp v1)")
+        self.say(f"TUF image repository at {self.repo} (root, targets, snapshot, timestamp v1)")
+        run("director", "init", "--storage", self.director, "--keys", self.keys)
+        self.say(
+            f"director root at {self.director} (its own root key; online targets, snapshot "
+            "and timestamp keys for the server)"
+        )
         self.images.mkdir(parents=True)
         for hw in HARDWARE:
             for version in ("1.0", "1.1", "1.2"):
@@ -175,16 +183,6 @@ class Demo:
         for hw in HARDWARE:
             self.release(hw, "1.0")
             self.release(hw, "1.1", "--delta-from", "1.0")
-        run(
-            "repo",
-            "set-director-keys",
-            "--storage",
-            self.repo,
-            "--keys",
-            self.keys,
-            self.keys / "director.pub",
-        )
-        self.say("published the director's key as the TUF target director/keys.json")
 
     def release(self, hw: str, version: str, *extra: str) -> None:
         out = run(
@@ -244,8 +242,10 @@ class Demo:
                 self.db,
                 "--storage",
                 str(self.repo),
-                "--director-key",
-                str(self.keys / "director"),
+                "--director-storage",
+                str(self.director),
+                "--director-keys",
+                str(self.keys),
                 "--state-dir",
                 str(self.ws / "server-state"),
                 "--port",
@@ -272,7 +272,7 @@ class Demo:
                 raise DemoError(f"the server did not start; see {self.ws / 'server.log'}")
             time.sleep(0.2)
         self.say(
-            f"rollout server at {self.url} (SQLite, director-signed assignments; "
+            f"rollout server at {self.url} (SQLite, a director repository per vehicle; "
             f"pid {self.server.pid}, log {self.ws / 'server.log'})"
         )
 
@@ -334,6 +334,8 @@ class Demo:
                 slot_b,
                 "--trusted-root",
                 self.repo / "metadata" / "1.root.json",
+                "--director-root",
+                self.director / "metadata" / "1.root.json",
                 "--repo-url",
                 self.repo.resolve().as_uri() + "/",
                 "--factory-version",

@@ -40,7 +40,7 @@ def test_init_refresh_download(cli: Cli, served: str, published: Published, tmp_
     assert refreshed.code == 0, refreshed.stderr
     for role in ("timestamp", "snapshot", "targets"):
         assert (meta / f"{role}.json").is_file()  # plain, unversioned names
-    names = ["ecu-a/1.1/full.bundle", "director/keys.json"]
+    names = ["ecu-a/1.1/full.bundle", "ecu-b/1.0/full.bundle"]
     download = [*base, *url, "--target-base-url", f"{served}/targets", "--target-dir", targets]
     for name in names:
         download += ["--target-name", name]
