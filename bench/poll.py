@@ -20,8 +20,8 @@ a. ``nothing``: vehicles that are not admitted ("nothing to do" polls: no chain,
 b. ``assignment``: admitted vehicles, every poll signs a new chain: each vehicle reports
    ecu-a 1.0 and a factory image (0.9, in no repository) in turn, so what its director
    targets list (the 1.0→1.1 delta, or the full 1.1 bundle) changes on every poll,
-e. ``assigned``: admitted vehicles reporting the same image again: their chain already lists
-   the assignment, so nothing is re-signed (the steady state of an admitted vehicle),
+e. ``assigned``: admitted vehicles that have their chain, reporting the same image again: it
+   already lists their assignment, so nothing is re-signed (an admitted vehicle's steady state),
 c. ``mixed``: the whole fleet in random order, the admitted 10% changing image as in b
    (≈10% of the polls sign a chain),
 d. ``goal``: the mixed fleet offered at a fixed 1,000 polls/s (open loop, Python generator,
@@ -49,6 +49,7 @@ import cProfile
 import datetime as dt
 import hashlib
 import io
+import json
 import logging
 import math
 import multiprocessing
@@ -62,6 +63,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,7 +81,7 @@ import poll_fleet
 import poll_load
 import poll_report
 from poll_load import LoadResult
-from poll_report import GOAL_RPS, Cpu, Profile, QueryCount, Run
+from poll_report import GOAL_RPS, Cpu, CryptoCost, Profile, QueryCount, Run
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "poll.md"
@@ -107,6 +109,11 @@ POLICY = {
 #: (gunicorn workers, threads per worker) tried in scenario a; the best is used for the rest.
 SWEEP = ((2, 4), (2, 2), (2, 1), (3, 1), (4, 1))
 WARM_UP_S = 3.0
+CRYPTO_ITERATIONS = 4000
+DIRECTOR_KEYS = ("director-root", "director-targets", "director-snapshot", "director-timestamp")
+#: What a vehicle reports in a poll: its image again (``steady``), or the other image of
+#: :attr:`Fleet.images` (``flip``: its director targets change, so the server signs a new chain).
+STEADY, FLIP = "steady", "flip"
 
 
 def log(message: str) -> None:
@@ -120,10 +127,37 @@ def log(message: str) -> None:
 class Fleet:
     size: int
     keyids: list[str]
-    image: poll_fleet.Image
+    #: ecu-a 1.0 (what the bulk load installs) and a factory image in no repository
+    images: list[poll_fleet.Image]
     counters: list[int]  # next manifest counter per vehicle
     admitted: list[int] = field(default_factory=list)  # indices with an assignment (shuffled)
     idle: list[int] = field(default_factory=list)  # the others (shuffled)
+    admitted_set: set[int] = field(default_factory=set)
+    installed: list[int] = field(default_factory=list)  # image index the server has per vehicle
+    versions: dict[int, int] = field(default_factory=dict)  # director chain version (0: none)
+
+    def refresh(self, db_url: str) -> None:
+        """Read what the server stored: each vehicle's image and director chain version."""
+        import psycopg
+
+        by_sha = {image.sha256: i for i, image in enumerate(self.images)}
+        self.installed = [0] * self.size
+        self.versions = {}
+        with psycopg.connect(db_url) as conn:
+            for vid, sha in conn.execute(
+                "SELECT vehicle_id, sha256 FROM installed_images WHERE hardware_id = %s",
+                (poll_fleet.HARDWARE_ID,),
+            ):
+                self.installed[int(vid.removeprefix("veh-"))] = by_sha.get(sha, 0)
+            for vid, version in conn.execute("SELECT vehicle_id, version FROM director_repos"):
+                self.versions[int(vid.removeprefix("veh-"))] = int(version)
+
+    def image_for(self, index: int, mode: str, rounds_ahead: int = 0) -> int:
+        """The image index vehicle ``index`` reports ``rounds_ahead`` polls from now."""
+        current = self.installed[index]
+        if mode == FLIP and index in self.admitted_set:
+            return current ^ ((rounds_ahead + 1) % 2)
+        return current
 
 
 @dataclass
@@ -142,8 +176,8 @@ class Setup:
         return self.workdir / "keys"
 
     @property
-    def director_key(self) -> Path:
-        return self.keys / "director"
+    def director_storage(self) -> Path:
+        return self.workdir / "director"
 
 
 @contextlib.contextmanager
@@ -175,9 +209,10 @@ def make_image(path: Path, size: int, seed: int) -> Path:
     return path
 
 
-def build_repository(setup: Setup) -> poll_fleet.Image:
-    """keys → repo init → ecu-a 1.0, 1.1 (+ delta) → director key; returns ecu-a 1.0."""
-    for name in ("root", "targets", "snapshot", "timestamp", "director"):
+def build_repository(setup: Setup) -> list[poll_fleet.Image]:
+    """keys → repo init → ecu-a 1.0, 1.1 (+ delta) → director init; returns ecu-a 1.0 and a
+    factory image (0.9) that is in no repository."""
+    for name in ("root", "targets", "snapshot", "timestamp", *DIRECTOR_KEYS):
         overdrive_cli(
             setup, "keys", "generate", name, "--dir", setup.keys, "--insecure-no-passphrase"
         )
@@ -208,8 +243,15 @@ def build_repository(setup: Setup) -> poll_fleet.Image:
         "1.0",
         *common,
     )
-    overdrive_cli(setup, "repo", "set-director-keys", *repo, setup.keys / "director.pub")
-    return poll_fleet.Image("1.0", hashlib.sha256(a10.read_bytes()).hexdigest(), 1)
+    overdrive_cli(
+        setup, "director", "init", "--storage", setup.director_storage, "--keys", setup.keys
+    )
+    a10_bytes = a10.read_bytes()
+    factory = hashlib.sha256(b"factory image 0.9").hexdigest()
+    return [
+        poll_fleet.Image("1.0", hashlib.sha256(a10_bytes).hexdigest(), 1, len(a10_bytes)),
+        poll_fleet.Image("0.9", factory, 0, len(a10_bytes)),
+    ]
 
 
 def pg_url(base: str, database: str) -> str:
@@ -245,7 +287,8 @@ def in_process_app(setup: Setup, state: str) -> tuple[Any, Any]:
     config = ServerConfig(
         db_url=setup.db_url,
         storage_url=str(setup.storage),
-        director_key=setup.director_key,
+        director_storage=str(setup.director_storage),
+        director_keys=setup.keys,
         state_dir=setup.workdir / state,
         tick_interval=0,
     )
@@ -345,6 +388,7 @@ def start_campaign(setup: Setup, fleet: Fleet) -> list[str]:
         ctx.engine.dispose()
     rng = random.Random(7)
     fleet.admitted = sorted(admitted)
+    fleet.admitted_set = set(admitted)
     fleet.idle = [i for i in range(fleet.size) if i not in admitted]
     rng.shuffle(fleet.admitted)
     rng.shuffle(fleet.idle)
@@ -355,31 +399,42 @@ def start_campaign(setup: Setup, fleet: Fleet) -> list[str]:
 
 
 def sign_requests(
-    pool: multiprocessing.pool.Pool, fleet: Fleet, vehicles: Sequence[int], count: int
+    pool: multiprocessing.pool.Pool,
+    fleet: Fleet,
+    vehicles: Sequence[int],
+    count: int,
+    mode: str,
 ) -> list[bytes]:
-    """``count`` pre-signed polls, round after round over ``vehicles`` (counters increase)."""
+    """``count`` pre-signed polls, round after round over ``vehicles`` (counters increase);
+    ``mode`` says which image each poll reports (:data:`STEADY` or :data:`FLIP`), from what
+    :meth:`Fleet.refresh` read."""
     rounds = math.ceil(count / len(vehicles))
-    jobs: list[tuple[int, str, int]] = []
+    jobs: list[tuple[int, str, int, int]] = []
     for r in range(rounds):
         for index in vehicles[: count - len(jobs)]:
-            jobs.append((index, fleet.keyids[index], fleet.counters[index] + r))
-    for index, _keyid, counter in jobs:
+            image = fleet.image_for(index, mode, r)
+            jobs.append((index, fleet.keyids[index], fleet.counters[index] + r, image))
+    for index, _keyid, counter, _image in jobs:
         fleet.counters[index] = max(fleet.counters[index], counter + 1)
     stamp = poll_fleet.now_iso()
-    image = fleet.image.as_dict()
+    images = [image.installed() for image in fleet.images]
     step = 2000
     parts = pool.starmap(
         poll_fleet.sign_chunk,
-        [(jobs[i : i + step], image, stamp) for i in range(0, len(jobs), step)],
+        [(jobs[i : i + step], images, stamp) for i in range(0, len(jobs), step)],
     )
     return [line for part in parts for line in part]
 
 
-def sign_one(fleet: Fleet, index: int) -> tuple[str, bytes]:
+def sign_one(fleet: Fleet, index: int, mode: str = STEADY) -> tuple[str, bytes]:
+    """One poll of vehicle ``index``, assumed to be accepted (in-process use)."""
     counter = fleet.counters[index]
     fleet.counters[index] += 1
+    image = fleet.image_for(index, mode)
+    fleet.installed[index] = image
+    images = [image.installed() for image in fleet.images]
     line = poll_fleet.sign_chunk(
-        [(index, fleet.keyids[index], counter)], fleet.image.as_dict(), poll_fleet.now_iso()
+        [(index, fleet.keyids[index], counter, image)], images, poll_fleet.now_iso()
     )[0]
     path, _, body = line.partition(b" ")
     return path.decode(), body
@@ -415,39 +470,70 @@ def count_queries(setup: Setup, fleet: Fleet) -> list[QueryCount]:
 
     if ctx.direct is not None:
         ctx.direct.trace = traced
+    # The chain's transaction (BEGIN … COMMIT on the poll connection) is not a traced statement:
+    # count the blocks instead (in this process only; the server's code is unchanged).
+    from overdrive.server import poll as server_poll
+
+    transactions = [0]
+    original_atomic = server_poll._PsycopgStatements.atomic
+
+    def atomic(self: Any) -> Any:
+        transactions[0] += 1
+        return original_atomic(self)
+
+    server_poll._PsycopgStatements.atomic = atomic  # type: ignore[method-assign]
     http = app.test_client()
     results = []
     try:
+        fleet.refresh(setup.db_url)
         path, body = sign_one(fleet, fleet.admitted[-2])  # warm: release index, pool
         http.post(path, data=body, content_type="application/json")
+        path, body = sign_one(fleet, fleet.admitted[-2], FLIP)
+        http.post(path, data=body, content_type="application/json")
         cases = [
-            ("nothing to do", fleet.idle[-1]),
-            ("nothing to do, again", fleet.idle[-1]),
-            ("assignment, first (membership pending → assigned)", fleet.admitted[-1]),
-            ("assignment, again", fleet.admitted[-1]),
+            ("nothing to do", fleet.idle[-1], STEADY),
+            ("nothing to do, again", fleet.idle[-1], STEADY),
+            (
+                "assignment, first (membership pending → assigned; chain v1)",
+                fleet.admitted[-1],
+                STEADY,
+            ),
+            ("assigned, unchanged (same image: no new chain)", fleet.admitted[-1], STEADY),
+            ("assignment changed (other image: new chain)", fleet.admitted[-1], FLIP),
         ]
         event.listen(engine, "before_cursor_execute", before)
-        for case, index in cases:
+        for case, index, mode in cases:
             captured.clear()
             direct.clear()
-            pings[0] = 0
-            path, body = sign_one(fleet, index)
+            pings[0] = transactions[0] = 0
+            previous = fleet.versions.get(index, 0)
+            path, body = sign_one(fleet, index, mode)
             response = http.post(path, data=body, content_type="application/json")
             statements = list(captured)
             answer = response.json or {}
+            version = int((answer.get("director") or {}).get("version", 0))
+            fleet.versions[index] = version
             results.append(
                 QueryCount(
                     case=case,
                     statements=[normalise_sql(s) for s, _ in statements],
                     pings=pings[0],
                     status=response.status_code,
-                    assignments=len(answer.get("assignments", [])),
+                    director_version=version,
+                    new_chain=version != previous,
                     plans=explain(engine, statements),
                     autocommit=bool(direct) and len(direct) == len(statements),
+                    transactions=transactions[0],
+                    batched=[
+                        len(params)
+                        for _, params in statements
+                        if isinstance(params, list) and len(params) > 1
+                    ],
                 )
             )
         event.remove(engine, "before_cursor_execute", before)
     finally:
+        server_poll._PsycopgStatements.atomic = original_atomic  # type: ignore[method-assign]
         engine.dialect.do_ping = original_ping
         engine.dispose()
     return results
@@ -463,6 +549,8 @@ def explain(engine: Any, statements: Sequence[tuple[str, Any]]) -> list[str]:
     plans = []
     with engine.connect() as conn:
         for statement, params in statements:
+            if isinstance(params, list):  # executemany: the plan of its first row
+                params = params[0]
             rows = conn.exec_driver_sql(f"EXPLAIN {statement}", params).all()
             nodes = [
                 re.sub(r"\s+\(cost=.*", "", row[0]).strip().removeprefix("->").strip()
@@ -474,25 +562,98 @@ def explain(engine: Any, statements: Sequence[tuple[str, Any]]) -> list[str]:
     return plans
 
 
+#: Server functions timed per poll (wall clock, in-process): (module, object, attribute) → label.
+#: ``poll`` imported the module-level ones by name, so they are wrapped in its namespace.
+HOT_FUNCTIONS = {
+    ("overdrive.server.poll", None, "poll"): "whole poll()",
+    ("overdrive.server.poll", None, "verify_message"): "manifest signature",
+    ("overdrive.server.poll", None, "check_reports"): "ECU reports",
+    ("overdrive.server.poll", None, "_director_targets"): "assignment lookup",
+    ("overdrive.server.poll", None, "publish"): "publish (sign + store)",
+    ("overdrive.server.director", "Director", "sign_chain"): "sign chain",
+    ("overdrive.server.director", "Director", "attest_time"): "time attestation",
+    ("overdrive.server.poll", "_PsycopgStatements", "_execute"): "SQL (poll statements)",
+}
+
+
+@contextlib.contextmanager
+def timing_hot_functions() -> Iterator[dict[str, float]]:
+    """Wrap :data:`HOT_FUNCTIONS` (in this process only) to add up their wall time, in s."""
+    import importlib
+
+    totals: dict[str, float] = {}
+    restore = []
+
+    def wrap(label: str, fn: Any) -> Any:
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                totals[label] = totals.get(label, 0.0) + time.perf_counter() - start
+
+        return timed_call
+
+    for (module_name, owner_name, attribute), label in HOT_FUNCTIONS.items():
+        module = importlib.import_module(module_name)
+        owner = getattr(module, owner_name) if owner_name else module
+        original = getattr(owner, attribute)
+        setattr(owner, attribute, wrap(label, original))
+        restore.append((owner, attribute, original))
+    # The fast path calls ``poll`` by the name it imported.
+    fastpath = importlib.import_module("overdrive.server.fastpath")
+    restore.append((fastpath, "poll", fastpath.poll))
+    fastpath.poll = importlib.import_module("overdrive.server.poll").poll  # type: ignore[attr-defined]
+    try:
+        yield totals
+    finally:
+        for owner, attribute, original in reversed(restore):
+            setattr(owner, attribute, original)
+
+
 def profile_polls(setup: Setup, fleet: Fleet, count: int) -> list[Profile]:
-    """CPU per poll with the WSGI app called directly (one thread), and a cProfile split."""
+    """CPU per poll with the WSGI app called directly (one thread), a cProfile split, and the
+    wall time per poll of the server's main steps (:data:`HOT_FUNCTIONS`, timed by wrappers).
+
+    Three kinds: idle vehicles ("nothing to do"), admitted vehicles reporting another image
+    (their director targets change: a new chain), and admitted vehicles reporting the same image
+    again (their chain already lists the assignment). The admitted vehicles are polled once
+    first (unmeasured), so that both kinds start from a vehicle that has its chain."""
     app, ctx = in_process_app(setup, "profile-state")
     results = []
+    per_kind = 3 * count + 20
     try:
-        for kind, vehicles in (("nothing to do", fleet.idle), ("assignment", fleet.admitted)):
-            requests = [sign_one(fleet, vehicles[i % len(vehicles)]) for i in range(2 * count + 20)]
+        fleet.refresh(setup.db_url)
+        admitted = [i for i in fleet.admitted if fleet.versions.get(i, 0) == 0][: 2 * per_kind]
+        for index in admitted:
+            call_wsgi(app, *sign_one(fleet, index))
+        kinds = (
+            ("nothing to do", fleet.idle[:per_kind], STEADY),
+            ("assignment (new chain)", admitted[:per_kind], FLIP),
+            ("assigned, unchanged", admitted[per_kind:], STEADY),
+        )
+        for kind, vehicles, mode in kinds:
+            requests = [sign_one(fleet, vehicles[i % len(vehicles)], mode) for i in range(per_kind)]
             for path, body in requests[:20]:  # warm up
                 call_wsgi(app, path, body)
+            measured = requests[20 : 20 + count]
             start = time.process_time()
-            for path, body in requests[20 : 20 + count]:
+            for path, body in measured:
                 call_wsgi(app, path, body)
             cpu_ms = (time.process_time() - start) / count * 1000
             profiler = cProfile.Profile(time.process_time)
             profiler.enable()
-            for path, body in requests[20 + count :]:
+            for path, body in requests[20 + count : 20 + 2 * count]:
                 call_wsgi(app, path, body)
             profiler.disable()
-            results.append(Profile(kind, cpu_ms, split_profile(profiler)))
+            with timing_hot_functions() as totals:
+                wall = time.perf_counter()
+                for path, body in requests[20 + 2 * count :]:
+                    call_wsgi(app, path, body)
+                wall = time.perf_counter() - wall
+            hot = {label: seconds / count * 1000 for label, seconds in totals.items()}
+            hot["whole request"] = wall / count * 1000
+            results.append(Profile(kind, cpu_ms, split_profile(profiler), hot))
     finally:
         ctx.engine.dispose()
     return results
@@ -537,6 +698,7 @@ def _category(filename: str, name: str) -> str | None:
         ("/psycopg", "psycopg"),
         ("/flask/", "Flask/Werkzeug"),
         ("/werkzeug/", "Flask/Werkzeug"),
+        ("/tuf/", "python-tuf"),
         ("/securesystemslib/", "crypto"),
         ("/cryptography/", "crypto"),
         ("/overdrive/envelope", "crypto"),
@@ -570,6 +732,156 @@ def split_profile(profiler: cProfile.Profile) -> dict[str, float]:
     return {k: v / whole for k, v in totals.items()}
 
 
+# ------------------------------------------------------------------- cryptographic cost
+
+
+def _median_us(fn: Any, iterations: int) -> tuple[float, float]:
+    """Median and 90th percentile µs of ``fn()`` (each call timed with ``perf_counter``)."""
+    for _ in range(min(100, iterations)):  # warm up
+        fn()
+    samples = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    samples.sort()
+    return statistics.median(samples) * 1e6, samples[int(len(samples) * 0.9)] * 1e6
+
+
+def crypto_costs(setup: Setup, iterations: int) -> list[CryptoCost]:
+    """Per-poll cryptographic work, in this process (one thread): verifying a vehicle version
+    manifest as the server does (``verify_envelope`` of the manifest with the vehicle key,
+    then ``check_reports``: one ``verify_envelope`` per ECU report), signing a time
+    attestation and signing a one-target chain (``Director.attest_time``, ``sign_chain``)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from securesystemslib.signer import CryptoSigner
+
+    from overdrive.envelope import sign_envelope, verify_envelope
+    from overdrive.server.director import Director
+    from overdrive.server.manifest import check_reports
+    from overdrive.server.vehicles import vehicle_key_from_text
+    from overdrive.uptane import (
+        VEHICLE_MANIFEST,
+        DirectorEntry,
+        director_targets,
+        ecu_report,
+        installed_image,
+    )
+
+    def public(signer: CryptoSigner) -> dict[str, Any]:
+        return {"keyid": signer.public_key.keyid, **signer.public_key.to_dict()}
+
+    vid = "veh-000042"
+    nonce = poll_fleet.nonce(42)
+    now = dt.datetime.now(dt.UTC)
+    image = installed_image(None, 120_000, "ab" * 32, "1.0", 1)
+
+    def manifest(ecu_count: int) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """(stored public key, stored ecus, signed manifest) of a vehicle with ``ecu_count``
+        ECUs: the primary (the vehicle key) and secondaries with keys of their own."""
+        primary = CryptoSigner.generate_ed25519()
+        ecus: dict[str, Any] = {f"{vid}-primary": {"hardware_id": "ecu-a", "primary": True}}
+        signers = {f"{vid}-primary": primary}
+        for k in range(1, ecu_count):
+            signer = CryptoSigner.generate_ed25519()
+            serial = f"{vid}-ecu{k}"
+            ecus[serial] = {
+                "hardware_id": f"ecu-{k}",
+                "primary": False,
+                "public_key": public(signer),
+            }
+            signers[serial] = signer
+        reports = {
+            serial: sign_envelope(
+                ecu_report(
+                    ecu_serial=serial,
+                    hardware_id=ecus[serial]["hardware_id"],
+                    nonce=nonce,
+                    counter=7,
+                    image=image,
+                    now=now,
+                ),
+                signer,
+            )
+            for serial, signer in signers.items()
+        }
+        payload = {
+            "_type": VEHICLE_MANIFEST,
+            "vehicle_id": vid,
+            "primary_ecu_serial": f"{vid}-primary",
+            "counter": 7,
+            "timestamp": poll_fleet.now_iso(),
+            "nonce": nonce,
+            "ecu_version_reports": reports,
+            **poll_fleet.STATUS,
+        }
+        envelope = json.loads(json.dumps(sign_envelope(payload, primary)))  # as received
+        return json.dumps(public(primary)), ecus, envelope
+
+    def verifier(ecu_count: int) -> Any:
+        key_text, ecus, envelope = manifest(ecu_count)
+
+        def verify() -> None:
+            keys = vehicle_key_from_text(key_text)  # what server/vehicles.verify_message does
+            payload = verify_envelope(envelope, keys, VEHICLE_MANIFEST)
+            reports = check_reports(
+                payload["ecu_version_reports"],
+                nonce=nonce,
+                vehicle_key=key_text,
+                ecus=ecus,
+                counters={},
+            )
+            assert len(reports) == ecu_count
+
+        return verify
+
+    director = Director.open(str(setup.director_storage), setup.keys)
+    targets = director_targets(
+        [
+            DirectorEntry(
+                f"{vid}-primary",
+                "ecu-a",
+                "ecu-a/1.1/delta-from-" + "ab" * 6 + ".bundle",
+                23_456,
+                {"sha256": "cd" * 32},
+                2,
+                "1.1",
+                "3f2a9c1e",
+                [],
+            )
+        ]
+    )
+    chain = director.sign_chain(vid, targets, 3, now)
+    chain_bytes = len(chain.targets) + len(chain.snapshot) + len(chain.timestamp)
+    raw_key = Ed25519PrivateKey.generate()
+    raw_public = raw_key.public_key()
+    message = json.dumps(manifest(1)[2]["signed"]).encode()
+    raw_sig = raw_key.sign(message)
+    signers = director._signers  # the online keys the server signs with
+    cases: list[tuple[str, Any, int, str]] = [
+        ("verify a vehicle version manifest, 1 ECU report", verifier(1), iterations,
+         "2 ed25519 verifications (manifest + report), key parsing, canonical JSON, report checks"),
+        ("verify a vehicle version manifest, 8 ECU reports", verifier(8), iterations,
+         "9 ed25519 verifications (manifest + 8 reports; 7 secondaries with keys of their own)"),
+        ("sign a time attestation (`Director.attest_time`)",
+         lambda: director.attest_time(nonce, now), iterations,
+         f"{len(signers['timestamp'])} ed25519 signature(s) (timestamp key), canonical JSON"),
+        ("sign a per-vehicle chain, 1 target (`Director.sign_chain`)",
+         lambda: director.sign_chain(vid, targets, 3, now), max(500, iterations // 2),
+         f"3 ed25519 signatures via python-tuf `Metadata.sign` + `to_bytes`; {chain_bytes:,} bytes"),
+        ("reference: one raw ed25519 signature (`cryptography`)",
+         lambda: raw_key.sign(message), iterations, f"{len(message)}-byte message"),
+        ("reference: one raw ed25519 verification (`cryptography`)",
+         lambda: raw_public.verify(raw_sig, message), iterations, f"{len(message)}-byte message"),
+    ]  # fmt: skip
+    results = []
+    for label, fn, count, note in cases:
+        median, p90 = _median_us(fn, count)
+        results.append(CryptoCost(label, median, p90, count, note))
+        log(f"  {label}: median {median:.0f} µs, p90 {p90:.0f} µs ({count:,} iterations)")
+    return results
+
+
 # ---------------------------------------------------------------------------------- server
 
 
@@ -600,8 +912,10 @@ class Server:
             self.setup.db_url,
             "--storage",
             str(self.setup.storage),
-            "--director-key",
-            str(self.setup.director_key),
+            "--director-storage",
+            str(self.setup.director_storage),
+            "--director-keys",
+            str(self.setup.keys),
             "--state-dir",
             str(self.setup.workdir / f"server-state-{self.workers}-{self.threads}"),
             "--workers",
@@ -744,6 +1058,21 @@ def background_load(seconds: float = 2.0) -> float:
 
 # -------------------------------------------------------------------------------- scenarios
 
+_ASSIGNMENT_METRIC = re.compile(
+    r'^overdrive_polls_total\{outcome="assignment"\} ([0-9.e+]+)$', re.MULTILINE
+)
+
+
+def server_assignment_polls(server: Server) -> float | None:
+    """The server's count of polls that signed a chain assigning something (all workers)."""
+    try:
+        with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except (OSError, urllib.error.HTTPError):
+        return None
+    found = _ASSIGNMENT_METRIC.search(text)
+    return float(found.group(1)) if found else 0.0
+
 
 class Bench:
     def __init__(
@@ -751,17 +1080,29 @@ class Bench:
     ) -> None:
         self.args, self.setup, self.fleet, self.pool = args, setup, fleet, pool
         self.use_wrk = poll_load.wrk_path() is not None and not args.no_wrk
-        self.rate_estimate = 3000.0  # polls/s: sizes the pre-signed batches
+        #: polls/s per scenario: sizes the pre-signed batches (default: the highest seen)
+        self.rate_estimates: dict[str, float] = {}
         self.serial = 0
         self.mixed = list(range(fleet.size))
         random.Random(11).shuffle(self.mixed)
 
+    def rate_estimate(self, scenario: str) -> float:
+        return self.rate_estimates.get(scenario, max(self.rate_estimates.values(), default=3000.0))
+
     def vehicles(self, scenario: str) -> list[int]:
         if scenario == "nothing":
             return self.fleet.idle
+        if scenario == "assigned":  # those whose chain already lists their assignment
+            listed = [i for i in self.fleet.admitted if self.fleet.versions.get(i, 0)]
+            return listed or self.fleet.admitted
         if scenario == "assignment":
             return self.fleet.admitted
         return self.mixed
+
+    @staticmethod
+    def mode(scenario: str) -> str:
+        """Which image the scenario's polls report (only admitted vehicles ever flip)."""
+        return STEADY if scenario in ("nothing", "assigned") else FLIP
 
     def load(
         self,
@@ -772,19 +1113,29 @@ class Bench:
         rate: float | None = None,
     ) -> tuple[LoadResult, Cpu]:
         """Sign a batch just before the run (timestamps stay fresh), then replay it."""
-        budget = int((rate or self.rate_estimate) * duration * 1.3) + 500
+        budget = int((rate or self.rate_estimate(scenario)) * duration * 1.3) + 500
         for _attempt in range(3):
-            lines = sign_requests(self.pool, self.fleet, self.vehicles(scenario), budget)
+            self.fleet.refresh(self.setup.db_url)  # what the server has: images, chain versions
+            lines = sign_requests(
+                self.pool, self.fleet, self.vehicles(scenario), budget, self.mode(scenario)
+            )
+            versions = dict(self.fleet.versions)
             self.serial += 1
             workdir = self.setup.workdir / f"load-{self.serial}"
+            counted = server_assignment_polls(server)
             before = cpu_snapshot(server, self.setup.db_name)
             if self.use_wrk and rate is None:
-                result = poll_load.run_wrk(server.url, lines, workdir, duration, concurrency)
+                result = poll_load.run_wrk(
+                    server.url, lines, workdir, duration, concurrency, versions
+                )
             else:
                 result = poll_load.run_python(
-                    server.url, lines, workdir, duration, concurrency, rate
+                    server.url, lines, workdir, duration, concurrency, versions, rate
                 )
             cpu = cpu_delta(before, cpu_snapshot(server, self.setup.db_name))
+            after = server_assignment_polls(server)
+            if counted is not None and after is not None:
+                result.server_assignment = int(after - counted)
             shutil.rmtree(workdir, ignore_errors=True)
             if not result.exhausted:
                 return result, cpu
@@ -802,14 +1153,15 @@ class Bench:
     ) -> Run:
         result, cpu = self.load(server, scenario, duration, concurrency, rate)
         if rate is None:
-            self.rate_estimate = max(500.0, result.rps * 1.3)
+            self.rate_estimates[scenario] = max(500.0, result.rps * 1.3)
         run = Run(scenario, server.workers, result, cpu, server.threads)
         r = result
         log(
             f"{scenario:10s} workers={server.workers}×{server.threads} conns={concurrency} {r.generator}: "
             f"{r.rps:,.0f} polls/s, p50 {r.p50_ms:.1f} p90 {r.p90_ms:.1f} p99 {r.p99_ms:.1f} "
-            f"max {r.max_ms:.1f} ms, errors {r.errors}, with assignment {r.with_assignment:,} "
-            f"of {r.requests:,}; CPU cores: server {cpu.cores('server'):.2f}, PostgreSQL "
+            f"max {r.max_ms:.1f} ms, errors {r.errors}, new chain {r.with_assignment:,} "
+            f"of {r.requests:,} (server: {r.server_assignment} assignment polls, "
+            f"{r.unclassified} unclassified); CPU cores: server {cpu.cores('server'):.2f}, PostgreSQL "
             f"{cpu.cores('postgres'):.2f}, generator {cpu.cores('generator'):.2f}, other "
             f"{cpu.cores('other'):.2f}, steal {cpu.cores('steal'):.2f}"
         )
@@ -849,6 +1201,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-wrk", action="store_true", help="use the Python load generator")
     parser.add_argument("--keep", action="store_true", help="keep the database and work files")
+    parser.add_argument(
+        "--crypto-only",
+        action="store_true",
+        help="only the in-process cryptographic micro-measurement (no database, no server)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.vehicles = min(args.vehicles, 10_000)
@@ -893,14 +1250,29 @@ def main() -> int:
             shutil.rmtree(setup.workdir, ignore_errors=True)
 
 
+def crypto_only(setup: Setup) -> int:
+    for name in DIRECTOR_KEYS:
+        overdrive_cli(
+            setup, "keys", "generate", name, "--dir", setup.keys, "--insecure-no-passphrase"
+        )
+    overdrive_cli(
+        setup, "director", "init", "--storage", setup.director_storage, "--keys", setup.keys
+    )
+    print(poll_report.render_crypto(crypto_costs(setup, CRYPTO_ITERATIONS)))
+    return 0
+
+
 def run_all(args: argparse.Namespace, setup: Setup, pool: multiprocessing.pool.Pool) -> int:
     from overdrive.server.migrate import upgrade
+
+    if args.crypto_only:
+        return crypto_only(setup)
 
     background = background_load()
     log(f"background load before the run: {background:.2f} cores busy")
     t_setup = time.perf_counter()
-    with timed(setup, "repository: keys, ecu-a 1.0 and 1.1 (+ delta), director key"):
-        image = build_repository(setup)
+    with timed(setup, "repository: keys, ecu-a 1.0 and 1.1 (+ delta), director root"):
+        images = build_repository(setup)
     with timed(setup, "database: drop, create, migrate"):
         drop_database(args.pg, args.db_name)
         admin_sql(args.pg, f"CREATE DATABASE {args.db_name}")
@@ -909,13 +1281,13 @@ def run_all(args: argparse.Namespace, setup: Setup, pool: multiprocessing.pool.P
     with timed(setup, f"vehicle keys: {args.vehicles:,} ed25519 ({os.cpu_count()} processes)"):
         keys = generate_keys(pool, args.vehicles)
     with timed(setup, f"bulk load: {args.vehicles:,} vehicles + installed images (COPY)"):
-        poll_fleet.copy_fleet(setup.db_url, args.vehicles, keys, image)
+        poll_fleet.copy_fleet(setup.db_url, args.vehicles, keys, images[0])
     with timed(setup, "ANALYZE"):
         admin_sql(setup.db_url, "ANALYZE")
     fleet = Fleet(
         size=args.vehicles,
         keyids=[k for k, _ in keys],
-        image=image,
+        images=images,
         counters=[1] * args.vehicles,
     )
     del keys
@@ -933,6 +1305,9 @@ def run_all(args: argparse.Namespace, setup: Setup, pool: multiprocessing.pool.P
     for p in profiles:
         shares = ", ".join(f"{k} {v * 100:.0f}%" for k, v in sorted(p.shares.items()))
         log(f"  {p.kind}: {p.cpu_ms:.2f} ms CPU per poll ({shares})")
+        log("    " + ", ".join(f"{k} {v:.2f} ms" for k, v in p.hot.items()))
+    log("cryptographic cost per poll (in-process)")
+    crypto = crypto_costs(setup, 1000 if args.quick else CRYPTO_ITERATIONS)
 
     bench = Bench(args, setup, fleet, pool)
     t_load = time.perf_counter()
@@ -952,7 +1327,7 @@ def run_all(args: argparse.Namespace, setup: Setup, pool: multiprocessing.pool.P
     goal_note = ""
     with running(setup, best, threads) as server:
         bench.warm_up(server, conns)
-        for scenario in ("nothing", "assignment", "mixed"):
+        for scenario in ("nothing", "assignment", "assigned", "mixed"):
             runs.append(bench.measure(server, scenario, args.duration, conns))
         top = max(run.result.rps for run in runs)
         if top >= GOAL_RPS * 0.9:
@@ -989,6 +1364,7 @@ def run_all(args: argparse.Namespace, setup: Setup, pool: multiprocessing.pool.P
         "runs": runs,
         "queries": queries,
         "profiles": profiles,
+        "crypto": crypto,
         "goal_note": goal_note,
         "notes": notes,
     }

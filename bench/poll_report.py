@@ -65,14 +65,34 @@ class QueryCount:
     statements: list[str]
     pings: int
     status: int
-    assignments: int
+    director_version: int  # the answer's (0: no chain)
+    new_chain: bool  # the version changed: this poll signed and stored a chain
     plans: list[str] = field(default_factory=list)
     autocommit: bool = False
+    transactions: int = 0  # BEGIN … COMMIT blocks on the autocommit poll connection
+    batched: list[int] = field(default_factory=list)  # rows of each executemany
 
     @property
     def round_trips(self) -> int:
-        # [pool pre-ping + BEGIN +] statements [+ COMMIT] (psycopg sends BEGIN on its own)
-        return self.pings + len(self.statements) + (0 if self.autocommit else 2)
+        # [pool pre-ping + BEGIN +] statements [+ COMMIT] (psycopg sends BEGIN on its own);
+        # an executemany is one pipeline (one round trip); a transaction block adds BEGIN, COMMIT
+        return (
+            self.pings
+            + len(self.statements)
+            + (0 if self.autocommit else 2)
+            + 2 * self.transactions
+        )
+
+
+@dataclass
+class CryptoCost:
+    """Median (and p90) µs of one cryptographic step of a poll, measured in-process."""
+
+    label: str
+    median_us: float
+    p90_us: float
+    iterations: int
+    note: str
 
 
 @dataclass
@@ -82,6 +102,7 @@ class Profile:
     kind: str
     cpu_ms: float
     shares: dict[str, float]  # category → share of profiled CPU
+    hot: dict[str, float] = field(default_factory=dict)  # function → cumulative ms per poll
 
 
 # ------------------------------------------------------------------------------ machine
@@ -167,7 +188,8 @@ def ms(value: float) -> str:
 
 LABELS = {
     "nothing": "a. nothing to do",
-    "assignment": "b. assignment",
+    "assignment": "b. assignment (new chain every poll)",
+    "assigned": "e. assigned, unchanged",
     "mixed": "c. mixed fleet",
     "goal": f"d. mixed, offered {GOAL_RPS:,}/s",
 }
@@ -194,14 +216,23 @@ def render(data: dict[str, Any]) -> str:
         f"{data['background']:.2f} cores busy (of {info['nproc']}); see the “other” CPU column.",
         f"- {data['postgres']}.",
         f"- Python {info['python']}; {info['packages']}.",
-        "- Server: `overdrive server run --workers N --threads T` = gunicorn, gthread worker "
-        "class, `--tick-interval 0`.",
-        f"- Load generator: {data['generator']}. Pre-signed manifests (one ed25519 key per "
-        "vehicle, counters increasing), keep-alive connections, latency measured client-side.",
-        f"- Fleet: {data['vehicles']:,} vehicles on ecu-a 1.0. Campaign ecu-a → 1.1 running, "
-        f"first stage {data['share']}: {data['admitted']:,} vehicles admitted (their polls get "
-        "a director-signed assignment for the 1.0→1.1 delta), "
-        f"{data['vehicles'] - data['admitted']:,} not admitted.",
+        "- Server: `overdrive server run --workers N --threads T --director-storage DIR "
+        "--director-keys KEYS` = gunicorn, gthread worker class, `--tick-interval 0`; the "
+        "director root made by `overdrive director init` (one key per role).",
+        f"- Load generator: {data['generator']}. Pre-signed vehicle version manifests (one "
+        "ed25519 key per vehicle; one ECU version report, the primary's, signed by the same "
+        "key; counters increasing), keep-alive connections, latency measured client-side. An "
+        "answer is a **new chain** when its director version differs from the previous answer "
+        "for that vehicle (the poll made the server sign and store a chain: targets, snapshot, "
+        "timestamp); every answer carries a signed time attestation.",
+        f"- Fleet: {data['vehicles']:,} vehicles, one primary ECU each on ecu-a 1.0. Campaign "
+        f"ecu-a → 1.1 running, first stage {data['share']}: {data['admitted']:,} vehicles "
+        "admitted (their director targets list the 1.1 bundle), "
+        f"{data['vehicles'] - data['admitted']:,} not admitted (no chain). In b and c the "
+        "admitted vehicles report ecu-a 1.0 and a factory image (0.9, in no repository) in "
+        "turn, so their targets (the 1.0→1.1 delta, or the full 1.1 bundle) change on every "
+        "poll: each such poll upserts the installed image and signs a new chain. In e they "
+        "report the same image again: their chain stands, only the time attestation is signed.",
     ]
     for note in data.get("notes", []):
         lines += ["", note]
@@ -239,16 +270,30 @@ def render(data: dict[str, Any]) -> str:
         "scenario)",
         "",
         "| scenario | generator | conns | polls/s | p50 ms | p90 ms | p99 ms | max ms "
-        "| errors | with assignment |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| errors | new chain | server: assignment polls |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         r = run.result
+        counted = "–" if r.server_assignment is None else f"{r.server_assignment:,}"
         lines.append(
             f"| {LABELS.get(run.scenario, run.scenario)} | {r.generator} | {r.concurrency} | "
             f"{r.rps:,.0f} | {ms(r.p50_ms)} | {ms(r.p90_ms)} | {ms(r.p99_ms)} | "
-            f"{ms(r.max_ms)} | {r.errors} | {r.with_assignment:,} of {r.requests:,} |"
+            f"{ms(r.max_ms)} | {r.errors} | {r.with_assignment:,} of {r.requests:,} | "
+            f"{counted} |"
         )
+    unclassified = sum(run.result.unclassified for run in runs)
+    lines += [
+        "",
+        '*server: assignment polls* is the change of `overdrive_polls_total{outcome="assignment"}` '
+        "over the run (polls whose new chain lists something; the server counts polls still in "
+        "flight when the generator stops, so it can exceed the client's count by a few)."
+        + (
+            f" **{unclassified} answers named no vehicle** (no time attestation)."
+            if unclassified
+            else ""
+        ),
+    ]
     lines += [
         "",
         "CPU during each run, in cores busy (the machine has "
@@ -291,13 +336,18 @@ def render(data: dict[str, Any]) -> str:
         "Counted in-process (the server's code, Flask test client) with a SQLAlchemy "
         "`before_cursor_execute` listener; the pool's pre-ping (`pool_pre_ping=True`) is counted "
         "apart. The poll runs on the worker thread's own autocommit connection (no pool checkout, "
-        "no pre-ping, no BEGIN/COMMIT): round trips = statements.",
+        "no pre-ping); a new chain is stored in one transaction on it (BEGIN and COMMIT are "
+        "round trips of their own), and its three files go in one `executemany` (one pipeline).",
         "",
-        "| poll | HTTP | assignments | SQL statements | round trips |",
-        "|---|---:|---:|---:|---:|",
+        "| poll | HTTP | director version | new chain | SQL statements | transactions "
+        "| round trips |",
+        "|---|---:|---:|---|---:|---:|---:|",
     ]
     lines += [
-        f"| {q.case} | {q.status} | {q.assignments} | {len(q.statements)} | {q.round_trips} |"
+        f"| {q.case} | {q.status} | {q.director_version or '–'} | "
+        f"{'yes' if q.new_chain else 'no'} | {len(q.statements)}"
+        + (f" ({'+'.join(str(n) for n in q.batched)} rows batched)" if q.batched else "")
+        + f" | {q.transactions} | {q.round_trips} |"
         for q in queries
     ]
     detail = max(queries, key=lambda q: len(q.statements))
@@ -321,7 +371,71 @@ def render(data: dict[str, Any]) -> str:
         for p in profiles:
             cells = " | ".join(f"{p.shares.get(c, 0) * 100:.0f}%" for c in categories)
             lines.append(f"| {p.kind} | {p.cpu_ms:.2f} | {cells} |")
+        hot = [name for name in HOT_ORDER if any(name in p.hot for p in profiles)]
+        if hot:
+            lines += [
+                "",
+                "Wall ms per poll in the server's main steps, one more batch of the same polls "
+                "with those functions wrapped in `perf_counter` timers (no profiler; nested: "
+                "*publish* includes *sign chain* and its share of *SQL*; “SQL” is every poll "
+                "statement's client side: sending, PostgreSQL's work, reading; *whole request* "
+                "is the WSGI call):",
+                "",
+                "| poll | " + " | ".join(hot) + " |",
+                "|---|" + "---:|" * len(hot),
+            ]
+            for p in profiles:
+                cells = " | ".join(f"{p.hot[name]:.2f}" if name in p.hot else "–" for name in hot)
+                lines.append(f"| {p.kind} | {cells} |")
+    if data.get("crypto"):
+        lines += ["", render_crypto(data["crypto"])]
     return "\n".join(lines) + "\n"
+
+
+HOT_ORDER = (
+    "whole request",
+    "whole poll()",
+    "manifest signature",
+    "ECU reports",
+    "assignment lookup",
+    "publish (sign + store)",
+    "sign chain",
+    "time attestation",
+    "SQL (poll statements)",
+)
+
+
+def render_crypto(costs: list[CryptoCost]) -> str:
+    """The cryptographic micro-measurement as a Markdown section."""
+    lines = [
+        "### Cryptographic cost per poll (in-process)",
+        "",
+        "One thread, the server's own functions on this machine (`time.perf_counter` around "
+        "each call; median and p90 of the iterations, after 100 warm-up calls). Verifying a "
+        "manifest is what the poll does with it: parse the stored vehicle key "
+        "(`server.vehicles.vehicle_key_from_text`), `overdrive.envelope.verify_envelope` of the "
+        "manifest, then `server.manifest.check_reports` (one `verify_envelope` per ECU report, "
+        "plus its field checks).",
+        "",
+        "| step | median µs | p90 µs | iterations | what it does |",
+        "|---|---:|---:|---:|---|",
+    ]
+    lines += [
+        f"| {c.label} | {c.median_us:,.0f} | {c.p90_us:,.0f} | {c.iterations:,} | {c.note} |"
+        for c in costs
+    ]
+    verify1 = next((c.median_us for c in costs if "1 ECU report" in c.label), None)
+    attest = next((c.median_us for c in costs if "time attestation" in c.label), None)
+    chain = next((c.median_us for c in costs if "chain" in c.label), None)
+    if verify1 is not None and attest is not None and chain is not None:
+        lines += [
+            "",
+            f"So a poll's cryptography costs ≈ {verify1 + attest:,.0f} µs when nothing changes "
+            f"(verify + time attestation) and ≈ {verify1 + attest + chain:,.0f} µs when it signs "
+            f"a new chain: at 1,000 polls/s that is {(verify1 + attest) / 1000:.2f} resp. "
+            f"{(verify1 + attest + chain) / 1000:.2f} of a core.",
+        ]
+    return "\n".join(lines)
 
 
 CATEGORY_ORDER = (

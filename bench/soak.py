@@ -179,6 +179,7 @@ class Soak:
             args.failure_rate,
             (args.install_min, args.install_max),
             self.stats,
+            self.repo.director_root,
         )
         vehicles = [
             SimVehicle(f"soak-{i:05d}", image=dict(self.repo.a10), attributes={"model": "m1"})
@@ -335,10 +336,14 @@ class Soak:
             f"- Versions: {self.version_text}",
             f"- Setup: 2 × `overdrive server run --workers {a.workers}` (gunicorn gthread, 4 threads)"
             f" on two loopback ports, `--tick-interval {a.tick_interval} --poll-interval "
-            f"{a.poll_interval}`, one private PostgreSQL (initdb, max_connections=300)",
+            f"{a.poll_interval} --director-storage … --director-keys …` (one director root, "
+            "`overdrive director init`), one private PostgreSQL (initdb, max_connections=300)",
             f"- Fleet: {a.vehicles} simulated vehicles in one asyncio process (ed25519-signed "
-            f"manifests and event batches over HTTP/1.1 keep-alive, ≤{a.connections} connections per "
-            f"server), each request to a random server; installs are in-process sleeps of "
+            "vehicle version manifests with one ECU version report, and event batches, over "
+            f"HTTP/1.1 keep-alive, ≤{a.connections} connections per server), each request to a "
+            "random server; every answer's time attestation is verified, and on a new director "
+            "version the vehicle reads and verifies its director metadata (timestamp → snapshot → "
+            "targets) and installs what its targets assign; installs are in-process sleeps of "
             f"{a.install_min:g}–{a.install_max:g} s; injected failure rate {a.failure_rate:.1%}",
             f"- Registration: all {a.vehicles} vehicles over the API in "
             f"{self.registration_seconds:.1f} s",
@@ -348,7 +353,9 @@ class Soak:
             "## Results",
             "",
             f"- Run duration: {self.run_seconds:.0f} s of fleet traffic (+ drain)",
-            f"- Polls: {s.polls} successful, {s.polls / self.run_seconds:.1f} polls/s",
+            f"- Polls: {s.polls} successful, {s.polls / self.run_seconds:.1f} polls/s; director "
+            f"metadata read and verified {s.director_reads} times, {s.assignments} assignments "
+            "acted on",
             f"- Poll latency: p50 {percentile(ms, 0.5):.1f} ms, p99 {percentile(ms, 0.99):.1f} ms, "
             f"max {max(ms, default=float('nan')):.1f} ms",
             f"- Events: sent {s.events_sent}, acknowledged {s.events_acked}, stored in DB "

@@ -1,5 +1,12 @@
 """The soak benchmark's simulated fleet: a tiny keep-alive HTTP/1.1 client on asyncio and the
-vehicle loop (signed polls, in-process "installs", signed event batches retried with the same ids)."""
+vehicle loop (signed polls, in-process "installs", signed event batches retried with the same ids).
+
+A poll is a vehicle version manifest with one ECU version report (``tests.server.fleet.SimVehicle``).
+Its answer carries a time attestation (checked: the director's timestamp key, our nonce) and the
+version of the vehicle's director chain; when that version changes the vehicle reads its director
+metadata as a vehicle does (timestamp → snapshot → targets, each verified against the director's
+root) and installs what the targets assign to its ECU.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from securesystemslib.signer import Key
+from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
+
+from overdrive.envelope import verify_envelope
+from overdrive.uptane import TIME_ATTESTATION, VEHICLE_FIELD, DirectorEntry, entries_for
 from tests.server.fleet import SimVehicle
 
 TIMEOUT = 30.0
@@ -34,8 +46,14 @@ class Pool:
         self.slots = asyncio.Semaphore(size)
 
     async def request(
-        self, method: str, path: str, body: Any, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        raw: bool = False,
     ) -> tuple[int, Any]:
+        """(status, JSON body); the body's bytes instead with ``raw``."""
         data = json.dumps(body).encode() if body is not None else b""
         head = (
             f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
@@ -58,7 +76,7 @@ class Pool:
                         asyncio.open_connection(self.host, self.port), TIMEOUT
                     )
                 status, payload, keep = await asyncio.wait_for(
-                    self._exchange(conn, head + data), TIMEOUT
+                    self._exchange(conn, head + data, raw), TIMEOUT
                 )
             except TimeoutError:
                 self._close(conn)
@@ -83,10 +101,10 @@ class Pool:
 
     @staticmethod
     async def _exchange(
-        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], raw: bytes
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes, raw: bool
     ) -> tuple[int, Any, bool]:
         reader, writer = conn
-        writer.write(raw)
+        writer.write(request)
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
@@ -99,6 +117,8 @@ class Pool:
         length = int(headers.get("content-length", "0"))
         body = await reader.readexactly(length) if length else b""
         keep = headers.get("connection", "").lower() != "close" and lines[0].startswith("HTTP/1.1")
+        if raw:
+            return status, body, keep
         try:
             payload = json.loads(body) if body else None
         except ValueError:
@@ -112,6 +132,7 @@ class Stats:
     polls: int = 0
     poll_latency: list[float] = field(default_factory=list)
     assignments: int = 0
+    director_reads: int = 0  # director metadata read (and verified) after a version change
     events_sent: int = 0  # unique event ids the fleet created and sent
     events_acked: int = 0  # unique event ids a server acknowledged (200)
     events_accepted: int = 0  # sum of the servers' "accepted"
@@ -128,6 +149,10 @@ class Stats:
         self.error_times.append((time.monotonic() - self.started, label))
 
 
+class DirectorError(Exception):
+    """The vehicle's director metadata could not be read or does not verify."""
+
+
 @dataclass
 class Fleet:
     pools: list[Pool]
@@ -136,11 +161,61 @@ class Fleet:
     failure_rate: float
     install_seconds: tuple[float, float]
     stats: Stats
+    director_root: bytes  # the director's 1.root.json (what vehicles are provisioned with)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     rng: random.Random = field(default_factory=lambda: random.Random(7))
+    #: vehicle id → the director version whose targets it has acted on
+    seen: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = Metadata[Root].from_bytes(self.director_root).signed
+        role = self.root.roles["timestamp"]
+        self.time_keys: dict[str, Key] = {k: self.root.keys[k] for k in role.keyids}
+        self.time_threshold = role.threshold
 
     def pool(self) -> Pool:
         return self.rng.choice(self.pools)
+
+    def check_time(self, body: dict[str, Any], nonce: str) -> str | None:
+        """What is wrong with the answer's time attestation, or None."""
+        try:
+            payload = verify_envelope(
+                body.get("time"), self.time_keys, TIME_ATTESTATION, self.time_threshold
+            )
+        except Exception as e:
+            return f"time attestation: {type(e).__name__}"
+        return None if payload.get("nonce") == nonce else "time attestation: not our nonce"
+
+    async def _get(self, path: str) -> bytes:
+        status, body = await self.pool().request("GET", path, None, raw=True)
+        if status != 200:
+            raise DirectorError(f"HTTP {status} for {path.rsplit('/', 1)[-1]}")
+        return bytes(body)
+
+    async def director_entry(self, vehicle: SimVehicle) -> DirectorEntry | None:
+        """What the vehicle's verified director targets assign to its ECU (None: nothing)."""
+        base = f"/api/v1/director/{vehicle.vehicle_id}/metadata"
+        try:
+            timestamp = Metadata[Timestamp].from_bytes(await self._get(f"{base}/timestamp.json"))
+            self.root.verify_delegate("timestamp", timestamp.signed_bytes, timestamp.signatures)
+            version = timestamp.signed.snapshot_meta.version
+            snapshot = Metadata[Snapshot].from_bytes(
+                await self._get(f"{base}/{version}.snapshot.json")
+            )
+            self.root.verify_delegate("snapshot", snapshot.signed_bytes, snapshot.signatures)
+            version = snapshot.signed.meta["targets.json"].version
+            targets = Metadata[Targets].from_bytes(
+                await self._get(f"{base}/{version}.targets.json")
+            )
+            self.root.verify_delegate("targets", targets.signed_bytes, targets.signatures)
+        except (DirectorError, HttpError):
+            raise
+        except Exception as e:  # a signature or a document that does not verify
+            raise DirectorError(f"does not verify: {type(e).__name__}") from e
+        if targets.signed.unrecognized_fields.get(VEHICLE_FIELD) != vehicle.vehicle_id:
+            raise DirectorError("targets for another vehicle")
+        self.stats.director_reads += 1
+        return entries_for(targets.signed.targets).get(vehicle.serial)
 
     async def register(self, vehicle: SimVehicle, token: str) -> None:
         for attempt in range(20):
@@ -208,7 +283,8 @@ class Fleet:
         failures = 0
         while not self.stop.is_set():
             pool = self.pool()
-            envelope = vehicle.manifest(slot="A", state="idle", last_result=None)
+            nonce = uuid.uuid4().hex
+            envelope = vehicle.manifest(nonce, slot="A", state="idle", last_result=None)
             begin = time.perf_counter()
             try:
                 status, body = await pool.request(
@@ -227,13 +303,29 @@ class Fleet:
             self.stats.polls += 1
             self.stats.poll_latency.append(time.perf_counter() - begin)
             wait = float(body.get("next_poll_seconds", poll_interval))
-            assignments = body.get("assignments") or []
-            if assignments and not getattr(vehicle, "failed", False):
-                self.stats.assignments += 1
-                signed = assignments[0]["signed"]
-                if signed.get("vehicle_id") != vehicle.vehicle_id:
-                    self.stats.error("poll", "assignment for another vehicle")
-                else:
-                    await self.install(vehicle, signed)
+            problem = self.check_time(body, nonce)
+            if problem:
+                self.stats.error("poll", problem)
+            director = body.get("director")
+            version = director.get("version") if isinstance(director, dict) else None
+            if (
+                isinstance(version, int)
+                and version != self.seen.get(vehicle.vehicle_id)
+                and not getattr(vehicle, "failed", False)
+            ):
+                try:
+                    entry = await self.director_entry(vehicle)
+                except (DirectorError, HttpError) as e:
+                    self.stats.error("director", str(e))
+                    await asyncio.sleep(wait * self.rng.uniform(0.8, 1.2))
+                    continue  # read it again after the next poll
+                self.seen[vehicle.vehicle_id] = version
+                if entry is not None and entry.sha256 != vehicle.image.get("sha256"):
+                    self.stats.assignments += 1
+                    assignment = {
+                        "campaign_id": entry.campaign_id,
+                        "hardware_id": entry.hardware_id,
+                    }
+                    await self.install(vehicle, assignment)
                     continue  # poll again right away, reporting the new image
             await asyncio.sleep(wait * self.rng.uniform(0.8, 1.2))

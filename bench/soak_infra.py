@@ -117,20 +117,30 @@ class PrivatePostgres:
 @dataclass
 class Repo:
     storage: Path
-    director_key: Path
+    #: the director's root (``overdrive director init``) and the keys the servers sign with
+    director_storage: Path
+    director_keys: Path
     a10: dict[str, object]
     a11: dict[str, object]
 
+    @property
+    def director_root(self) -> bytes:
+        """``1.root.json`` of the director: what a vehicle is provisioned with."""
+        return (self.director_storage / "metadata" / "1.root.json").read_bytes()
+
+
+DIRECTOR_KEYS = ("director-root", "director-targets", "director-snapshot", "director-timestamp")
+
 
 def build_repository(root: Path) -> Repo:
-    """ecu-a 1.0 and 1.1 (+ delta), the director key published (as tests/repo_fixtures.py)."""
+    """ecu-a 1.0 and 1.1 (+ delta), and the director's root (as tests/repo_fixtures.py)."""
     import hashlib
 
     from tests.conftest import generate_keys, make_image, mutate, run_cli
 
     os.environ.setdefault("OVERDRIVE_CACHE_DIR", str(root / "cache"))
-    keys, storage = root / "keys", root / "repo"
-    generate_keys(run_cli, keys, "root", "targets", "snapshot", "timestamp", "director")
+    keys, storage, director = root / "keys", root / "repo", root / "director"
+    generate_keys(run_cli, keys, "root", "targets", "snapshot", "timestamp", *DIRECTOR_KEYS)
     if run_cli("repo", "init", "--storage", storage, "--keys", keys).code != 0:
         raise RuntimeError("repo init failed")
     a10 = make_image(root / "a10.img", 60_000, seed=1)
@@ -142,17 +152,16 @@ def build_repository(root: Path) -> Repo:
         )  # fmt: skip
         if result.code != 0:
             raise RuntimeError(result.stderr)
-    result = run_cli(
-        "repo", "set-director-keys", "--storage", storage, "--keys", keys, keys / "director.pub"
-    )
+    result = run_cli("director", "init", "--storage", director, "--keys", keys)
     if result.code != 0:
         raise RuntimeError(result.stderr)
 
     def ref(path: Path, version: str, counter: int) -> dict[str, object]:
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        return {"version": version, "sha256": sha, "release_counter": counter}
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        return {"version": version, "sha256": sha, "release_counter": counter, "length": len(data)}
 
-    return Repo(storage, keys / "director", ref(a10, "1.0", 1), ref(a11, "1.1", 2))
+    return Repo(storage, director, keys, ref(a10, "1.0", 1), ref(a11, "1.1", 2))
 
 
 def cli_json(*args: str) -> dict[str, object]:
@@ -226,7 +235,8 @@ def start_server(
     proc = subprocess.Popen(
         [
             str(VENV_BIN / "overdrive"), "server", "run", "--db", db, "--storage", str(repo.storage),
-            "--director-key", str(repo.director_key), "--workers", str(workers),
+            "--director-storage", str(repo.director_storage),
+            "--director-keys", str(repo.director_keys), "--workers", str(workers),
             "--port", str(port), "--tick-interval", str(tick), "--poll-interval", str(poll),
             "--state-dir", str(root / f"{name}-state"),
         ],

@@ -25,7 +25,7 @@ from overdrive.client.errors import ConfigError
 from overdrive.client.events import EventQueue
 from overdrive.client.identity import create_key
 from overdrive.client.state import SlotImage, StateStore, VehicleState
-from overdrive.client.trust import DIRECTOR_ROOT, TRUSTED_ROOT
+from overdrive.client.trust import DIRECTOR_ROOT, TRUSTED_ROOT, DirectorTrust
 from overdrive.client.tuf_client import tuf_client
 from overdrive.client.vehicle import KEY_FILE, Vehicle, boot_env_for
 from overdrive.text import one_line
@@ -376,6 +376,14 @@ def status(state_dir: Path, as_json: bool) -> None:
         "last_boot": state.last_boot,
         "unhealthy_boots": state.unhealthy_boots,
         "pending_events": len(EventQueue(state_dir).pending()),
+        "ecu_serial": config.serial,
+        "director": {
+            "verified_version": DirectorTrust(
+                state_dir, config.server_url, config.vehicle_id
+            ).local_version(),
+            "acted_on_version": state.director_acted or None,
+            "trusted_time": state.trusted_time,
+        },
     }
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -400,4 +408,9 @@ def status(state_dir: Path, as_json: bool) -> None:
             f"  unhealthy boots in a row: {state.unhealthy_boots} "
             f"(falls back at {config.late_fallback_boots or 'never'})"
         )
+    director = data["director"]
+    click.echo(
+        f"  ECU {config.serial}; director metadata v{director['verified_version'] or '-'} "
+        f"verified, trusted time {director['trusted_time'] or 'none yet'}"
+    )
     click.echo(f"  pending events: {data['pending_events']}")

@@ -94,9 +94,10 @@ class LazyGroup(click.Group):
             module = importlib.import_module(module_name)
         except ImportError as e:
             missing = e.name or str(e)
+            extra = EXTRAS.get(missing.split(".")[0], "signing")
             raise click.ClickException(
                 f"'overdrive {cmd_name}' needs {missing}, which is not installed "
-                f"(install the matching extra, e.g. pip install 'overdrive[signing]')"
+                f"(pip install 'overdrive[{extra}]')"
             ) from e
         command: click.Command = getattr(module, attr)
         return command

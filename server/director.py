@@ -15,6 +15,7 @@ keeps storage and serving trivial and costs three signatures per change.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -25,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import Signer
-from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
@@ -120,6 +120,8 @@ class Director:
         Raises :class:`DirectorKeyError` saying what is wrong (the old state stays in use)."""
         roots = self._read_roots()
         root = Metadata[Root].from_bytes(roots[-1]).signed
+        # Look at the key files afresh: a rotation's new key is added next to the old ones.
+        self.keys = dataclasses.replace(self.keys, _public=None, _signers=self.keys._signers)
         signers = {role: self._role_signers(root, role) for role in ONLINE_ROLES}
         with self._lock:
             self._roots, self._root, self._signers = roots, root, signers
@@ -290,10 +292,3 @@ class Director:
             envelope["signatures"].append(sign_envelope(payload, signer)["signatures"][0])
         return envelope
 
-
-def check_untampered(md: Metadata[Any], root: Root, role: str) -> None:
-    """Raise :class:`DirectorKeyError` unless ``md`` verifies as ``role`` under ``root``."""
-    try:
-        root.verify_delegate(role, md.signed_bytes, md.signatures)
-    except UnsignedMetadataError as e:
-        raise DirectorKeyError(f"director {role} does not verify: {e}") from e

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import CryptoSigner
 
-from overdrive.envelope import MANIFEST, EnvelopeError, canonical, sign_envelope, verify_envelope
+from overdrive.envelope import EnvelopeError, canonical, sign_envelope, verify_envelope
+from overdrive.uptane import VEHICLE_MANIFEST
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(),
@@ -33,7 +34,7 @@ def test_what_canonical_json_cannot_encode_is_refused(payload: dict[str, Any]) -
 
 def test_a_float_in_a_signed_message_is_refused() -> None:
     signer = CryptoSigner.generate_ed25519()
-    envelope = sign_envelope({"_type": MANIFEST, "counter": 1}, signer)
+    envelope = sign_envelope({"_type": VEHICLE_MANIFEST, "counter": 1}, signer)
     envelope["signed"]["counter"] = 1.0
     with pytest.raises(EnvelopeError, match="cannot be canonicalised"):
-        verify_envelope(envelope, {signer.public_key.keyid: signer.public_key}, MANIFEST)
+        verify_envelope(envelope, {signer.public_key.keyid: signer.public_key}, VEHICLE_MANIFEST)

@@ -21,8 +21,8 @@ from tuf.api.metadata import TargetFile
 
 from overdrive.client.errors import Refused
 from overdrive.client.trust import check_not_withdrawn
-from overdrive.server.models import Event, Membership
 from overdrive.keys import KeyDirectory
+from overdrive.server.models import Event, Membership
 from overdrive.signing.repository import ImageRepository
 from overdrive.storage import LocalStorage
 from overdrive.tuf_layout import YANKED_KEY, BundleInfo, ImageRef

@@ -49,6 +49,7 @@ from overdrive.server.context import EXTENSION, ServerContext
 from overdrive.server.migrate import upgrade
 from overdrive.server.models import Campaign, Event, Membership
 from overdrive.server.tokens import create_api_token, create_enroll_token
+from tests.director_view import assignments, http_get
 from tests.repo_fixtures import Published
 from tests.server.conftest import db_url, vehicle_on  # noqa: F401 (db_url is a fixture)
 from tests.server.fleet import SimVehicle
@@ -469,6 +470,7 @@ def test_postgres_restart_during_campaign(
         )["id"]
         operator_post(f"/campaigns/{campaign}/start", {})
 
+        root = published.director_root.read_bytes()
         halfway = threading.Barrier(len(vehicles) + 1, timeout=60)
         resume = threading.Event()
         errors: list[BaseException] = []
@@ -479,8 +481,8 @@ def test_postgres_restart_during_campaign(
                 answer = send_until_accepted(
                     poll_url, lambda: json.dumps(vehicle.manifest()).encode(), traffic
                 )
-                (assignment,) = answer["assignments"]
-                assert assignment["signed"]["campaign_id"] == campaign
+                (assignment,) = assignments(http_get(served.url), vehicle.vehicle_id, root)
+                assert assignment["campaign_id"] == campaign
                 for n, step in enumerate(STEPS):
                     if n == 3:  # everyone is mid-update when the database goes away
                         halfway.wait()
@@ -504,7 +506,7 @@ def test_postgres_restart_during_campaign(
                 answer = send_until_accepted(
                     poll_url, lambda: json.dumps(vehicle.manifest()).encode(), traffic
                 )
-                assert answer["assignments"] == [], answer
+                assert assignments(http_get(served.url), vehicle.vehicle_id, root) == [], answer
             except BaseException as e:
                 errors.append(e)
                 halfway.abort()

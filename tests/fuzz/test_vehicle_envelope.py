@@ -7,10 +7,13 @@ Two layers, both against a real server on a loopback socket, on SQLite and (when
 * **unsigned garbage**: any JSON value, or arbitrary bytes, as the body → always a 4xx JSON
   error, never a 2xx (nothing unsigned is accepted) and never a 5xx;
 * **signed random payloads**: envelopes correctly signed with the registered vehicle's key whose
-  payload is random (near-valid manifests and event batches with random field values, wrong
-  types, huge numbers, odd strings) → a 200 with the documented shape, or a 4xx JSON error;
-  never a 5xx. Replay protection and idempotency hold under the fuzz: an accepted manifest
-  replayed is refused (409), an accepted event batch re-sent stores nothing new.
+  payload is random (near-valid vehicle version manifests, whose ECU version reports are
+  near-valid too and signed by the vehicle's key, a stranger's or nobody, and event batches,
+  with random field values, wrong types, huge numbers, odd strings) → a 200 with the
+  documented shape (and a time attestation echoing the nonce), or a 4xx JSON error; never a
+  5xx. Replay protection and idempotency hold under the fuzz: an accepted manifest replayed is
+  refused (409), a refused one moves neither the manifest's nor an ECU's counter, an accepted
+  event batch re-sent stores nothing new.
 
 Inputs that hit a reported product bug (``test_api_edge_cases.py`` reproduces each) are
 tolerated only for the backend and field the bug is about; see ``known_bug``.
@@ -19,6 +22,7 @@ tolerated only for the backend and field the bug is about; see ``known_bug``.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,10 +30,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from overdrive.envelope import EVENTS, MANIFEST, sign_envelope
+from securesystemslib.signer import CryptoSigner
+
+from overdrive.envelope import EVENTS, canonical, sign_envelope
 from overdrive.server.models import Event, Vehicle
 from overdrive.server.vehicles import EVENT_TYPES
+from overdrive.uptane import ECU_REPORT, VEHICLE_MANIFEST
 from tests.fuzz.conftest import FuzzServer, assert_error_body
+from tests.server.test_director_repo import attested_time
 
 pytestmark = pytest.mark.slow
 
@@ -75,13 +83,6 @@ timestamps = st.one_of(
     texts,
     canonical_values,
 )
-image = st.fixed_dictionaries(
-    {"version": texts | canonical_values, "sha256": hex64 | texts | canonical_values},
-    optional={"release_counter": big_ints | canonical_values},
-)
-images = st.dictionaries(hardware_ids, image | canonical_values, max_size=3) | canonical_values
-
-
 def _near_valid(valid: st.SearchStrategy[dict[str, Any]], wild: dict[str, Any]) -> Any:
     """A valid object with no, one, or several fields replaced by wild values (or dropped), so
     that most examples get past the first check and the odd field is what is tested."""
@@ -98,21 +99,94 @@ def _near_valid(valid: st.SearchStrategy[dict[str, Any]], wild: dict[str, Any]) 
     )
 
 
-valid_images = st.dictionaries(
-    hardware_ids.filter(lambda h: h[:1].isalnum()),
+#: An ECU version report's ``installed_image``.
+installed_images = _near_valid(
     st.fixed_dictionaries(
-        {"version": st.text(max_size=20), "sha256": hex64},
-        optional={"release_counter": st.integers(0, 10**6)},
+        {
+            "filepath": st.none() | st.just("ecu-a/1.1/full.bundle"),
+            "fileinfo": st.fixed_dictionaries(
+                {
+                    "length": st.integers(0, 10**9),
+                    "hashes": st.fixed_dictionaries({"sha256": hex64}),
+                }
+            ),
+            "version": st.text(min_size=1, max_size=20),
+            "release_counter": st.integers(0, 10**6),
+        }
     ),
-    max_size=2,
+    {
+        "filepath": canonical_values,
+        "fileinfo": st.fixed_dictionaries(
+            {},
+            optional={
+                "length": big_ints | canonical_values,
+                "hashes": st.fixed_dictionaries({"sha256": hex64 | texts | canonical_values})
+                | canonical_values,
+            },
+        )
+        | canonical_values,
+        "version": texts | canonical_values,
+        "release_counter": big_ints | canonical_values,
+    },
+)
+#: An ECU version report's payload. "primary", "echo", "next" and "now" stand for the
+#: vehicle's primary ECU serial, the manifest's nonce, the ECU's next counter and the time:
+#: filled in when the example is sent (``_reports``).
+ecu_reports = _near_valid(
+    st.fixed_dictionaries(
+        {
+            "_type": st.just(ECU_REPORT),
+            "ecu_serial": st.just("primary"),
+            "hardware_id": st.just("ecu-a"),
+            "nonce": st.just("echo"),
+            "counter": st.just("next"),
+            "time": st.just("now"),
+            "installed_image": installed_images,
+        },
+        optional={"attacks_detected": st.text(max_size=50)},
+    ),
+    {
+        "_type": texts | canonical_values,
+        "ecu_serial": hardware_ids | canonical_values,
+        "hardware_id": hardware_ids | canonical_values,
+        "nonce": st.text(max_size=130) | canonical_values,
+        "counter": big_ints | canonical_values,
+        "time": timestamps,
+        "installed_image": canonical_values,
+        "attacks_detected": st.text(max_size=600) | canonical_values,
+    },
+)
+#: Who signs a report: the vehicle's key (the primary's: right), a stranger, nobody.
+report_signers = st.sampled_from(["vehicle", "vehicle", "vehicle", "stranger", "unsigned"])
+ecu_serials = st.sampled_from(["primary", "ghost-ecu"]) | hardware_ids
+
+
+@dataclass(frozen=True)
+class Reports:
+    """The ECU version reports of a manifest, as (serial, payload, signer), signed when sent."""
+
+    entries: tuple[tuple[Any, Any, str], ...]
+
+
+#: The primary's report first.
+valid_reports = st.builds(
+    lambda first, more: Reports((first, *more)),
+    st.tuples(st.just("primary"), ecu_reports, report_signers),
+    st.lists(st.tuples(ecu_serials, ecu_reports, report_signers), max_size=1),
+)
+nonces = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+    min_size=8,
+    max_size=128,
 )
 manifests = _near_valid(
     st.fixed_dictionaries(
         {
             "counter": st.just("next"),
             "timestamp": st.just("now"),
-            "nonce": st.text(min_size=8, max_size=128),
-            "images": valid_images,
+            "nonce": nonces,
+            "primary_ecu_serial": st.just("primary"),
+            "ecu_version_reports": valid_reports,
         },
         optional={"slot": st.sampled_from(["A", "B"]), "state": st.just("idle")},
     ),
@@ -120,7 +194,11 @@ manifests = _near_valid(
         "counter": big_ints | canonical_values,
         "timestamp": timestamps,
         "nonce": st.text(max_size=130) | canonical_values,
-        "images": images,
+        "primary_ecu_serial": hardware_ids | canonical_values,
+        "ecu_version_reports": st.lists(
+            st.tuples(ecu_serials, ecu_reports | canonical_values, report_signers), max_size=3
+        ).map(lambda entries: Reports(tuple(entries)))
+        | canonical_values,
         "slot": canonical_values,
         "state": canonical_values,
         "last_result": canonical_values,
@@ -236,15 +314,51 @@ def test_envelopes_without_a_valid_signature_are_refused(
     _assert_rejected(*server.post(f"/api/v1/vehicles/{vehicle_id}/{kind}", body))
 
 
-def _counter(server: FuzzServer, *, reset_huge: bool = False) -> int:
+def _counters(server: FuzzServer, *, reset_huge: bool = False) -> tuple[int, dict[str, Any]]:
+    """The vehicle's manifest counter and its ECUs' counters."""
     with server.ctx.transaction() as session:
         vehicle = session.get(Vehicle, server.vehicle.vehicle_id)
         assert vehicle is not None
-        if reset_huge and vehicle.manifest_counter > 2**30:
+        ecus = dict(vehicle.ecu_counters or {})
+        if reset_huge and max([vehicle.manifest_counter, *ecus.values()]) > 2**30:
             # An accepted huge counter leaves no room above it (see BUG-6): start over, so
-            # later examples still reach the code behind the replay check.
+            # later examples still reach the code behind the replay checks.
             vehicle.manifest_counter = 0
-        return vehicle.manifest_counter
+            vehicle.ecu_counters = ecus = {}
+        return vehicle.manifest_counter, ecus
+
+
+#: Signs ECU reports as a key the server does not know for any ECU.
+STRANGER = CryptoSigner.generate_ed25519()
+
+
+def _reports(server: FuzzServer, raw: Any, nonce: Any, counters: dict[str, Any]) -> Any:
+    """A manifest's ``ecu_version_reports`` from a :class:`Reports` example (anything else
+    is sent as it is): placeholders filled in, each report signed as the example says."""
+    if not isinstance(raw, Reports):
+        return raw
+    vehicle = server.vehicle
+    reports: dict[str, Any] = {}
+    for serial_example, report, signer in raw.entries:
+        serial = vehicle.serial if serial_example == "primary" else serial_example
+        if isinstance(report, dict):
+            report = dict(report)
+            if report.get("ecu_serial") == "primary":
+                report["ecu_serial"] = vehicle.serial
+            if report.get("nonce") == "echo":
+                report["nonce"] = nonce
+            if report.get("counter") == "next":
+                last = counters.get(serial, 0)
+                report["counter"] = last + 1 if isinstance(last, int) else 1
+            if "time" in report:
+                report["time"] = _time(report["time"])
+        signatures = []
+        if signer != "unsigned" and isinstance(report, dict):  # (only an object is signable)
+            key = vehicle.signer if signer == "vehicle" else STRANGER
+            signatures = [key.sign(canonical(report)).to_dict()]
+        reports[serial] = {"signed": report, "signatures": signatures}
+    event(f"{len(reports)} ECU report(s)")
+    return reports
 
 
 def _stored_events(server: FuzzServer) -> int:
@@ -279,21 +393,36 @@ def _check(server: FuzzServer, payload: dict[str, Any], response: tuple[int, str
 @given(manifest=manifests)
 def test_signed_random_manifests(fuzz_server_any_db: FuzzServer, manifest: dict[str, Any]) -> None:
     server = fuzz_server_any_db
-    payload: dict[str, Any] = {"_type": MANIFEST, "vehicle_id": server.vehicle.vehicle_id}
+    vehicle = server.vehicle
+    payload: dict[str, Any] = {"_type": VEHICLE_MANIFEST, "vehicle_id": vehicle.vehicle_id}
     payload.update(manifest)
-    before = _counter(server, reset_huge=True)
+    before, ecus_before = _counters(server, reset_huge=True)
     if payload.get("counter") == "next":
         payload["counter"] = before + 1
     if "timestamp" in payload:
         payload["timestamp"] = _time(payload["timestamp"])
+    if payload.get("primary_ecu_serial") == "primary":
+        payload["primary_ecu_serial"] = vehicle.serial
+    if "ecu_version_reports" in payload:
+        payload["ecu_version_reports"] = _reports(
+            server, payload["ecu_version_reports"], payload.get("nonce"), ecus_before
+        )
     response = _send_signed(server, "poll", payload)
     if not _check(server, payload, response):
-        assert _counter(server) == before, "a refused manifest moved the replay counter"
+        assert _counters(server) == (before, ecus_before), "a refused manifest moved a counter"
         return
     answer = json.loads(response[2])
-    assert set(answer) == {"assignments", "next_poll_seconds"}, answer
-    assert answer["assignments"] == [] and answer["next_poll_seconds"] == 60, answer
-    assert _counter(server) == payload["counter"]
+    # No campaign, so no director chain: the answer is the next poll and the signed time.
+    assert set(answer) == {"next_poll_seconds", "time"}, answer
+    assert answer["next_poll_seconds"] == 60, answer
+    root = server.ctx.require_director().root_bytes(1)
+    assert root is not None
+    attested_time(answer, root, payload["nonce"])
+    accepted = payload["ecu_version_reports"]
+    assert _counters(server) == (
+        payload["counter"],
+        {**ecus_before, **{s: r["signed"]["counter"] for s, r in accepted.items()}},
+    )
     replay = _send_signed(server, "poll", payload)  # the same manifest again: a replay
     assert replay[0] == 409, replay
     assert_error_body(*replay)
@@ -324,7 +453,8 @@ def test_fuzzed_vehicle_still_works(fuzz_server_any_db: FuzzServer) -> None:
     """Sanity for the fuzzers' oracle: a well-formed signed poll and batch are accepted."""
     server = fuzz_server_any_db
     vehicle = server.vehicle
-    vehicle.counter = _counter(server)
+    manifest_counter, ecu_counters = _counters(server)
+    vehicle.counter = max([manifest_counter, *ecu_counters.values()])
     status, _type, body = server.post(
         f"/api/v1/vehicles/{vehicle.vehicle_id}/poll", json.dumps(vehicle.manifest()).encode()
     )

@@ -2,370 +2,85 @@
 repository, and ``overdrive vehicle run --once``.
 
 Each attack is set up the way an attacker would: by altering what the vehicle downloads (the
-bundle, the TUF metadata in the mirror it reads), or by answering its polls from a director the
-attacker controls (:class:`FakeDirector`: it forwards every request to the real server, so the
-vehicle stays registered and its event reports are stored, but it may replace the assignments).
-Crafted assignments are signed with the genuine director key unless the attack is about the
-signature, and differ from an honest assignment in exactly what the attack changes;
-:func:`test_honest_assignment_from_the_fake_director_is_installed` proves that the harness alone
-causes no refusal.
+bundle, the TUF metadata in the mirror it reads), or from a man in the middle between the vehicle
+and the server (:class:`~tests.security.harness.Proxy`: it forwards every request to the real
+server, so the vehicle stays registered and its event reports are stored, but it may rewrite the
+poll answer and serve director metadata of its own). Forged director metadata is signed with the
+director's genuine online keys (a compromised server: :class:`StolenDirectorKeys`) unless the
+attack is about the signature, and differs from an honest chain in exactly what the attack
+changes; :func:`test_honest_chain_signed_with_the_stolen_keys_is_installed` proves that the
+harness alone causes no refusal.
 
 After every refusal: the CLI exits 3, slot B was never written, the vehicle is idle on slot A with
 an untouched boot environment (and boots slot A), and the server stored one ``failed`` event whose
-reason starts with the precise reason code.
+reason starts with the precise reason code (:func:`~tests.security.harness.assert_stayed_put`).
+The director-specific attacks (rollback, freeze, root rotation, time) are in
+:mod:`tests.security.test_director_attacks`.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import re
 import shutil
-import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from securesystemslib.signer import CryptoSigner, Signer
+from securesystemslib.signer import CryptoSigner
 from sqlalchemy import select
-from tuf.api.metadata import Metadata, MetaFile, Root, TargetFile
+from tuf.api.metadata import Metadata, MetaFile, Root, TargetFile, Targets
 
-from overdrive.client.config import VehicleConfig
-from overdrive.envelope import sign_envelope
-from overdrive.server.director import Director
-from overdrive.server.models import Campaign, Event, Membership
 from overdrive.keys import KeyDirectory
+from overdrive.server.models import Membership
 from overdrive.signing.repository import ImageRepository, to_bytes
 from overdrive.storage import LocalStorage
 from overdrive.tuf_layout import metadata_key
-from tests.client.conftest import Car, LiveServer, provision
-from tests.conftest import Cli, Result, mutate
-from tests.live_server import run_once, start_campaign
+from overdrive.uptane import director_targets
+from tests.conftest import Cli, mutate
+from tests.director_view import assignments, http_get
+from tests.live_server import Car, LiveServer, provision, run_once, start_campaign
+from tests.security.harness import (
+    DELTA_11,
+    FULL_10,
+    FULL_11,
+    FULL_B10,
+    Before,
+    Proxy,
+    StolenDirectorKeys,
+    assert_did_nothing,
+    assert_stayed_put,
+    closed_window_policy,
+    entry,
+    events,
+    image_targets,
+    iso,
+    point_at,
+    provision_with_slot_a,
+    running_proxy,
+    serial,
+    stolen_keys,
+)
 
 PAST = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
-DELTA_11 = "ecu-a/1.1/delta-from-1.0.bundle"
-FULL_11 = "ecu-a/1.1/full.bundle"
-FULL_10 = "ecu-a/1.0/full.bundle"
-FULL_B10 = "ecu-b/1.0/full.bundle"
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def iso(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def closed_window_policy() -> dict[str, Any]:
-    """A policy whose only maintenance window is a minute twelve hours from now (local time)."""
-    opens = datetime.now().astimezone() + timedelta(hours=12)
-    return {
-        "name": "night",
-        "stages": [{"name": "all", "share": "100%"}],
-        "maintenance_windows": [
-            {
-                "start": opens.strftime("%H:%M"),
-                "end": (opens + timedelta(minutes=1)).strftime("%H:%M"),
-            }
-        ],
-    }
-
-
-def status(cli: Cli, car: Car) -> dict[str, Any]:
-    result = cli("vehicle", "status", "--state-dir", car.state_dir, "--json")
-    assert result.code == 0, result.stderr
-    return dict(json.loads(result.stdout))
-
-
-def events(live: LiveServer, vehicle_id: str, kind: str | None = None) -> list[Event]:
-    with live.ctx.session() as session:
-        query = select(Event).where(Event.vehicle_id == vehicle_id)
-        if kind is not None:
-            query = query.where(Event.type == kind)
-        rows = list(session.scalars(query))
-        session.expunge_all()
-    return rows
-
-
-def point_at(car: Car, server_url: str) -> None:
-    """Make the vehicle talk to another rollout server (e.g. a director the attacker runs)."""
-    config = VehicleConfig.load(car.state_dir)
-    replace(config, server_url=server_url).save(car.state_dir)
-
-
-def provision_with_slot_a(
-    cli: Cli, live: LiveServer, tmp_path: Path, vehicle_id: str, slot_a_image: Path, version: str
-) -> Car:
-    """Like ``provision``, but with any image in slot A claiming to be ``ecu-a VERSION``."""
-    car_dir = tmp_path / vehicle_id
-    car_dir.mkdir()
-    car = Car(car_dir / "state", car_dir / "slot-a.img", car_dir / "slot-b.img")
-    shutil.copyfile(slot_a_image, car.slot_a)
-    car.slot_b.write_bytes(b"")
-    result = cli(
-        "vehicle", "provision",
-        "--state-dir", car.state_dir,
-        "--server", live.url,
-        "--enroll-token", live.enroll,
-        "--vehicle-id", vehicle_id,
-        "--hardware-id", "ecu-a",
-        "--slot-a", car.slot_a,
-        "--slot-b", car.slot_b,
-        "--trusted-root", live.published.storage / "metadata" / "1.root.json",
-        "--repo-url", live.published.storage.as_uri(),
-        "--factory-version", version,
-        "--factory-release-counter", "1",
-    )  # fmt: skip
-    assert result.code == 0, result.stderr
-    return car
-
-
-@dataclass
-class Before:
-    """What must not change when the vehicle refuses an update."""
-
-    car: Car
-    slot_a: bytes
-    boot: str
-
-    @classmethod
-    def take(cls, cli: Cli, car: Car) -> Before:
-        assert car.slot_b.read_bytes() == b""
-        return cls(car, car.slot_a.read_bytes(), status(cli, car)["boot"])
-
-
-def assert_stayed_put(
-    cli: Cli,
-    live: LiveServer,
-    before: Before,
-    vehicle_id: str,
-    run: Result,
-    reason: str,
-    *,
-    action: str = "refused",
-    slot_a_unchanged: bool = True,
-    nothing_downloaded: bool = True,
-    slot_b_unchanged: bool = True,
-) -> str:
-    """The refusal contract; returns the reason the server stored."""
-    car = before.car
-    assert run.code == 3, (run.code, run.stdout, run.stderr)
-    assert run.stdout.startswith(f"{action}: {reason}: "), run.stdout
-    if slot_b_unchanged:
-        assert car.slot_b.read_bytes() == b"", "the inactive slot was written"
-    if slot_a_unchanged:
-        assert car.slot_a.read_bytes() == before.slot_a
-    after = status(cli, car)
-    assert after["state"] == "idle" and after["active_slot"] == "A", after
-    assert after["slots"]["B"] is None and after["assignment"] is None, after
-    assert after["last_result"]["reason"] == reason, after["last_result"]
-    assert after["last_result"]["status"] == action, after["last_result"]
-    assert after["boot"] == before.boot, "a trial boot was requested"
-    assert after["pending_events"] == 0
-    assert not (car.state_dir / "install-progress.json").exists()
-    if nothing_downloaded:
-        cache = car.state_dir / "cache"
-        assert not cache.exists() or not any(cache.iterdir()), list(cache.iterdir())
-    failed = [e.reason or "" for e in events(live, vehicle_id, "failed")]
-    assert len(failed) == 1, failed
-    assert failed[0].startswith(f"{reason}: "), failed
-    boot = cli("vehicle", "boot", "--state-dir", car.state_dir)
-    assert boot.code == 0 and boot.stdout.startswith("booted slot A"), boot.stdout
-    return failed[0]
-
-
-# ----------------------------------------------------------------------------- the fake director
-
-Answer = Callable[[dict[str, Any], list[dict[str, Any]]], list[dict[str, Any]]]
-
-
-def passthrough(_manifest: dict[str, Any], genuine: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return genuine
-
-
-@dataclass
-class FakeDirector:
-    """A rollout server the attacker controls, in front of the real one.
-
-    Every request is forwarded to the real server first (so manifests are checked and stored,
-    events are verified and stored); a poll is then answered with ``answer(manifest, genuine)``
-    instead of the genuine assignments. Records what it saw.
-    """
-
-    upstream: str
-    answer: Answer = passthrough
-    manifests: list[dict[str, Any]] = field(default_factory=list)
-    genuine: list[list[dict[str, Any]]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    url: str = ""
-
-    def forward(self, path: str, body: bytes) -> tuple[int, bytes]:
-        request = urllib.request.Request(
-            self.upstream + path,
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
-
-    def handle(self, path: str, body: bytes) -> tuple[int, bytes]:
-        m = re.fullmatch(r"/api/v1/vehicles/[^/]+/(poll|events|register)", path)
-        if m is None:
-            return 404, b'{"error": {"message": "not found"}}'
-        code, answer = self.forward(path, body)
-        if code != 200 or m[1] == "register":
-            return code, answer
-        signed = json.loads(body)["signed"]
-        if m[1] == "events":
-            self.events.extend(signed["events"])
-            return code, answer
-        genuine = json.loads(answer)["assignments"]
-        self.manifests.append(signed)
-        self.genuine.append(genuine)
-        reply = {"assignments": self.answer(signed, genuine), "next_poll_seconds": 5}
-        return 200, json.dumps(reply).encode()
-
-
-class _DirectorHandler(BaseHTTPRequestHandler):
-    server: _DirectorServer
-
-    def do_POST(self) -> None:
-        director = self.server.director
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            code, answer = director.handle(self.path, body)
-        except Exception as e:  # shown by the test, never hidden
-            director.errors.append(f"{type(e).__name__}: {e}")
-            code, answer = 500, b'{"error": {"message": "fake director crashed"}}'
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _DirectorServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, director: FakeDirector) -> None:
-        super().__init__(("127.0.0.1", 0), _DirectorHandler)
-        self.director = director
 
 
 @pytest.fixture
-def fake_director(live_server: LiveServer) -> Iterator[FakeDirector]:
-    director = FakeDirector(live_server.url)
-    server = _DirectorServer(director)
-    director.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield director
-    finally:
-        server.shutdown()
-        server.server_close()
-        assert not director.errors, director.errors
-
-
-FORGED_CAMPAIGN = "forged-campaign"
-
-
-def enlist(live: LiveServer, vehicle_id: str) -> None:
-    """Make ``vehicle_id`` a member of :data:`FORGED_CAMPAIGN` on the real server (a draft that
-    never starts, with inactive memberships): the campaign the attacker's director claims its
-    assignments are for. The server accepts a vehicle's events only about its own campaigns, so
-    without this the vehicle's reports of refused assignments would be refused in turn."""
-    with live.ctx.transaction() as session:
-        if session.get(Campaign, FORGED_CAMPAIGN) is None:
-            session.add(
-                Campaign(
-                    id=FORGED_CAMPAIGN,
-                    name="forged",
-                    state="draft",
-                    policy_name="immediate",
-                    policy={},
-                    filter={},
-                    created_at=datetime.now(UTC),
-                    created_by="test",
-                )
-            )
-            session.flush()
-        for hw in ("ecu-a", "ecu-b"):
-            if session.get(Membership, (FORGED_CAMPAIGN, vehicle_id, hw)) is None:
-                session.add(
-                    Membership(
-                        campaign_id=FORGED_CAMPAIGN,
-                        vehicle_id=vehicle_id,
-                        hardware_id=hw,
-                        bucket=0,
-                        active=None,
-                        status="pending",
-                    )
-                )
-
-
-@dataclass
-class Forge:
-    """Builds assignments the way ``server.vehicles`` does, from the genuine signed targets;
-    ``enlist`` makes the polling vehicle a member of the forged campaign on the real server."""
-
-    director: Director
-    targets: dict[str, TargetFile]
-    enlist: Callable[[str], None] | None = None
-
-    def payload(self, manifest: dict[str, Any], path: str, **changes: Any) -> dict[str, Any]:
-        target = self.targets[path]
-        info = target.custom.get("overdrive", {})
-        now = datetime.now(UTC)
-        payload = {
-            "_type": "assignment",
-            "vehicle_id": manifest["vehicle_id"],
-            "nonce": manifest["nonce"],
-            "issued": iso(now),
-            "expires": iso(now + timedelta(hours=1)),
-            "campaign_id": FORGED_CAMPAIGN,
-            "hardware_id": info.get("hardware_id", "ecu-a"),
-            "version": info.get("version", "1.1"),
-            "release_counter": info.get("release_counter", 2),
-            "target": {"path": path, "sha256": target.hashes["sha256"], "length": target.length},
-            "kind": info.get("kind", "full"),
-            "maintenance_windows": [],
-        }
-        payload.update(changes)
-        if self.enlist is not None and payload["campaign_id"] == FORGED_CAMPAIGN:
-            self.enlist(manifest["vehicle_id"])
-        return payload
-
-    def assignment(
-        self, manifest: dict[str, Any], path: str, *, signer: Signer | None = None, **changes: Any
-    ) -> dict[str, Any]:
-        payload = self.payload(manifest, path, **changes)
-        return sign_envelope(payload, signer or self.director.signer)
+def proxy(live_server: LiveServer) -> Iterator[Proxy]:
+    yield from running_proxy(live_server.url)
 
 
 @pytest.fixture
-def forge(live_server: LiveServer) -> Forge:
-    published = live_server.published
-    repo = ImageRepository.load(LocalStorage(published.storage), KeyDirectory(published.keys))
-    return Forge(
-        Director.from_file(published.director_key),
-        repo.bundle_targets(),
-        lambda vehicle_id: enlist(live_server, vehicle_id),
-    )
+def stolen(live_server: LiveServer) -> StolenDirectorKeys:
+    return stolen_keys(live_server.published)
+
+
+@pytest.fixture
+def targets(live_server: LiveServer) -> dict[str, TargetFile]:
+    return image_targets(live_server.published)
 
 
 # ----------------------------------------------------------------------------- 1. the bundle
@@ -399,19 +114,28 @@ def test_tampered_bundle_is_refused(cli: Cli, live_server: LiveServer, tmp_path:
         assert membership.status == "failed"
 
 
-# ----------------------------------------------------------------------------- 2. assignments
+# ----------------------------------------------------------------------------- 2. the director
+
+#: The version of the forged chains: the vehicles here have trusted none yet.
+FORGED = 1
 
 
-def test_honest_assignment_from_the_fake_director_is_installed(
-    cli: Cli, live_server: LiveServer, fake_director: FakeDirector, forge: Forge, tmp_path: Path
+def test_honest_chain_signed_with_the_stolen_keys_is_installed(
+    cli: Cli,
+    live_server: LiveServer,
+    proxy: Proxy,
+    stolen: StolenDirectorKeys,
+    targets: dict[str, TargetFile],
+    tmp_path: Path,
 ) -> None:
-    """Control: the harness itself refuses nothing. An honest assignment crafted and signed
-    exactly like the attacks below (only without the attack) is installed and committed."""
+    """Control: the harness itself refuses nothing. A director chain crafted and signed exactly
+    like the attacks below (only without the attack) is installed and committed."""
     car = provision(cli, live_server, tmp_path, "car-1")
-    point_at(car, fake_director.url)
-    fake_director.answer = lambda manifest, _genuine: [forge.assignment(manifest, DELTA_11)]
+    point_at(car, proxy.url)
+    proxy.serve(stolen.chain("car-1", [entry(targets, "car-1", DELTA_11)], FORGED))
     run = run_once(cli, car)
     assert run.code == 0 and run.stdout.startswith("updated: installed 1.1 into slot B"), run
+    assert {"timestamp.json", "1.snapshot.json", "1.targets.json"} <= set(proxy.fetched)
     boot = cli("vehicle", "boot", "--state-dir", car.state_dir)
     assert "committed 1.1 in slot B" in boot.stdout
     assert car.slot_b.read_bytes() == live_server.published.images["ecu-a/1.1"]["path"].read_bytes()
@@ -419,184 +143,346 @@ def test_honest_assignment_from_the_fake_director_is_installed(
     assert {e.type for e in events(live_server, "car-1")} >= {"installed", "committed"}
 
 
+Build = Callable[[StolenDirectorKeys, dict[str, TargetFile], str], dict[str, bytes]]
+
+
 @dataclass(frozen=True)
 class Attack:
     reason: str
-    build: Callable[[Forge, dict[str, Any]], dict[str, Any]]
+    build: Build
     image: str = "ecu-a/1.0"
+    #: Part of the refusal's message.
+    says: str = ""
+    #: Something the attack needs in the image repository first (given the live server).
+    setup: Callable[[Cli, LiveServer], None] | None = None
 
 
-def _fresh_key(forge: Forge, manifest: dict[str, Any]) -> dict[str, Any]:
-    return forge.assignment(manifest, DELTA_11, signer=CryptoSigner.generate_ed25519())
+def _one(image: str, **changes: Any) -> Build:
+    """A chain whose targets name image target ``image`` for the vehicle's ECU, with
+    ``changes``."""
+    return lambda s, t, vid: s.chain(vid, [entry(t, vid, image, **changes)], FORGED)
 
 
-def _altered_after_signing(forge: Forge, manifest: dict[str, Any]) -> dict[str, Any]:
-    envelope = forge.assignment(manifest, DELTA_11)
-    envelope["signed"]["target"] = forge.payload(manifest, FULL_11)["target"]
-    return envelope
+def _edited_custom(edit: Callable[[dict[str, Any], str], None]) -> Build:
+    """A chain naming the 1.1 delta whose target's ``custom`` is edited (then signed)."""
+
+    def build(s: StolenDirectorKeys, t: dict[str, TargetFile], vid: str) -> dict[str, bytes]:
+        listed = director_targets([entry(t, vid, DELTA_11)])
+        edit(listed[DELTA_11].custom, vid)
+        return s.chain(vid, listed, FORGED)
+
+    return build
 
 
-def _unsigned(forge: Forge, manifest: dict[str, Any]) -> dict[str, Any]:
-    return {"signed": forge.payload(manifest, DELTA_11), "signatures": []}
+def _no_hardware_id(custom: dict[str, Any], vid: str) -> None:
+    custom["ecu_identifiers"] = {serial(vid): {}}
 
 
-def _other_hash(forge: Forge, manifest: dict[str, Any]) -> dict[str, Any]:
-    target = forge.payload(manifest, DELTA_11)["target"]
-    target["sha256"] = forge.targets[FULL_11].hashes["sha256"]
-    return forge.assignment(manifest, DELTA_11, target=target)
+def _no_release_counter(custom: dict[str, Any], vid: str) -> None:
+    del custom["release_counter"]
 
 
-def _other_length(forge: Forge, manifest: dict[str, Any]) -> dict[str, Any]:
-    target = forge.payload(manifest, DELTA_11)["target"]
-    target["length"] += 1
-    return forge.assignment(manifest, DELTA_11, target=target)
+def _no_ecu(custom: dict[str, Any], vid: str) -> None:
+    del custom["ecu_identifiers"]
 
 
-def _not_in_repository(forge: Forge, manifest: dict[str, Any]) -> dict[str, Any]:
-    target = forge.payload(manifest, DELTA_11)["target"]
-    target["path"] = "ecu-a/9.9/full.bundle"
-    return forge.assignment(manifest, DELTA_11, target=target, version="9.9")
+def _attacker_signs(*roles: str) -> Build:
+    def build(s: StolenDirectorKeys, t: dict[str, TargetFile], vid: str) -> dict[str, bytes]:
+        attacker = CryptoSigner.generate_ed25519()
+        return s.chain(
+            vid, [entry(t, vid, DELTA_11)], FORGED, signers=dict.fromkeys(roles, attacker)
+        )
+
+    return build
 
 
-def _not_a_bundle(forge: Forge, manifest: dict[str, Any]) -> dict[str, Any]:
-    keys = forge.targets["director/keys.json"]
-    target = {"path": keys.path, "sha256": keys.hashes["sha256"], "length": keys.length}
-    return forge.assignment(manifest, DELTA_11, target=target)
+def _altered_after_signing(
+    s: StolenDirectorKeys, t: dict[str, TargetFile], vid: str
+) -> dict[str, bytes]:
+    def alter(md: Metadata[Targets]) -> None:
+        md.signed.targets = director_targets([entry(t, vid, FULL_11)])
+
+    return s.chain(vid, [entry(t, vid, DELTA_11)], FORGED, after_signing=alter)
 
 
-def _ecu_b_target(forge: Forge, manifest: dict[str, Any]) -> dict[str, Any]:
-    return forge.assignment(manifest, FULL_B10, hardware_id="ecu-a")
+def _unsigned(s: StolenDirectorKeys, t: dict[str, TargetFile], vid: str) -> dict[str, bytes]:
+    return s.chain(
+        vid, [entry(t, vid, DELTA_11)], FORGED, after_signing=lambda md: md.signatures.clear()
+    )
+
+
+def _expired(role: str) -> Build:
+    def build(s: StolenDirectorKeys, t: dict[str, TargetFile], vid: str) -> dict[str, bytes]:
+        return s.chain(vid, [entry(t, vid, DELTA_11)], FORGED, expires={role: PAST})
+
+    return build
+
+
+def _other_hash(s: StolenDirectorKeys, t: dict[str, TargetFile], vid: str) -> dict[str, bytes]:
+    other = {"sha256": t[FULL_11].hashes["sha256"]}
+    return s.chain(vid, [entry(t, vid, DELTA_11, hashes=other)], FORGED)
+
+
+def _other_length(s: StolenDirectorKeys, t: dict[str, TargetFile], vid: str) -> dict[str, bytes]:
+    return s.chain(vid, [entry(t, vid, DELTA_11, length=t[DELTA_11].length + 1)], FORGED)
+
+
+def _extra_hash_differs(
+    s: StolenDirectorKeys, t: dict[str, TargetFile], vid: str
+) -> dict[str, bytes]:
+    """The right sha256, and a sha512 the image repository does not have."""
+    hashes = {"sha256": t[DELTA_11].hashes["sha256"], "sha512": "ab" * 64}
+    return s.chain(vid, [entry(t, vid, DELTA_11, hashes=hashes)], FORGED)
+
+
+def _twice(s: StolenDirectorKeys, t: dict[str, TargetFile], vid: str) -> dict[str, bytes]:
+    return s.chain(vid, [entry(t, vid, DELTA_11), entry(t, vid, FULL_11)], FORGED)
+
+
+NOTES = "notes/readme.txt"
+
+
+def _publish_plain_target(_cli: Cli, live: LiveServer) -> None:
+    """A target that is not an update bundle, signed into the image repository."""
+    published = live.published
+    repo = ImageRepository.load(LocalStorage(published.storage), KeyDirectory(published.keys))
+    data = live.published.storage.parent / "readme.txt"
+    data.write_bytes(b"release notes\n" * 100)
+    target = TargetFile.from_file(NOTES, str(data), ["sha256"])
+    new = repo.bump(repo.targets, "targets")
+    new.signed.targets[NOTES] = target
+    repo.sign(new, "targets", repo.root.signed)
+    repo.publish(targets=new, target_files=[(NOTES, target, data)])
+
+
+def _yank_11(cli: Cli, live: LiveServer) -> None:
+    result = cli(
+        "release", "yank", "ecu-a", "1.1", "--reason", "bricks the radio",
+        "--storage", live.published.storage, "--keys", live.published.keys,
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
 
 
 ATTACKS = {
-    "for-another-vehicle": Attack(
-        "wrong_vehicle", lambda f, m: f.assignment(m, DELTA_11, vehicle_id="car-other")
+    # signatures and freshness: nothing of the chain is trusted
+    "signed-by-an-unpublished-key": Attack(
+        "director_refresh_failed",
+        _attacker_signs("targets", "snapshot", "timestamp"),
+        says="UnsignedMetadataError",
     ),
-    "expired": Attack(
-        "expired_assignment",
-        lambda f, m: f.assignment(
-            m, DELTA_11, issued=iso(PAST - timedelta(hours=1)), expires=iso(PAST)
-        ),
+    "targets-by-an-unpublished-key": Attack(
+        "director_refresh_failed", _attacker_signs("targets"), says="UnsignedMetadataError"
+    ),
+    "altered-after-signing": Attack(
+        "director_refresh_failed", _altered_after_signing, says="UnsignedMetadataError"
+    ),
+    "unsigned": Attack("director_refresh_failed", _unsigned, says="UnsignedMetadataError"),
+    "expired-timestamp": Attack(
+        "director_refresh_failed", _expired("timestamp"), says="ExpiredMetadataError"
+    ),
+    "expired-snapshot": Attack(
+        "director_refresh_failed", _expired("snapshot"), says="ExpiredMetadataError"
+    ),
+    "expired-targets": Attack(
+        "director_refresh_failed", _expired("targets"), says="ExpiredMetadataError"
+    ),
+    # what the (validly signed) director targets say
+    "for-another-vehicle": Attack(
+        "wrong_vehicle",
+        lambda s, t, vid: s.chain("car-other", [entry(t, vid, DELTA_11)], FORGED),
+        says="signed for vehicle 'car-other', not 'car-1'",
+    ),
+    "without-an-ecu": Attack(
+        "malformed_director_target", _edited_custom(_no_ecu), says="names no ECU"
     ),
     "without-a-hardware-id": Attack(
-        "wrong_hardware", lambda f, m: f.assignment(m, DELTA_11, hardware_id=None)
+        "malformed_director_target", _edited_custom(_no_hardware_id), says="has no hardware_id"
     ),
-    "target-of-another-hardware-id": Attack("wrong_hardware", _ecu_b_target),
-    "signed-by-an-unpublished-key": Attack("bad_signature", _fresh_key),
-    "altered-after-signing": Attack("bad_signature", _altered_after_signing),
-    "unsigned": Attack("bad_signature", _unsigned),
-    "without-a-target": Attack(
-        "malformed_assignment", lambda f, m: f.assignment(m, DELTA_11, target={"path": DELTA_11})
+    "without-a-release-counter": Attack(
+        "malformed_director_target",
+        _edited_custom(_no_release_counter),
+        says="has no valid release_counter",
     ),
-    "director-sha256-differs": Attack("director_mismatch", _other_hash),
-    "director-length-differs": Attack("director_mismatch", _other_length),
-    "target-not-in-the-repository": Attack("not_in_repository", _not_in_repository),
-    "target-is-not-a-bundle": Attack("not_a_bundle", _not_a_bundle),
-    # The payload's version and counter are the director's word; only TUF's count.
+    "without-a-sha256": Attack(
+        "malformed_director_target", _one(DELTA_11, hashes={"sha512": "ab" * 64}), says="sha256"
+    ),
+    "one-ecu-named-twice": Attack(
+        "malformed_director_target", _twice, says="is named by two director targets"
+    ),
+    "target-of-another-hardware-id": Attack(
+        "wrong_hardware", _one(FULL_B10), says="is for hardware id 'ecu-b', this ECU is 'ecu-a'"
+    ),
+    "another-hardware-ids-image-labelled-ours": Attack(
+        "wrong_hardware",
+        _one(FULL_B10, hardware_id="ecu-a"),
+        says=f"target {FULL_B10} is for hardware id 'ecu-b', not 'ecu-a'",
+    ),
+    # against the image repository
+    "target-not-in-the-repository": Attack(
+        "not_in_repository",
+        _one(DELTA_11, path="ecu-a/9.9/full.bundle", version="9.9", release_counter=9),
+        says="ecu-a/9.9/full.bundle is not in the signed image repository",
+    ),
+    "target-is-not-a-bundle": Attack(
+        "not_a_bundle", _one(NOTES), says="is not an update bundle", setup=_publish_plain_target
+    ),
+    "withdrawn-release": Attack(
+        "withdrawn", _one(DELTA_11), says="bricks the radio", setup=_yank_11
+    ),
+    # mix-and-match: a genuine image path with another image's hash, or another length
+    "director-sha256-differs": Attack(
+        "director_mismatch", _other_hash, says="hash/length for ecu-a/1.1/delta-from-1.0.bundle"
+    ),
+    "director-length-differs": Attack("director_mismatch", _other_length, says="hash/length"),
+    "director-adds-a-hash-that-differs": Attack(
+        "director_mismatch", _extra_hash_differs, says="hash/length"
+    ),
+    # the release counter is the image repository's, never the director's
+    "director-claims-a-higher-counter": Attack(
+        "director_mismatch",
+        _one(FULL_10, release_counter=99, version="9.9"),
+        image="ecu-a/1.1",
+        says="release counter 99 for ecu-a/1.0/full.bundle differs from the image repository's 1",
+    ),
     "downgrade": Attack(
         "downgrade",
-        lambda f, m: f.assignment(m, FULL_10, version="9.9", release_counter=99),
+        _one(FULL_10),
         image="ecu-a/1.1",
-    ),
-    "same-release-again": Attack(
-        "downgrade", lambda f, m: f.assignment(m, FULL_11), image="ecu-a/1.1"
+        says="release counter 1 of 1.0 is not above the installed 2",
     ),
 }
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
-def test_forged_assignment_is_refused(
+def test_forged_director_metadata_is_refused(
     cli: Cli,
     live_server: LiveServer,
-    fake_director: FakeDirector,
-    forge: Forge,
+    proxy: Proxy,
+    stolen: StolenDirectorKeys,
+    targets: dict[str, TargetFile],
     tmp_path: Path,
     name: str,
 ) -> None:
     attack = ATTACKS[name]
+    if attack.setup is not None:
+        attack.setup(cli, live_server)
+        targets = image_targets(live_server.published)
     car = provision(cli, live_server, tmp_path, "car-1", image=attack.image)
     before = Before.take(cli, car)
-    point_at(car, fake_director.url)
-    fake_director.answer = lambda manifest, _genuine: [attack.build(forge, manifest)]
+    point_at(car, proxy.url)
+    proxy.serve(attack.build(stolen, targets, "car-1"), FORGED)
     run = run_once(cli, car)
     reason = assert_stayed_put(cli, live_server, before, "car-1", run, attack.reason)
-    assert len(fake_director.manifests) == 1
-    if name == "downgrade":
-        assert "release counter 1 of 1.0 is not above the installed 2" in reason
+    assert attack.says in reason, reason
+    assert len(proxy.manifests) == 1 and "timestamp.json" in proxy.fetched
 
 
-def test_assignment_for_another_hardware_id_is_ignored(
-    cli: Cli, live_server: LiveServer, fake_director: FakeDirector, forge: Forge, tmp_path: Path
+def test_director_target_for_another_ecu_is_ignored(
+    cli: Cli,
+    live_server: LiveServer,
+    proxy: Proxy,
+    stolen: StolenDirectorKeys,
+    targets: dict[str, TargetFile],
+    tmp_path: Path,
 ) -> None:
-    """An assignment labelled for another hardware id is not for this ECU: it is skipped before
-    verification (nothing installed, nothing reported), not refused."""
+    """A director target naming another ECU (of another hardware id) is not for this one: it
+    is skipped after verification (nothing installed, nothing reported), not refused."""
     car = provision(cli, live_server, tmp_path, "car-1")
     before = Before.take(cli, car)
-    point_at(car, fake_director.url)
-    fake_director.answer = lambda manifest, _genuine: [forge.assignment(manifest, FULL_B10)]
+    point_at(car, proxy.url)
+    other = entry(targets, "car-1", FULL_B10, ecu_serial="car-1-secondary")
+    proxy.serve(stolen.chain("car-1", [other], FORGED))
     run = run_once(cli, car)
     assert run.code == 0 and run.stdout.startswith("nothing"), run
-    assert car.slot_b.read_bytes() == b""
-    after = status(cli, car)
-    assert after["state"] == "idle" and after["last_result"] is None
-    assert after["boot"] == before.boot
-    assert not events(live_server, "car-1")
+    assert "1.targets.json" in proxy.fetched  # it did look
+    assert_did_nothing(cli, live_server, before, "car-1")
 
 
-def test_replayed_genuine_assignment_is_refused(
-    cli: Cli, live_server: LiveServer, fake_director: FakeDirector, tmp_path: Path
+def test_the_release_already_running_is_nothing_to_do(
+    cli: Cli,
+    live_server: LiveServer,
+    proxy: Proxy,
+    stolen: StolenDirectorKeys,
+    targets: dict[str, TargetFile],
+    tmp_path: Path,
 ) -> None:
-    """The director's genuine assignment from one poll, withheld and replayed on the next: its
-    signature, vehicle and expiry are fine, but it does not echo the new poll's nonce."""
-    car = provision(cli, live_server, tmp_path, "car-1")
+    """The director names the image the vehicle already runs (1.1's full bundle, on 1.1):
+    nothing is downloaded or written, and nothing is refused."""
+    car = provision(cli, live_server, tmp_path, "car-1", image="ecu-a/1.1")
     before = Before.take(cli, car)
-    point_at(car, fake_director.url)
-    campaign = start_campaign(live_server)
-    captured: list[dict[str, Any]] = []
-
-    def withhold_then_replay(
-        _manifest: dict[str, Any], genuine: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        if not captured:
-            captured.extend(genuine)
-            return []
-        return captured
-
-    fake_director.answer = withhold_then_replay
-    first = run_once(cli, car)
-    assert first.code == 0 and first.stdout.startswith("nothing"), first
-    assert len(captured) == 1 and captured[0]["signed"]["campaign_id"] == campaign
+    point_at(car, proxy.url)
+    proxy.serve(stolen.chain("car-1", [entry(targets, "car-1", FULL_11)], FORGED))
     run = run_once(cli, car)
-    assert_stayed_put(cli, live_server, before, "car-1", run, "replayed_assignment")
-    old, new = (m["nonce"] for m in fake_director.manifests)
-    assert captured[0]["signed"]["nonce"] == old != new
+    assert run.code == 0 and run.stdout.startswith("nothing"), run
+    assert_did_nothing(cli, live_server, before, "car-1")
+    assert not (car.state_dir / "cache").exists() or not any((car.state_dir / "cache").iterdir())
 
 
-def test_forged_assignment_does_not_end_a_real_campaign(
-    cli: Cli, live_server: LiveServer, fake_director: FakeDirector, forge: Forge, tmp_path: Path
+def test_another_vehicles_genuine_director_metadata_is_refused(
+    cli: Cli, live_server: LiveServer, proxy: Proxy, tmp_path: Path
 ) -> None:
-    """One assignment signed by the attacker's key, naming the running campaign: the vehicle
-    refuses it, and the genuine assignment of the next poll must still be installed."""
+    """The man in the middle answers car-1's director requests with car-2's genuine metadata
+    (signed by the director, for the same campaign): its signatures verify, but it is signed
+    for car-2."""
     car = provision(cli, live_server, tmp_path, "car-1")
-    point_at(car, fake_director.url)
+    other = provision(cli, live_server, tmp_path, "car-2")
+    before = Before.take(cli, car)
+    point_at(car, proxy.url)
+    start_campaign(live_server)
+    assert run_once(cli, other).stdout.startswith("updated: installed 1.1")
+    root = live_server.published.director_root
+    assert assignments(http_get(live_server.url), "car-2", root)[0]["vehicle_id"] == "car-2"
+
+    def car_2s(vehicle_id: str, name: str) -> tuple[int, bytes]:
+        assert vehicle_id == "car-1"
+        return proxy.forward("GET", f"/api/v1/director/car-2/metadata/{name}", None)
+
+    proxy.get = car_2s
+    run = run_once(cli, car)
+    reason = assert_stayed_put(cli, live_server, before, "car-1", run, "wrong_vehicle")
+    assert "signed for vehicle 'car-2', not 'car-1'" in reason
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="client/vehicle.py _refused records the unauthenticated poll answer's director "
+    "version as acted on, so the genuine chain of that version is never looked at again",
+)
+def test_forged_director_metadata_does_not_end_a_real_campaign(
+    cli: Cli, live_server: LiveServer, proxy: Proxy, tmp_path: Path
+) -> None:
+    """One poll whose director metadata the man in the middle signed with its own key, naming
+    the running campaign: the vehicle refuses it, the campaign goes on (the membership is not
+    failed), and the genuine chain of the next poll is installed."""
+    car = provision(cli, live_server, tmp_path, "car-1")
+    point_at(car, proxy.url)
     campaign = start_campaign(live_server)
     attacker = CryptoSigner.generate_ed25519()
-
-    def forge_once(manifest: dict[str, Any], genuine: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if len(fake_director.manifests) == 1:
-            return [forge.assignment(manifest, DELTA_11, signer=attacker, campaign_id=campaign)]
-        return genuine
-
-    fake_director.answer = forge_once
+    forger = StolenDirectorKeys(dict.fromkeys(("targets", "snapshot", "timestamp"), attacker))
+    targets = image_targets(live_server.published)
+    forged = forger.chain("car-1", [entry(targets, "car-1", FULL_11, campaign_id=campaign)], 1)
+    proxy.files.update(forged)
     refused = run_once(cli, car)
-    assert refused.code == 3 and refused.stdout.startswith("refused: bad_signature: "), refused
-    # today: the membership is now final "failed" and counts against the campaign's failure rate
-    again = run_once(cli, car)  # today: "nothing to do"
+    assert refused.code == 3 and refused.stdout.startswith("refused: director_refresh_failed: "), (
+        refused
+    )
+    failed = events(live_server, "car-1", "failed")
+    assert len(failed) == 1 and failed[0].campaign_id is None
+    with live_server.ctx.session() as session:
+        membership = session.scalars(select(Membership).filter_by(vehicle_id="car-1")).one()
+        assert membership.status == "assigned"
+    proxy.honest()
+    again = run_once(cli, car)
     assert again.stdout.startswith("updated: installed 1.1 into slot B"), again
 
 
 def test_delta_for_another_source_image_is_refused(
-    cli: Cli, live_server: LiveServer, fake_director: FakeDirector, forge: Forge, tmp_path: Path
+    cli: Cli,
+    live_server: LiveServer,
+    proxy: Proxy,
+    stolen: StolenDirectorKeys,
+    targets: dict[str, TargetFile],
+    tmp_path: Path,
 ) -> None:
     """Slot A holds a 1.0-like image that is not the released 1.0; a genuine delta from the
     released 1.0 is refused before download (the server itself would offer the full bundle)."""
@@ -605,8 +491,8 @@ def test_delta_for_another_source_image_is_refused(
     )
     car = provision_with_slot_a(cli, live_server, tmp_path, "car-1", local, "1.0")
     before = Before.take(cli, car)
-    point_at(car, fake_director.url)
-    fake_director.answer = lambda manifest, _genuine: [forge.assignment(manifest, DELTA_11)]
+    point_at(car, proxy.url)
+    proxy.serve(stolen.chain("car-1", [entry(targets, "car-1", DELTA_11)], FORGED))
     run = run_once(cli, car)
     reason = assert_stayed_put(cli, live_server, before, "car-1", run, "source_mismatch")
     assert "delta-from-1.0.bundle is for source image" in reason

@@ -38,24 +38,26 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 from flask import Flask
+from securesystemslib.signer import CryptoSigner, Signer
 from sqlalchemy import select, update
 from sqlalchemy.exc import DataError, IntegrityError
 
 from overdrive.client.api import ServerApi
 from overdrive.client.events import EventQueue
-from overdrive.envelope import EVENTS, MANIFEST
+from overdrive.envelope import EVENTS, sign_envelope
 from overdrive.errors import OverdriveError
 from overdrive.server import campaigns, tokens
 from overdrive.server.app import create_app
 from overdrive.server.config import ServerConfig, default_state_dir
 from overdrive.server.context import ReleaseCache
 from overdrive.server.dashboard.queries import EVENT_ORDER
+from overdrive.server.manifest import MAX_ECUS
 from overdrive.server.migrate import upgrade
-from overdrive.server.models import DashboardSession, Event, Membership, Vehicle
+from overdrive.server.models import DashboardSession, Event, InstalledImage, Membership, Vehicle
 from overdrive.server.validation import ID_PATTERN
-from overdrive.server.vehicles import MAX_IMAGES
 from overdrive.text import text_problem
 from overdrive.tuf_layout import check_segment
+from overdrive.uptane import VEHICLE_MANIFEST, ecu_report, installed_image
 from tests.conftest import Cli, generate_keys, make_image, mutate
 from tests.live_server import LiveServer, serve_live, start_campaign
 from tests.repo_fixtures import Published
@@ -116,6 +118,76 @@ def post_poll(live: LiveServer, vehicle: SimVehicle, **extra: Any) -> tuple[int,
     return call(
         live.url, "POST", f"/api/v1/vehicles/{vehicle.vehicle_id}/poll", vehicle.manifest(**extra)
     )
+
+
+def signed_report(
+    serial: str,
+    image: dict[str, Any],
+    *,
+    nonce: str,
+    counter: int,
+    signer: Signer,
+    hardware_id: str = "ecu-a",
+) -> dict[str, Any]:
+    """An ECU version report (``image``: version, sha256, release_counter, length), signed."""
+    payload = ecu_report(
+        ecu_serial=serial,
+        hardware_id=hardware_id,
+        nonce=nonce,
+        counter=counter,
+        image=installed_image(
+            None,
+            image.get("length", 0),
+            image["sha256"],
+            image["version"],
+            image.get("release_counter", 0),
+        ),
+    )
+    return sign_envelope(payload, signer)
+
+
+def signed_manifest(
+    vehicle: SimVehicle,
+    reports: dict[str, Any],
+    *,
+    nonce: str,
+    counter: int | None = None,
+    signer: Signer | None = None,
+    vehicle_id: str | None = None,
+) -> dict[str, Any]:
+    """A vehicle version manifest carrying ``reports`` (serial → signed report), signed by
+    ``signer`` (default: the vehicle's key); ``counter`` defaults to the vehicle's next."""
+    if counter is None:
+        vehicle.counter += 1
+        counter = vehicle.counter
+    payload = {
+        "_type": VEHICLE_MANIFEST,
+        "vehicle_id": vehicle_id or vehicle.vehicle_id,
+        "primary_ecu_serial": vehicle.serial,
+        "counter": counter,
+        "timestamp": iso(datetime.now(UTC)),
+        "nonce": nonce,
+        "ecu_version_reports": reports,
+    }
+    return sign_envelope(payload, signer or vehicle.signer)
+
+
+def primary_report(
+    vehicle: SimVehicle, nonce: str, counter: int, signer: Signer | None = None, **changes: Any
+) -> dict[str, Any]:
+    """The vehicle's primary ECU report (its own image), signed by its key or ``signer``."""
+    return signed_report(
+        changes.pop("serial", vehicle.serial),
+        {**vehicle.image, **changes.pop("image", {})},
+        nonce=nonce,
+        counter=counter,
+        signer=signer or vehicle.signer,
+        hardware_id=changes.pop("hardware_id", vehicle.hardware_id),
+    )
+
+
+def poll_with(live: LiveServer, vehicle_id: str, manifest: dict[str, Any]) -> tuple[int, Any]:
+    return call(live.url, "POST", f"/api/v1/vehicles/{vehicle_id}/poll", manifest)
 
 
 def admin_token(live: LiveServer, name: str = "root") -> str:
@@ -269,9 +341,17 @@ def test_identifiers_with_a_trailing_newline_are_refused(
         )
         refused(answer, 400, "invalid token name")
 
-    # In signed messages: an installed image, an event's hardware id and campaign id.
-    image = dict(car.image)
-    refused(post_poll(live, car, images={"ecu-a\n": image}), 400, "invalid hardware id")
+    # In signed messages: an ECU report's hardware id and serial, an event's hardware id and
+    # campaign id.
+    nonce = uuid.uuid4().hex
+    report = primary_report(car, nonce, 1, hardware_id="ecu-a\n")
+    answer = poll_with(live, "car-1", signed_manifest(car, {car.serial: report}, nonce=nonce))
+    refused(answer, 400, "invalid hardware id 'ecu-a\\n'")
+    nonce = uuid.uuid4().hex
+    twin_serial = f"{car.serial}\n"
+    report = primary_report(car, nonce, 1, serial=twin_serial)
+    answer = poll_with(live, "car-1", signed_manifest(car, {twin_serial: report}, nonce=nonce))
+    refused(answer, 400, "invalid ECU serial")
     for field in ("hardware_id", "campaign_id"):
         answer = post_events(live, car, {"type": "booted", field: "ecu-a\n"})
         refused(answer, 400, f"field 'signed.events[0].{field}' is not a valid id")
@@ -564,26 +644,57 @@ def test_what_a_vehicle_reports_is_capped(
 ) -> None:
     live = live_server
     image = dict(car.image)
-    many = {f"ecu-{i:04d}": image for i in range(3001)}
+    nonce = uuid.uuid4().hex
+    report = primary_report(car, nonce, 1)
+    # Counted before any report is looked at: placeholders do for 3,001 of them.
+    many = {f"ecu-{i:04d}": {"signed": {}, "signatures": []} for i in range(3001)}
     refused(
-        post_poll(live, car, images=many), 400, f"reports 3001 hardware ids; at most {MAX_IMAGES}"
+        poll_with(live, "car-1", signed_manifest(car, many, nonce=nonce)),
+        400,
+        f"a manifest may report at most {MAX_ECUS} ECUs, not 3001",
     )
-    refused(
-        post_poll(live, car, images=dict(list(many.items())[: MAX_IMAGES + 1])), 400, "hardware ids"
-    )
+    some = {f"ecu-{i:04d}": report for i in range(MAX_ECUS + 1)}
+    refused(poll_with(live, "car-1", signed_manifest(car, some, nonce=nonce)), 400, "not 65")
     refused(post_poll(live, car, last_result={"message": "x" * 10_000}), 400, "bytes of JSON")
     refused(post_poll(live, car, slot={"a": 1}), 400, "field 'signed.slot' must be a string")
     refused(post_poll(live, car, state="x" * 65), 400, "field 'signed.state' must be at most 64")
-    refused(post_poll(live, car, images={"ecu-a": {**image, "version": "1" * 129}}), 400, "version")
-    assert post_poll(live, car, images=dict(list(many.items())[:MAX_IMAGES]))[0] == 200
+    long_version = primary_report(car, nonce, 1, image={"version": "1" * 129})
+    refused(
+        poll_with(live, "car-1", signed_manifest(car, {car.serial: long_version}, nonce=nonce)),
+        400,
+        "installed version must be 1..128 characters",
+    )
+    assert post_poll(live, car)[0] == 200
+
+    # A vehicle with as many ECUs as one may have reports them all, in one manifest.
+    big = vehicle_on(published, "big-1")
+    body = big.registration(live.enroll)
+    secondaries = {f"big-1-ecu-{i:02d}": f"hw-{i:02d}" for i in range(MAX_ECUS - 1)}
+    for ecu_serial, hw in secondaries.items():
+        body["ecus"][ecu_serial] = {"hardware_id": hw, "primary": False}
+        body["images"][hw] = image
+    assert call(live.url, "POST", "/api/v1/vehicles/register", body)[0] == 201
+    nonce = uuid.uuid4().hex
+    reports = {big.serial: primary_report(big, nonce, 1)}
+    for ecu_serial, hw in secondaries.items():
+        reports[ecu_serial] = signed_report(
+            ecu_serial, image, nonce=nonce, counter=1, signer=big.signer, hardware_id=hw
+        )
+    answer = poll_with(live, "big-1", signed_manifest(big, reports, nonce=nonce))
+    assert answer[0] == 200, answer
 
     def registration(**changes: Any) -> dict[str, Any]:
         body = vehicle_on(published, f"big-{uuid.uuid4().hex[:8]}").registration(live.enroll)
         body.update(changes)
         return body
 
+    many_ecus = {f"e-{i:02d}": {"hardware_id": "ecu-a"} for i in range(MAX_ECUS + 1)}
     for body, fragment in [
-        (registration(images=many), "reports 3001 hardware ids"),
+        (
+            registration(images={f"hw-{i:04d}": image for i in range(3001)}),
+            "reports 3001 hardware ids",
+        ),
+        (registration(ecus=many_ecus), f"lists {MAX_ECUS + 1} ECUs; at most {MAX_ECUS}"),
         (registration(attributes={f"a{i}": "x" for i in range(65)}), "65 entries; at most 64"),
         (
             registration(attributes={"model": "m" * 129}),
@@ -609,10 +720,8 @@ def test_what_a_vehicle_reports_is_capped(
     refused(post_events(live, car, {"type": "booted", "reason": "r" * 1001}), 400, "at most 1000")
     assert post_events(live, car, {"type": "booted", "reason": "r" * 1000})[0] == 200
 
-    status, vehicle = call(live.url, "GET", "/api/v1/vehicles/car-1", token=live.operator)
-    assert (
-        status == 200 and len(vehicle["images"]) == MAX_IMAGES + 1
-    )  # ecu-a plus the 64 accepted ones
+    status, vehicle = call(live.url, "GET", "/api/v1/vehicles/big-1", token=live.operator)
+    assert status == 200 and len(vehicle["images"]) == MAX_ECUS, vehicle  # every ECU's image
 
 
 # ------------------------------------------------------------------------------ 7. text
@@ -655,7 +764,7 @@ def test_lone_surrogates_and_control_characters_are_refused_at_the_door(
         call(live.url, "POST", "/api/v1/vehicles/car-1/events", unsigned), 400, "lone surrogate"
     )
     manifest = {
-        "signed": {"_type": MANIFEST, "vehicle_id": "car-1", "state": "\ud800"},
+        "signed": {"_type": VEHICLE_MANIFEST, "vehicle_id": "car-1", "state": "\ud800"},
         "signatures": [],
     }
     refused(call(live.url, "POST", "/api/v1/vehicles/car-1/poll", manifest), 400, "lone surrogate")
@@ -820,3 +929,218 @@ def test_an_unreadable_repository_is_a_503_that_says_so(
         )
         status, ready = call(live.url, "GET", "/readyz")
         assert status == 503 and "image repository: no image repository at" in ready["problems"][0]
+
+
+# ------------------------------------------------------------------------------ 9. manifests
+
+
+def vehicle_row(live: LiveServer, vehicle_id: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """A vehicle's stored manifest counter, ECU counters and installed images."""
+    with live.ctx.session() as session:
+        vehicle = session.get(Vehicle, vehicle_id)
+        assert vehicle is not None
+        images = {
+            row.hardware_id: (row.version, row.sha256)
+            for row in session.scalars(
+                select(InstalledImage).where(InstalledImage.vehicle_id == vehicle_id)
+            )
+        }
+        return vehicle.manifest_counter, dict(vehicle.ecu_counters or {}), images
+
+
+@pytest.fixture
+def gateway(live_server: LiveServer, published: Published) -> tuple[SimVehicle, CryptoSigner]:
+    """A registered vehicle (car-9, ecu-a 1.0) with a secondary ECU of its own key
+    (``car-9-gateway``, ecu-b 1.0)."""
+    vehicle = vehicle_on(published, "car-9")
+    secondary = CryptoSigner.generate_ed25519()
+    body = vehicle.registration(live_server.enroll)
+    key = secondary.public_key
+    body["ecus"]["car-9-gateway"] = {
+        "hardware_id": "ecu-b",
+        "primary": False,
+        "public_key": {"keyid": key.keyid, **key.to_dict()},
+    }
+    b10 = dict(published.images["ecu-b/1.0"])
+    b10.pop("path")
+    body["images"]["ecu-b"] = b10
+    answer = call(live_server.url, "POST", "/api/v1/vehicles/register", body)
+    assert answer[0] == 201, answer
+    return vehicle, secondary
+
+
+def gateway_reports(
+    vehicle: SimVehicle,
+    secondary: Signer,
+    published: Published,
+    nonce: str,
+    counter: int,
+    *,
+    gateway_signer: Signer | None = None,
+    gateway_version: str = "1.0",
+) -> dict[str, Any]:
+    b10 = {**published.images["ecu-b/1.0"], "version": gateway_version}
+    return {
+        vehicle.serial: primary_report(vehicle, nonce, counter),
+        "car-9-gateway": signed_report(
+            "car-9-gateway",
+            b10,
+            nonce=nonce,
+            counter=counter,
+            signer=gateway_signer or secondary,
+            hardware_id="ecu-b",
+        ),
+    }
+
+
+@pytest.mark.parametrize("route", ["", "?via=flask"])
+def test_a_forged_ecu_version_report_is_refused(
+    live_server: LiveServer,
+    published: Published,
+    gateway: tuple[SimVehicle, CryptoSigner],
+    route: str,
+) -> None:
+    """An ECU version report signed by any key but that ECU's own is a 401, and changes nothing:
+    neither a report signed by a stranger for the primary, nor the primary forging its
+    secondary's report (the vehicle key is not the gateway's key)."""
+    live = live_server
+    vehicle, secondary = gateway
+    before = vehicle_row(live, "car-9")
+    url = f"/api/v1/vehicles/car-9/poll{route}"
+    nonce = uuid.uuid4().hex
+    reports = gateway_reports(vehicle, secondary, published, nonce, 1)
+    reports[vehicle.serial] = primary_report(vehicle, nonce, 1, CryptoSigner.generate_ed25519())
+    manifest = signed_manifest(vehicle, reports, nonce=nonce)
+    refused(
+        call(live.url, "POST", url, manifest),
+        401,
+        "ECU car-9-primary's version report: ecu_version_report is not signed by a trusted key",
+        "unauthorized",
+    )
+    nonce = uuid.uuid4().hex
+    forged = gateway_reports(
+        vehicle,
+        secondary,
+        published,
+        nonce,
+        1,
+        gateway_signer=vehicle.signer,
+        gateway_version="9.9",
+    )
+    manifest = signed_manifest(vehicle, forged, nonce=nonce)
+    refused(
+        call(live.url, "POST", url, manifest),
+        401,
+        "ECU car-9-gateway's version report: ecu_version_report is not signed by a trusted key",
+    )
+    # A report of one ECU passed off as another's (the gateway's report, under the primary).
+    nonce = uuid.uuid4().hex
+    reports = gateway_reports(vehicle, secondary, published, nonce, 1)
+    swapped = {vehicle.serial: reports["car-9-gateway"], "car-9-gateway": reports["car-9-gateway"]}
+    refused(call(live.url, "POST", url, signed_manifest(vehicle, swapped, nonce=nonce)), 401)
+    assert vehicle_row(live, "car-9") == before  # no counter moved, no image recorded
+
+    nonce = uuid.uuid4().hex
+    honest = signed_manifest(
+        vehicle, gateway_reports(vehicle, secondary, published, nonce, 1), nonce=nonce
+    )
+    assert call(live.url, "POST", url, honest)[0] == 200
+    _counter, ecu_counters, images = vehicle_row(live, "car-9")
+    assert ecu_counters == {"car-9-primary": 1, "car-9-gateway": 1}
+    assert images["ecu-b"][0] == "1.0"
+
+
+def test_a_replayed_ecu_version_report_is_refused(
+    live_server: LiveServer, published: Published, gateway: tuple[SimVehicle, CryptoSigner]
+) -> None:
+    """A genuine report replayed in a later manifest (an old nonce), or signed again with an old
+    counter, is a 409; so is the whole manifest sent again. Nothing of them is stored."""
+    live = live_server
+    vehicle, secondary = gateway
+    first_nonce = uuid.uuid4().hex
+    first = gateway_reports(vehicle, secondary, published, first_nonce, 5)
+    manifest = signed_manifest(vehicle, first, nonce=first_nonce)
+    assert poll_with(live, "car-9", manifest)[0] == 200
+    stored = vehicle_row(live, "car-9")
+    assert stored[1] == {"car-9-primary": 5, "car-9-gateway": 5}
+
+    refused(poll_with(live, "car-9", manifest), 409, "replayed manifest", "conflict")
+    for serial in (vehicle.serial, "car-9-gateway"):
+        # The genuine earlier report in a new manifest: it does not echo the new nonce.
+        nonce = uuid.uuid4().hex
+        reports = gateway_reports(vehicle, secondary, published, nonce, 6)
+        reports[serial] = first[serial]
+        refused(
+            poll_with(live, "car-9", signed_manifest(vehicle, reports, nonce=nonce)),
+            409,
+            f"replayed version report: ECU {serial}'s does not echo this manifest's nonce",
+        )
+        # Signed again for the new nonce, but with a counter not above the last accepted.
+        for old in (5, 4):
+            nonce = uuid.uuid4().hex
+            reports = gateway_reports(vehicle, secondary, published, nonce, 6)
+            reports[serial] = gateway_reports(vehicle, secondary, published, nonce, old)[serial]
+            refused(
+                poll_with(live, "car-9", signed_manifest(vehicle, reports, nonce=nonce)),
+                409,
+                f"replayed version report: ECU {serial}'s counter {old} is not above 5",
+            )
+    assert vehicle_row(live, "car-9")[1:] == stored[1:]
+    nonce = uuid.uuid4().hex
+    reports = gateway_reports(vehicle, secondary, published, nonce, 6)
+    assert poll_with(live, "car-9", signed_manifest(vehicle, reports, nonce=nonce))[0] == 200
+    assert vehicle_row(live, "car-9")[1] == {"car-9-primary": 6, "car-9-gateway": 6}
+
+
+def test_a_manifest_from_another_vehicle_is_refused(
+    live_server: LiveServer, published: Published, car: SimVehicle
+) -> None:
+    """Vehicle B cannot report for vehicle A, nor A's manifest be replayed for B: each manifest
+    (and each of its ECU reports) is checked against the key registered for the vehicle (and
+    ECU) in the URL. Every attempt is the same 401, and changes nothing."""
+    live = live_server
+    other = vehicle_on(published, "car-2", "ecu-a/1.1")
+    register(live, other)
+    before = {vid: vehicle_row(live, vid) for vid in ("car-1", "car-2")}
+
+    def both(reporter: SimVehicle, *, for_id: str, signer: Signer) -> dict[str, Any]:
+        """A manifest naming vehicle ``for_id``, ``reporter``'s report, signed by ``signer``."""
+        nonce = uuid.uuid4().hex
+        report = primary_report(reporter, nonce, 50, signer)
+        return signed_manifest(
+            reporter, {reporter.serial: report}, nonce=nonce, signer=signer, vehicle_id=for_id
+        )
+
+    impostor = SimVehicle("car-1", image=dict(car.image), signer=other.signer)
+    untrusted = "vehicle_version_manifest is not signed by a trusted key"
+    attempts = [
+        # B's key signs a manifest for A (B's report, or one claiming A's primary ECU)
+        ("car-1", both(other, for_id="car-1", signer=other.signer), untrusted),
+        ("car-1", both(impostor, for_id="car-1", signer=other.signer), untrusted),
+        # A's genuine manifest, replayed to B's URL
+        ("car-2", both(car, for_id="car-1", signer=car.signer), untrusted),
+        # A's key, signing a manifest that says it is B's (sent for B, or for A)
+        ("car-2", both(car, for_id="car-2", signer=car.signer), untrusted),
+        ("car-1", both(car, for_id="car-2", signer=car.signer), "signed for another vehicle"),
+        # B's own genuine manifest, sent for A
+        ("car-1", both(other, for_id="car-2", signer=other.signer), untrusted),
+    ]
+    for vehicle_id, manifest, message in attempts:
+        refused(poll_with(live, vehicle_id, manifest), 401, message, "unauthorized")
+    # A's key signs the manifest for A, but carries B's ECU's report: not A's ECU.
+    nonce = uuid.uuid4().hex
+    reports = {
+        car.serial: primary_report(car, nonce, 50),
+        other.serial: primary_report(other, nonce, 50),
+    }
+    refused(
+        poll_with(live, "car-1", signed_manifest(car, reports, nonce=nonce)),
+        400,
+        "ECU car-2-primary is not registered to this vehicle",
+    )
+    # ... or B's report in place of A's own (B's key, A's ECU serial).
+    nonce = uuid.uuid4().hex
+    reports = {car.serial: primary_report(car, nonce, 50, other.signer)}
+    refused(poll_with(live, "car-1", signed_manifest(car, reports, nonce=nonce)), 401)
+    assert {vid: vehicle_row(live, vid) for vid in ("car-1", "car-2")} == before
+    assert post_poll(live, car)[0] == 200 and post_poll(live, other)[0] == 200

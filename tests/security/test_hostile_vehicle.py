@@ -38,8 +38,8 @@ from overdrive.client.daemon import run_daemon
 from overdrive.client.events import EventQueue
 from overdrive.client.state import StateStore
 from overdrive.client.vehicle import Vehicle
-from overdrive.server.models import Event, Membership
 from overdrive.keys import KeyDirectory
+from overdrive.server.models import Event, Membership
 from overdrive.signing.repository import ImageRepository
 from overdrive.storage import LocalStorage
 from overdrive.tuf_layout import BundleInfo, ImageRef, bundle_target_path
@@ -47,7 +47,7 @@ from tests.bundle.conftest import chunk_entry, identity, raw_bundle
 from tests.client.realboot import need
 from tests.conftest import Cli, make_image
 from tests.live_server import Car, LiveServer, provision, run_once, start_campaign
-from tests.security.test_attacks import FakeDirector, _DirectorServer
+from tests.security.harness import Proxy, running_proxy
 
 # ----------------------------------------------------------------------------- a raw mirror
 
@@ -279,58 +279,48 @@ def test_a_server_that_trickles_its_answer_is_given_up_on(
 # ----------------------------------------------------------------------------- poll answers
 
 
-class RawDirector(FakeDirector):
-    """The real server behind, a poll answer of the test's choosing in front."""
-
-    poll_answer: bytes = b""
-
-    def handle(self, path: str, body: bytes) -> tuple[int, bytes]:
-        code, answer = super().handle(path, body)
-        if path.endswith("/poll") and self.poll_answer:
-            return 200, self.poll_answer
-        return code, answer
-
-
 @pytest.fixture
-def raw_director(live_server: LiveServer) -> Iterator[RawDirector]:
-    director = RawDirector(live_server.url)
-    server = _DirectorServer(director)
-    director.url = f"http://127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        yield director
-    finally:
-        server.shutdown()
-        server.server_close()
+def raw_director(live_server: LiveServer) -> Iterator[Proxy]:
+    """The real server behind, a poll answer of the test's choosing in front
+    (``raw_poll_answer``)."""
+    yield from running_proxy(live_server.url)
 
 
 MALFORMED = {
-    "negative": b'{"assignments": [], "next_poll_seconds": -5}',
-    "huge": b'{"assignments": [], "next_poll_seconds": 100000000000000000000}',
-    "string": b'{"assignments": [], "next_poll_seconds": "900"}',
-    "bool": b'{"assignments": [], "next_poll_seconds": true}',
-    "float": b'{"assignments": [], "next_poll_seconds": 1.5}',
+    "negative": b'{"director": {"version": 1}, "next_poll_seconds": -5}',
+    "huge": b'{"director": {"version": 1}, "next_poll_seconds": 100000000000000000000}',
+    "string": b'{"director": {"version": 1}, "next_poll_seconds": "900"}',
+    "bool": b'{"director": {"version": 1}, "next_poll_seconds": true}',
+    "float": b'{"director": {"version": 1}, "next_poll_seconds": 1.5}',
     "array": b"[1, 2, 3]",
     "not-json": b"<html>hello</html>",
-    "assignments-not-a-list": b'{"assignments": {"a": 1}}',
+    "director-not-an-object": b'{"director": [1], "next_poll_seconds": 900}',
+    "director-version-missing": b'{"director": {}, "next_poll_seconds": 900}',
+    "director-version-zero": b'{"director": {"version": 0}}',
+    "director-version-negative": b'{"director": {"version": -3}}',
+    "director-version-a-string": b'{"director": {"version": "7"}}',
+    "director-version-a-bool": b'{"director": {"version": true}}',
+    "director-version-a-float": b'{"director": {"version": 2.5}}',
+    "director-version-huge": b'{"director": {"version": 2147483648}}',
+    "time-not-an-object": b'{"director": {"version": 1}, "time": "2026-01-01T00:00:00Z"}',
     "deep": b"[" * 100_000 + b"]" * 100_000,
 }
 
 
 @pytest.mark.parametrize("kind", list(MALFORMED))
 def test_malformed_poll_answer_is_a_failed_turn(
-    cli: Cli, live_server: LiveServer, raw_director: RawDirector, tmp_path: Path, kind: str
+    cli: Cli, live_server: LiveServer, raw_director: Proxy, tmp_path: Path, kind: str
 ) -> None:
     car = provision(cli, live_server, tmp_path, "car-1")
     configure(car, server_url=raw_director.url)
-    raw_director.poll_answer = MALFORMED[kind]
+    raw_director.raw_poll_answer = MALFORMED[kind]
     run = run_once(cli, car)
     assert run.code == 5 and run.stdout.startswith("server_error: "), run
     assert run.stderr == ""  # no traceback, no "internal error"
 
 
 def test_daemon_survives_malformed_answers_at_its_own_interval(
-    cli: Cli, live_server: LiveServer, raw_director: RawDirector, tmp_path: Path
+    cli: Cli, live_server: LiveServer, raw_director: Proxy, tmp_path: Path
 ) -> None:
     car = provision(cli, live_server, tmp_path, "car-1")
     configure(car, server_url=raw_director.url, poll_interval=77)
@@ -340,9 +330,9 @@ def test_daemon_survives_malformed_answers_at_its_own_interval(
 
     def sleep(seconds: float) -> None:
         sleeps.append(seconds)
-        raw_director.poll_answer = next(answers)
+        raw_director.raw_poll_answer = next(answers)
 
-    raw_director.poll_answer = MALFORMED["string"]
+    raw_director.raw_poll_answer = MALFORMED["string"]
     run_daemon(Vehicle(car.state_dir), echo=lines.append, sleep=sleep, turns=4)
     assert [line.split(" ", 2)[1] for line in lines] == [
         "server_error:",

@@ -27,7 +27,7 @@ from overdrive.tuf_layout import BundleInfo, ImageRef, bundle_target_path
 from tests.bundle.conftest import chunk_entry, identity, raw_bundle
 from tests.conftest import Cli
 from tests.live_server import Car, LiveServer, provision, run_once, start_campaign
-from tests.security.test_attacks import Before, assert_stayed_put
+from tests.security.harness import Before, assert_stayed_put
 
 
 class HostileMirror(ThreadingHTTPServer):

@@ -12,6 +12,7 @@ from overdrive.server.context import ServerContext
 from tests.director_view import assignments, flask_get
 from tests.server.conftest import Published, auth
 from tests.server.fleet import SimVehicle
+from tests.server.test_director_repo import image_target
 from tests.server.test_vehicle_api import error_of
 
 POLICY = {
@@ -120,10 +121,18 @@ def test_staged_campaign_pause_resume_complete(
     canaries = poll_all(http, cars, ctx)
     assert len(canaries) == 2
     for payload in canaries.values():
-        # The vehicles run 1.0, so they get the delta from 1.0 (smaller than the full bundle).
-        assert payload["kind"] == "delta" and payload["target"]["path"].endswith(
-            "delta-from-1.0.bundle"
-        )
+        # The vehicles run 1.0, so they get the delta from 1.0 (smaller than the full bundle),
+        # exactly as the image repository lists it.
+        path = payload["target"]["path"]
+        assert path.endswith("delta-from-1.0.bundle")
+        bundle = image_target(published, path)
+        assert bundle.custom["overdrive"]["kind"] == "delta"
+        assert payload["target"] == {
+            "path": path,
+            "sha256": bundle.hashes["sha256"],
+            "length": bundle.length,
+        }
+        assert (payload["version"], payload["release_counter"]) == ("1.1", 2)
     by_id = {v.vehicle_id: v for v in cars}
     for vehicle_id, payload in canaries.items():
         finish(http, by_id[vehicle_id], payload, "committed", published)

@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from overdrive.server.context import ServerContext
 from tests.server.conftest import Published, vehicle_on
 from tests.server.fleet import SimVehicle
+from tests.server.test_director_repo import attested_time
 
 ROUTES = {"fast path": "", "Flask": "?via=flask"}
 
@@ -35,7 +36,12 @@ def answer(http: FlaskClient, path: str, body: Any, **kwargs: Any) -> tuple[int,
 
 @pytest.mark.parametrize("via", ROUTES)
 def test_the_same_answers_both_ways(
-    app: Flask, http: FlaskClient, car: SimVehicle, ctx: ServerContext, via: str
+    app: Flask,
+    http: FlaskClient,
+    car: SimVehicle,
+    ctx: ServerContext,
+    published: Published,
+    via: str,
 ) -> None:
     flask_calls: list[str] = []
     view = app.view_functions["vehicles.poll"]
@@ -46,8 +52,10 @@ def test_the_same_answers_both_ways(
 
     app.view_functions["vehicles.poll"] = counted
     path = f"/api/v1/vehicles/car-fp/poll{ROUTES[via]}"
-    status, body = answer(http, path, car.manifest())
-    assert (status, body) == (200, {"assignments": [], "next_poll_seconds": 60})
+    status, body = answer(http, path, car.manifest(nonce="fastPath1"))
+    assert status == 200 and set(body) == {"next_poll_seconds", "time"}, body
+    assert body["next_poll_seconds"] == 60
+    attested_time(body, published.director_root.read_bytes(), "fastPath1")
 
     replay = car.manifest()
     assert answer(http, path, replay)[0] == 200

@@ -17,6 +17,7 @@ from werkzeug.serving import make_server
 from overdrive.server.campaigns import tick
 from overdrive.server.context import ServerContext
 from overdrive.server.models import Membership
+from tests.director_view import assignments, flask_get, http_get
 from tests.server.conftest import Published, auth, vehicle_on
 from tests.server.fleet import SimVehicle
 from tests.server.test_campaigns import POLICY, create, finish
@@ -42,23 +43,51 @@ def count_queries(ctx: ServerContext) -> Iterator[list[str]]:
 
 
 def test_poll_costs_constant_queries(
-    http: FlaskClient, ctx: ServerContext, fleet: list[SimVehicle], tokens: dict[str, str]
+    http: FlaskClient,
+    ctx: ServerContext,
+    fleet: list[SimVehicle],
+    tokens: dict[str, str],
+    published: Published,
 ) -> None:
     cars = [v for v in fleet if v.hardware_id == "ecu-a"]
     campaign = create(http, tokens["operator"])
     http.post(f"/api/v1/campaigns/{campaign['id']}/start", headers=auth(tokens["operator"]))
     ctx.releases.index()  # warm the release cache, as a running server has it
-    counts: dict[str, list[int]] = {"nothing": [], "assignment": []}
-    for car in cars:
+    root = ctx.require_director().root_bytes(1)
+    assert root is not None
+
+    def polled(car: SimVehicle) -> tuple[int, dict[str, Any]]:
         with count_queries(ctx) as statements:
             response = http.post(f"/api/v1/vehicles/{car.vehicle_id}/poll", json=car.manifest())
-        counts["assignment" if response.json["assignments"] else "nothing"].append(len(statements))
+        assert response.status_code == 200, response.json
+        return len(statements), dict(response.json)
+
+    counts: dict[str, list[int]] = {"nothing": [], "assignment": []}
+    assigned: dict[str, SimVehicle] = {}
+    for car in cars:
+        count, answer = polled(car)
+        counts["assignment" if "director" in answer else "nothing"].append(count)
+        if "director" in answer:
+            assigned[car.vehicle_id] = car
     assert counts["assignment"] and counts["nothing"]
-    # "nothing to do": one read (vehicle, installed images, "has an open membership?") and the
-    # counter's compare-and-set; an assignment adds its query (+ one status update the first
-    # time a campaign hands it out). Independent of fleet size.
+    # "nothing to do": one read (vehicle, installed images, its director repository, "has an
+    # open membership?") and the counter's compare-and-set. An assignment adds its query, one
+    # status update the first time a campaign hands it out, and its new director chain: the
+    # repository's compare-and-set, the three files (one batch) and the pruning of old ones.
+    # Independent of fleet size.
     assert set(counts["nothing"]) == {2}, counts
-    assert set(counts["assignment"]) <= {3, 4}, counts
+    assert set(counts["assignment"]) == {7}, counts
+    # Polled again with nothing changed: the chain stands (the assignment query only).
+    unchanged = [polled(car) for car in assigned.values()]
+    assert {count for count, _answer in unchanged} == {3}, unchanged
+    # Installed: the chain is re-signed once, listing nothing (+ the new installed image),
+    # then the vehicle is back to "nothing to do".
+    for vehicle_id, car in assigned.items():
+        (payload,) = assignments(flask_get(http), vehicle_id, root)
+        finish(http, car, payload, "committed", published)
+    emptied = [polled(car) for car in assigned.values()]
+    assert {count for count, _answer in emptied} == {7}, emptied
+    assert {count for count, _answer in (polled(car) for car in assigned.values())} == {2}
 
 
 def test_concurrent_pollers_across_stage_transitions(
@@ -89,14 +118,23 @@ def test_concurrent_pollers_across_stage_transitions(
         lock = threading.Lock()
         errors: list[BaseException] = []
 
+        root = ctx.require_director().root_bytes(1)
+        assert root is not None
+        get = http_get(base)
+
         def vehicle_loop(car: SimVehicle) -> None:
             try:
+                seen = None
                 for _ in range(6):
                     answer = post(f"/api/v1/vehicles/{car.vehicle_id}/poll", car.manifest())
-                    for envelope in answer["assignments"]:
+                    version = answer.get("director", {}).get("version")
+                    if version == seen:
+                        continue  # the same chain as last time: nothing new is assigned
+                    seen = version
+                    for payload in assignments(get, car.vehicle_id, root):
                         with lock:
                             assigned[car.vehicle_id] = assigned.get(car.vehicle_id, 0) + 1
-                        finish(http, car, envelope["signed"], "committed", published)
+                        finish(http, car, payload, "committed", published)
             except BaseException as e:  # surfaced below
                 errors.append(e)
 
@@ -133,8 +171,9 @@ def test_concurrent_pollers_across_stage_transitions(
         # Never more admitted than the current stage's share (10% → 50% → 100% of 40).
         assert admitted == {0: 4, 1: 20, 2: 40}[status["stage_index"]]
         assert stages == status["stage_index"]
-        # Each vehicle was handed its assignment until it reported, and counted once.
-        assert status["counts"]["committed"] == len(assigned) == sum(1 for _ in assigned)
+        # Each vehicle's director targets listed its assignment until it reported; it
+        # installed it once, and was counted once.
+        assert status["counts"]["committed"] == len(assigned) == sum(assigned.values())
         audit = http.get("/api/v1/audit?limit=500", headers=auth(tokens["viewer"])).json["items"]
         advances = [e for e in audit if e["action"] == "campaign.advance"]
         assert len(advances) == status["stage_index"]  # no stage was advanced twice

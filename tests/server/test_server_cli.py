@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import Cli, generate_keys
 
 
 def free_port() -> int:
@@ -187,26 +187,32 @@ def test_server_run_serves_http(tmp_path: Path) -> None:
 def test_server_run_refuses_bad_databases_and_director_passphrases(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``server run``: a database path that cannot exist, and a director key whose passphrase
-    variable is empty, are one-line errors before anything starts."""
+    """``server run``: a database path that cannot exist, and a director online key whose
+    passphrase variable is empty (or unset), are one-line errors before anything starts."""
     typo = cli("server", "run", "--db", f"sqlite:///{tmp_path}/typo/x.db")
     assert typo.code == 1 and "directory" in typo.stderr and "typo" in typo.stderr
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    key = tmp_path / "director"
-    key.write_bytes(
-        ed25519.Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"secret"),
-        )
-    )
-    monkeypatch.setenv("OVERDRIVE_PASSPHRASE_DIRECTOR", "")
+    keys, storage = tmp_path / "keys", tmp_path / "director"
+    generate_keys(cli, keys, "director-root", "director-targets", "director-snapshot")
+    monkeypatch.setenv("OVERDRIVE_PASSPHRASE_DIRECTOR_TIMESTAMP", "secret")
+    made = cli("keys", "generate", "director-timestamp", "--dir", keys)
+    assert made.code == 0, made.stderr
+    made = cli("director", "init", "--storage", storage, "--keys", keys)
+    assert made.code == 0, made.stderr
     db = f"sqlite:///{tmp_path / 'o.db'}"
-    empty = cli("server", "run", "--db", db, "--director-key", key)
+    options = ("--db", db, "--director-storage", storage, "--director-keys", keys)
+    monkeypatch.setenv("OVERDRIVE_PASSPHRASE_DIRECTOR_TIMESTAMP", "")
+    empty = cli("server", "run", *options)
     assert empty.code == 1
-    assert "$OVERDRIVE_PASSPHRASE_DIRECTOR is empty" in empty.stderr
-    monkeypatch.delenv("OVERDRIVE_PASSPHRASE_DIRECTOR")
-    missing = cli("server", "run", "--db", db, "--director-key", key)
-    assert "set $OVERDRIVE_PASSPHRASE_DIRECTOR" in missing.stderr
+    assert "$OVERDRIVE_PASSPHRASE_DIRECTOR_TIMESTAMP is empty" in empty.stderr
+    assert len(empty.stderr.strip().splitlines()) == 1, empty.stderr
+    monkeypatch.delenv("OVERDRIVE_PASSPHRASE_DIRECTOR_TIMESTAMP")
+    missing = cli("server", "run", *options)
+    assert missing.code == 1
+    assert "set $OVERDRIVE_PASSPHRASE_DIRECTOR_TIMESTAMP" in missing.stderr
+    # A root that is not there, or half of the director's options, are as plain.
+    nowhere = cli(
+        "server", "run", "--db", db, "--director-storage", tmp_path, "--director-keys", keys
+    )
+    assert nowhere.code == 1 and "no director root" in nowhere.stderr
+    half = cli("server", "run", "--db", db, "--director-storage", storage)
+    assert half.code == 1 and "go together" in half.stderr

@@ -6,8 +6,10 @@ import pytest
 from flask.testing import FlaskClient
 
 from overdrive.envelope import sign_envelope
+from tests.director_view import assignments, flask_get
 from tests.server.conftest import Published, auth, vehicle_on
 from tests.server.fleet import SimVehicle
+from tests.server.test_director_repo import attested_time
 
 
 def error_of(response) -> str:  # type: ignore[no-untyped-def]
@@ -20,13 +22,18 @@ def error_of(response) -> str:  # type: ignore[no-untyped-def]
 def test_register_then_poll_nothing_to_do(
     http: FlaskClient, published: Published, enroll: str
 ) -> None:
+
     car = vehicle_on(published, "car-1", model="m1")
     assert http.post("/api/v1/vehicles/register", json=car.registration(enroll)).status_code == 201
     again = http.post("/api/v1/vehicles/register", json=car.registration(enroll))
     assert again.status_code == 409 and "already registered" in error_of(again)
-    poll = http.post("/api/v1/vehicles/car-1/poll", json=car.manifest())
+    poll = http.post("/api/v1/vehicles/car-1/poll", json=car.manifest(nonce="nothingToDo1"))
     assert poll.status_code == 200, poll.json
-    assert poll.json == {"assignments": [], "next_poll_seconds": 60}
+    # Nothing assigned: no director chain yet, and the server's signed time.
+    assert set(poll.json) == {"next_poll_seconds", "time"} and poll.json["next_poll_seconds"] == 60
+    root = published.director_root.read_bytes()
+    attested_time(poll.json, root, "nothingToDo1")
+    assert assignments(flask_get(http), "car-1", root) == []
 
 
 @pytest.mark.parametrize(
@@ -88,7 +95,7 @@ def test_poll_replay_and_forgery(http: FlaskClient, fleet: list[SimVehicle]) -> 
     assert http.post(f"/api/v1/vehicles/{car.vehicle_id}/poll", json=first).status_code == 200
     replay = http.post(f"/api/v1/vehicles/{car.vehicle_id}/poll", json=first)
     assert replay.status_code == 409 and "replayed manifest" in error_of(replay)
-    # Vehicle B cannot poll (or read assignments) as vehicle A: its key does not verify.
+    # Vehicle B cannot poll as vehicle A: its key does not verify.
     forged = other.manifest()
     forged["signed"]["vehicle_id"] = car.vehicle_id
     assert http.post(f"/api/v1/vehicles/{car.vehicle_id}/poll", json=forged).status_code == 401
@@ -102,7 +109,7 @@ def test_poll_replay_and_forgery(http: FlaskClient, fleet: list[SimVehicle]) -> 
     tampered["signed"]["counter"] += 1000
     assert http.post(f"/api/v1/vehicles/{car.vehicle_id}/poll", json=tampered).status_code == 401
     wrong_type = car.events()
-    assert "expected a vehicle_manifest" in error_of(
+    assert "expected a vehicle_version_manifest" in error_of(
         http.post(f"/api/v1/vehicles/{car.vehicle_id}/poll", json=wrong_type)
     )
     # An unknown vehicle gets a registered one's 401 for a bad signature: ids cannot be probed.
@@ -121,13 +128,34 @@ def test_operator_token_is_not_a_vehicle(
     assert response.status_code == 401
 
 
-def test_manifest_checks(http: FlaskClient, fleet: list[SimVehicle]) -> None:
+def test_manifest_checks(http: FlaskClient, fleet: list[SimVehicle], published: Published) -> None:
+    """The manifest's timestamp is required and must be a time, but a vehicle whose clock is
+    off still polls: the answer's time attestation tells it the time."""
     car = fleet[0]
-    payload = car.manifest()["signed"]
+    payload = car.manifest(nonce="clockIsOff1")["signed"]
     payload["timestamp"] = "2020-01-01T00:00:00Z"
     stale = sign_envelope(payload, car.signer)
     response = http.post(f"/api/v1/vehicles/{car.vehicle_id}/poll", json=stale)
-    assert response.status_code == 400 and "too far from server time" in error_of(response)
+    assert response.status_code == 200, response.json
+    attested_time(response.json, published.director_root.read_bytes(), "clockIsOff1")
+    for value, message in (
+        ("yesterday", "not an ISO 8601 time"),
+        (12, "must be an ISO 8601 time string"),
+        (None, "must be an ISO 8601 time string"),
+    ):
+        payload = car.manifest()["signed"]
+        payload["timestamp"] = value
+        response = http.post(
+            f"/api/v1/vehicles/{car.vehicle_id}/poll", json=sign_envelope(payload, car.signer)
+        )
+        assert response.status_code == 400 and message in error_of(response), value
+    for nonce in ("short", "has-dashes-in-it", "x" * 129, "ünïcödeNonce"):
+        payload = car.manifest()["signed"]
+        payload["nonce"] = nonce  # (the ECU report still echoes the old one)
+        response = http.post(
+            f"/api/v1/vehicles/{car.vehicle_id}/poll", json=sign_envelope(payload, car.signer)
+        )
+        assert response.status_code == 400 and "signed.nonce" in error_of(response), nonce
 
 
 def test_events_are_idempotent(http: FlaskClient, fleet: list[SimVehicle]) -> None:

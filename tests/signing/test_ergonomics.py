@@ -149,10 +149,6 @@ COMMANDS = {
     ],
     "repo sign": ["repo", "sign", "--storage", "{storage}", "--keys", "{keys}"],
     "repo publish": ["repo", "publish", "--storage", "{storage}", "--keys", "{keys}"],
-    "repo set-director-keys": [
-        *("repo", "set-director-keys", "--storage", "{storage}", "--keys", "{keys}"),
-        "{keys}/root.pub",
-    ],
     "keys generate": ["keys", "generate", "fresh", "--dir", "{keys}"],
 }
 
@@ -353,8 +349,8 @@ def test_bundle_create_help_says_source_version_is_required(cli: Cli, tmp_path: 
 def test_no_setting_is_named_like_a_key_passphrase() -> None:
     """A key's own variable is OVERDRIVE_PASSPHRASE_<NAME>: no other setting may look like one
     (a key named "dir" must not read a directory path as its passphrase)."""
-    from overdrive.passphrase import PASSPHRASE_VAR_PREFIX
     from overdrive.keys import INSECURE_PERMISSIONS_ENV, PASSPHRASE_DIR_ENV
+    from overdrive.passphrase import PASSPHRASE_VAR_PREFIX
 
     for setting in (PASSPHRASE_DIR_ENV, INSECURE_PERMISSIONS_ENV):
         assert not setting.startswith(PASSPHRASE_VAR_PREFIX), setting

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from securesystemslib.signer import CryptoSigner
 
-from overdrive.signing.errors import KeyError_
 from overdrive.keys import KeyDirectory, env_passphrase, public_key_from_pem
+from overdrive.signing.errors import KeyError_
 from tests.conftest import Cli
 
 

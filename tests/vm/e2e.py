@@ -40,6 +40,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from overdrive.demo import DIRECTOR_KEYS
 from tests.vm import disk as vmdisk
 from tests.vm import rootfs
 from tests.vm.common import CACHE_ROOT, REPO_ROOT, Stopwatch, VmError, prune
@@ -63,10 +64,12 @@ set -a
 . {GUEST_FW_CFG_DIR}/provision/raw
 set +a
 cat {GUEST_FW_CFG_DIR}/root/raw > /run/overdrive-root.json
+cat {GUEST_FW_CFG_DIR}/director-root/raw > /run/overdrive-director-root.json
 /usr/local/bin/overdrive vehicle provision --state-dir /var/lib/overdrive \\
     --server "$SERVER_URL" --enroll-token "$ENROLL_TOKEN" --vehicle-id "$VEHICLE_ID" \\
     --hardware-id {HW} --slot-a /dev/vda2 --slot-b /dev/vda3 \\
-    --trusted-root /run/overdrive-root.json --repo-url "$REPO_URL" \\
+    --trusted-root /run/overdrive-root.json --director-root /run/overdrive-director-root.json \\
+    --repo-url "$REPO_URL" \\
     --factory-version 1.0 --factory-release-counter 1 \\
     --boot-backend grub --boot-env {GRUBENV} \\
     --health-check /usr/libexec/overdrive-health --trial-boots 2 \\
@@ -219,6 +222,7 @@ class Fleet:
         self.work = work
         self.keys = work / "keys"
         self.repo = work / "repository"
+        self.director = work / "director"
         self.db = f"sqlite:///{work / 'server.db'}"
         self.images = images
         self.port = free_port()
@@ -227,9 +231,10 @@ class Fleet:
         self.token = ""
 
     def sign_releases(self) -> list[str]:
-        for role in ("root", "targets", "snapshot", "timestamp", "director"):
+        for role in ("root", "targets", "snapshot", "timestamp", *DIRECTOR_KEYS):
             overdrive("keys", "generate", role, "--dir", self.keys, "--insecure-no-passphrase")
         overdrive("repo", "init", "--storage", self.repo, "--keys", self.keys)
+        overdrive("director", "init", "--storage", self.director, "--keys", self.keys)
         lines = []
         for version, delta_from in (("1.0", None), ("1.1", "1.0"), ("1.2", "1.1"), ("1.3", "1.1")):
             extra = ("--delta-from", delta_from) if delta_from else ()
@@ -251,15 +256,6 @@ class Fleet:
                 *extra,
             )
             lines.append(" ".join(out.split()))
-        overdrive(
-            "repo",
-            "set-director-keys",
-            "--storage",
-            self.repo,
-            "--keys",
-            self.keys,
-            self.keys / "director.pub",
-        )
         return lines
 
     def start_server(self) -> str:
@@ -289,8 +285,10 @@ class Fleet:
                 self.db,
                 "--storage",
                 str(self.repo),
-                "--director-key",
-                str(self.keys / "director"),
+                "--director-storage",
+                str(self.director),
+                "--director-keys",
+                str(self.keys),
                 "--state-dir",
                 str(self.work / "server-state"),
                 "--host",
@@ -495,7 +493,13 @@ class Proof:
                     f"ENROLL_TOKEN={enroll}\nVEHICLE_ID={VEHICLE}\n"
                 )
                 root = (fleet.repo / "metadata" / "1.root.json").read_bytes()
-                vm = Machine(disk.path, self.work, {"provision": provision.encode(), "root": root})
+                director_root = (fleet.director / "metadata" / "1.root.json").read_bytes()
+                files = {
+                    "provision": provision.encode(),
+                    "root": root,
+                    "director-root": director_root,
+                }
+                vm = Machine(disk.path, self.work, files)
                 try:
                     self.accel = vm.accel
                     self.campaigns(vm, fleet, disk, images)
