@@ -529,6 +529,7 @@ def count_queries(setup: Setup, fleet: Fleet) -> list[QueryCount]:
                         for _, params in statements
                         if isinstance(params, list) and len(params) > 1
                     ],
+                    raw=statements,
                 )
             )
         event.remove(engine, "before_cursor_execute", before)
@@ -537,6 +538,17 @@ def count_queries(setup: Setup, fleet: Fleet) -> list[QueryCount]:
         engine.dialect.do_ping = original_ping
         engine.dispose()
     return results
+
+
+def explain_again(setup: Setup, queries: list[QueryCount]) -> None:
+    """The plans of the same statements once the load has filled the director tables (the
+    ones at setup are of nearly empty tables)."""
+    _app, ctx = in_process_app(setup, "explain-state")
+    try:
+        for q in queries:
+            q.plans_after = explain(ctx.engine, q.raw)
+    finally:
+        ctx.engine.dispose()
 
 
 def normalise_sql(statement: str) -> str:
@@ -600,6 +612,33 @@ def timing_hot_functions() -> Iterator[dict[str, float]]:
         original = getattr(owner, attribute)
         setattr(owner, attribute, wrap(label, original))
         restore.append((owner, attribute, original))
+    # Each statement by name, and the chain's BEGIN and COMMIT (entering and leaving atomic()).
+    statements = importlib.import_module("overdrive.server.poll")._PsycopgStatements
+    execute, atomic = statements._execute, statements.atomic
+
+    def execute_by_name(self: Any, name: str, params: Any) -> Any:
+        return wrap(f"SQL: {name}", execute)(self, name, params)
+
+    @contextlib.contextmanager
+    def timed_atomic(self: Any) -> Iterator[Any]:
+        block = atomic(self)
+        start = time.perf_counter()
+        entered = block.__enter__()
+        totals["SQL: BEGIN"] = totals.get("SQL: BEGIN", 0.0) + time.perf_counter() - start
+        try:
+            yield entered
+        except BaseException as e:
+            if not block.__exit__(type(e), e, e.__traceback__):
+                raise
+        else:
+            start = time.perf_counter()
+            block.__exit__(None, None, None)
+            totals["SQL: COMMIT"] = totals.get("SQL: COMMIT", 0.0) + time.perf_counter() - start
+
+    restore.append((statements, "_execute", statements._execute))
+    statements._execute = lambda self, name, params: execute_by_name(self, name, params)
+    restore.append((statements, "atomic", atomic))
+    statements.atomic = timed_atomic
     # The fast path calls ``poll`` by the name it imported.
     fastpath = importlib.import_module("overdrive.server.fastpath")
     restore.append((fastpath, "poll", fastpath.poll))
@@ -1339,6 +1378,8 @@ def run_all(args: argparse.Namespace, setup: Setup, pool: multiprocessing.pool.P
                 "only measure an ever-growing queue."
             )
     load_time = time.perf_counter() - t_load
+    log("query plans again, after the load")
+    explain_again(setup, queries)
 
     wrk = poll_load.wrk_path() and poll_report.wrk_version()
     if bench.use_wrk and wrk:

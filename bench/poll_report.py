@@ -71,6 +71,8 @@ class QueryCount:
     autocommit: bool = False
     transactions: int = 0  # BEGIN … COMMIT blocks on the autocommit poll connection
     batched: list[int] = field(default_factory=list)  # rows of each executemany
+    raw: list[tuple[str, Any]] = field(default_factory=list, repr=False)  # (SQL, parameters)
+    plans_after: list[str] = field(default_factory=list)  # EXPLAIN once the load has run
 
     @property
     def round_trips(self) -> int:
@@ -351,10 +353,21 @@ def render(data: dict[str, Any]) -> str:
         for q in queries
     ]
     detail = max(queries, key=lambda q: len(q.statements))
-    lines += ["", f"The statements of “{detail.case}” and their plans (EXPLAIN):", ""]
-    for i, (statement, plan) in enumerate(zip(detail.statements, detail.plans, strict=False), 1):
+    lines += [
+        "",
+        f"The statements of “{detail.case}” and their plans (EXPLAIN; at setup, when the "
+        "director tables are nearly empty, and again after the load phase):",
+        "",
+    ]
+    after = detail.plans_after or [""] * len(detail.plans)
+    for i, (statement, plan, later) in enumerate(
+        zip(detail.statements, detail.plans, after, strict=False), 1
+    ):
         short = statement if len(statement) <= 200 else statement[:199] + "…"
-        lines.append(f"{i}. `{short}` → {plan}")
+        if later and later != plan:
+            lines.append(f"{i}. `{short}` → {plan}; **after the load:** {later}")
+        else:
+            lines.append(f"{i}. `{short}` → {plan}" + (" (same after the load)" if later else ""))
     if profiles:
         categories = sorted({c for p in profiles for c in p.shares}, key=_category_order)
         lines += [
@@ -387,6 +400,22 @@ def render(data: dict[str, Any]) -> str:
             for p in profiles:
                 cells = " | ".join(f"{p.hot[name]:.2f}" if name in p.hot else "–" for name in hot)
                 lines.append(f"| {p.kind} | {cells} |")
+        sql = sorted(
+            {name for p in profiles for name in p.hot if name.startswith("SQL: ")},
+            key=lambda name: SQL_ORDER.index(name[5:]) if name[5:] in SQL_ORDER else 99,
+        )
+        if sql:
+            lines += [
+                "",
+                "The same batch, wall ms per poll of each statement (its client side: send, "
+                "PostgreSQL's work, read; BEGIN and COMMIT of the chain's transaction apart):",
+                "",
+                "| poll | " + " | ".join(name[5:] for name in sql) + " |",
+                "|---|" + "---:|" * len(sql),
+            ]
+            for p in profiles:
+                cells = " | ".join(f"{p.hot[name]:.2f}" if name in p.hot else "–" for name in sql)
+                lines.append(f"| {p.kind} | {cells} |")
     if data.get("crypto"):
         lines += ["", render_crypto(data["crypto"])]
     return "\n".join(lines) + "\n"
@@ -402,6 +431,20 @@ HOT_ORDER = (
     "sign chain",
     "time attestation",
     "SQL (poll statements)",
+)
+
+
+SQL_ORDER = (
+    "read_vehicle",
+    "advance",
+    "upsert_image",
+    "open_assignments",
+    "mark_assigned",
+    "BEGIN",
+    "director_upsert",
+    "director_put",
+    "director_prune",
+    "COMMIT",
 )
 
 

@@ -30,7 +30,7 @@ class ServerRefused(ServerError):
 class Refused(ClientError):
     """An update was refused by a verification step; the vehicle stays on its slot.
 
-    ``reason`` is a short machine-readable code (``bad_signature``, ``downgrade`` …) reported
+    ``reason`` is a short machine-readable code (``director_mismatch``, ``downgrade`` …) reported
     with the human message.
     """
 

@@ -70,8 +70,8 @@ class VehicleState:
     #: The director chain version whose target for this ECU was acted on (installed, refused
     #: or given up): the same version is not acted on twice.
     director_acted: int = 0
-    #: The latest time a director time attestation vouched for (ISO UTC): trusted time never
-    #: goes back, whatever the server (or the vehicle's own clock) says.
+    #: The time the last director time attestation vouched for (ISO UTC): what expiry was last
+    #: judged by, whatever the vehicle's own clock says.
     trusted_time: str | None = None
     #: What this ECU detected and has not yet reported in a version report (one line).
     attacks_detected: str = ""

@@ -4,8 +4,9 @@ Every check here happens before a byte is written to a slot:
 
 1. **time**: the poll's time attestation echoes this poll's nonce and is signed by a threshold
    of the director's timestamp keys (from the trusted director root, following its rotations);
-   that time, never earlier than the last one trusted, is the reference for every expiry
-   check below, whatever the vehicle's own clock says;
+   that time is the reference for every expiry check below, whatever the vehicle's own clock
+   says (each poll's attestation replaces the last: a time a stolen timestamp key pushed far
+   ahead is undone by the next genuine one, instead of wedging the vehicle);
 2. **director**: python-tuf's ngclient refreshes this vehicle's director repository
    (``STATE_DIR/director``) from the trusted director root: root rotation, expiry, rollback,
    mix-and-match between its roles; its targets must be signed for this vehicle, and name this
@@ -198,9 +199,9 @@ class DirectorTrust:
         except Exception:  # missing or unreadable: there is nothing verified to go by
             return None
 
-    def check_time(self, attestation: Any, nonce: str, last: datetime | None) -> datetime:
-        """The attested time (never before ``last``): signed by the director's timestamp
-        key(s), echoing ``nonce``. A root rotation since the last refresh is followed first."""
+    def check_time(self, attestation: Any, nonce: str) -> datetime:
+        """The attested time: signed by the director's timestamp key(s), echoing ``nonce``. A
+        root rotation since the last refresh is followed first."""
         root = self.trusted_root()
         try:
             payload = _verify_time(attestation, root)
@@ -212,10 +213,9 @@ class DirectorTrust:
         if payload.get("nonce") != nonce:
             raise Refused("replayed_time", "the time attestation does not echo this poll's nonce")
         try:
-            moment = parse_iso(payload.get("time"), "attested time")
+            return parse_iso(payload.get("time"), "attested time")
         except UptaneError as e:
             raise Refused("bad_time", str(e)) from e
-        return max(moment, last) if last is not None else moment
 
     def _newest_root(self, trusted: Root) -> Root:
         """Walk ``N+1.root.json`` … from the server, each signed by the previous root's and its

@@ -48,7 +48,7 @@ from overdrive.client.trust import DirectorTrust, Trust, check_director_target, 
 from overdrive.envelope import sign_envelope
 from overdrive.text import one_line
 from overdrive.tuf_layout import BundleInfo
-from overdrive.uptane import VEHICLE_MANIFEST, DirectorEntry, ecu_report, installed_image, parse_iso
+from overdrive.uptane import VEHICLE_MANIFEST, DirectorEntry, ecu_report, installed_image
 
 KEY_FILE = "vehicle.key"
 #: Downloads whose bytes did not match the signed hash before the assignment is given up.
@@ -264,10 +264,12 @@ class Vehicle:
     def _refused(
         self, state: VehicleState, e: Refused, version: int, nonce: str, next_poll: int
     ) -> CycleResult:
-        """Report a refusal once per director version, and remember it as a detected attack.
+        """Report a refusal, and remember it as a detected attack (for the next version report).
 
-        The campaign is named only for a director target whose signature checked out: a forged
-        one must not take the vehicle out of a real campaign."""
+        The campaign is named, and the director version marked as acted on, only for a director
+        target whose signature checked out: a forged poll answer or time (the answer itself is
+        not signed) must neither take the vehicle out of a real campaign nor make it skip the
+        genuine metadata of the version it named."""
         state.assignment = {"payload": e.payload} if e.payload else None
         state.outbox.append(
             final_event(
@@ -282,14 +284,14 @@ class Vehicle:
         state.assignment = None
         state.last_result = _result("refused", e.reason, str(e))
         state.attacks_detected = one_line(f"{e.reason}: {e}", 500)
-        state.director_acted = version
+        if e.payload:
+            state.director_acted = e.payload.get("director_version") or version
         self.save_with_outbox(state)
         self.flush_events()
         return CycleResult("refused", f"{e.reason}: {e}", next_poll)
 
     def _trusted_time(self, state: VehicleState, attestation: Any, nonce: str) -> datetime:
-        last = parse_iso(state.trusted_time, "trusted time") if state.trusted_time else None
-        moment = self.director.check_time(attestation, nonce, last)
+        moment = self.director.check_time(attestation, nonce)
         state.trusted_time = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
         self.store.save(state)
         return moment

@@ -1,9 +1,9 @@
 """Where a key's passphrase comes from when nobody is at the keyboard (cron, CI, a service).
 
-Every Overdrive key with a name (``root``, ``targets``, ``ts-2026``, ``director``) can take its
+Every Overdrive key with a name (``root``, ``targets``, ``ts-2026``, ``director-timestamp``) can take its
 passphrase from the environment variable ``OVERDRIVE_PASSPHRASE_<NAME>``: the name upper-cased,
 every character other than a letter or digit as ``_``. The release engineers' commands and the
-rollout server's director key use the same convention.
+rollout server's director keys use the same convention.
 """
 
 from __future__ import annotations

@@ -36,6 +36,17 @@ from overdrive.server.metrics import (
 log = logging.getLogger("overdrive.server")
 
 
+def open_director(config: ServerConfig) -> Director | None:
+    """The director ``config`` names (None: none), or :class:`DirectorKeyError` saying why not."""
+    if not (config.director_storage or config.director_keys):
+        return None
+    if not (config.director_storage and config.director_keys):
+        raise DirectorKeyError("--director-storage and --director-keys go together")
+    return Director.open(
+        config.director_storage, config.director_keys, config.director_passphrase_env
+    )
+
+
 def create_app(
     config: ServerConfig | None = None, *, start_ticker: bool = True, serving: bool = True
 ) -> Flask:
@@ -49,13 +60,7 @@ def create_app(
         app.config["SECRET_KEY"] = secrets.token_urlsafe(32)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     engine = make_engine(config.db_url)
-    director = None
-    if config.director_storage or config.director_keys:
-        if not (config.director_storage and config.director_keys):
-            raise DirectorKeyError("--director-storage and --director-keys go together")
-        director = Director.open(
-            config.director_storage, config.director_keys, config.director_passphrase_env
-        )
+    director = open_director(config)
     ctx = ServerContext(
         config=config,
         engine=engine,

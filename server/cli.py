@@ -136,6 +136,9 @@ def run(
 
     check_creatable(db_url)
     upgrade(db_url)
+    from overdrive.server.app import open_director
+
+    open_director(config)  # a director that cannot sign is one line here, not a worker's crash
     if workers == 1:
         from werkzeug.serving import run_simple
 

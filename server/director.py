@@ -291,4 +291,3 @@ class Director:
         for signer in self._signers["timestamp"][1:]:
             envelope["signatures"].append(sign_envelope(payload, signer)["signatures"][0])
         return envelope
-

@@ -35,6 +35,12 @@ director_options = (
         type=click.Path(file_okay=False, path_type=Path),
         help="Key directory with the director's online keys [env OVERDRIVE_DIRECTOR_KEYS].",
     ),
+    click.option(
+        "--director-passphrase-env",
+        metavar="VAR",
+        help="Variable holding the passphrase of every director key (default: each key's own "
+        "$OVERDRIVE_PASSPHRASE_<NAME>).",
+    ),
 )
 
 
@@ -44,23 +50,31 @@ def _with_director_options(command: Any) -> Any:
     return db_option(command)
 
 
-def _context(db_url: str, director_storage: str, director_keys: Path) -> Any:
+def _context(
+    db_url: str, director_storage: str, director_keys: Path, passphrase_env: str | None
+) -> Any:
     from overdrive.server import cli
     from overdrive.server.director import Director
 
     ctx = cli._context(db_url)
-    ctx.director = Director.open(director_storage, director_keys)
+    ctx.director = Director.open(director_storage, director_keys, passphrase_env)
     return ctx
 
 
 @click.command("director-status")
 @_with_director_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def director_status(db_url: str, director_storage: str, director_keys: Path, as_json: bool) -> None:
+def director_status(
+    db_url: str,
+    director_storage: str,
+    director_keys: Path,
+    director_passphrase_env: str | None,
+    as_json: bool,
+) -> None:
     """The director's root and keys, and how the vehicles' signed metadata stands."""
     from overdrive.server.vehicles import iso, utcnow
 
-    ctx = _context(db_url, director_storage, director_keys)
+    ctx = _context(db_url, director_storage, director_keys, director_passphrase_env)
     director = ctx.require_director()
     now = utcnow()
     soon = now + director.expiry("timestamp") / 2
@@ -115,14 +129,20 @@ def director_status(db_url: str, director_storage: str, director_keys: Path, as_
     help="Re-sign the chains whose timestamp expires within this period (or that an older "
     "root signed).",
 )
-def director_refresh(db_url: str, director_storage: str, director_keys: Path, within: str) -> None:
+def director_refresh(
+    db_url: str,
+    director_storage: str,
+    director_keys: Path,
+    director_passphrase_env: str | None,
+    within: str,
+) -> None:
     """Re-sign vehicles' director metadata ahead of expiry (for cron; never required)."""
     from overdrive.server import director_store
     from overdrive.server.poll import statements
     from overdrive.server.vehicles import utcnow
 
     period = parse_duration(within)
-    ctx = _context(db_url, director_storage, director_keys)
+    ctx = _context(db_url, director_storage, director_keys, director_passphrase_env)
     director = ctx.require_director()
     now = utcnow()
     with ctx.session() as session:

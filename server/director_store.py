@@ -127,10 +127,11 @@ def publish(
     now: datetime,
     *,
     content_digest: str | None = None,
-) -> int:
-    """Sign and store the next chain of ``vehicle_id`` listing ``targets``; its version."""
+) -> RepoState:
+    """Sign and store the next chain of ``vehicle_id`` listing ``targets``; where it stands."""
     version = (old.version if old else 0) + 1
     chain = director.sign_chain(vehicle_id, targets, version, now)
+    content_digest = content_digest or digest(targets)
     with db.atomic():
         moved = db.count(
             "director_upsert",
@@ -138,7 +139,7 @@ def publish(
                 "vid": vehicle_id,
                 "version": version,
                 "root_version": chain.root_version,
-                "digest": content_digest or digest(targets),
+                "digest": content_digest,
                 "expires": chain.expires,
                 "now": now,
                 "old": old.version if old else 0,
@@ -154,7 +155,7 @@ def publish(
             ],
         )
         db.count("director_prune", {"vid": vehicle_id, "keep": version - 1})
-    return version
+    return RepoState(version, chain.root_version, content_digest, chain.expires)
 
 
 def stored_targets(db: Statements, vehicle_id: str, state: RepoState) -> dict[str, TargetFile]:
@@ -178,8 +179,7 @@ def current(director: Director, db: Statements, vehicle_id: str, now: datetime) 
     if state is not None and not director.due(state.root_version, state.expires, now):
         return state
     targets = stored_targets(db, vehicle_id, state) if state else {}
-    version = publish(director, db, vehicle_id, targets, state, now)
-    return RepoState(version, director.root_version, digest(targets), now)
+    return publish(director, db, vehicle_id, targets, state, now)
 
 
 def metadata_file(

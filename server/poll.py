@@ -54,7 +54,7 @@ from overdrive.errors import OverdriveError
 from overdrive.server import director_store
 from overdrive.server.context import ServerContext
 from overdrive.server.db import DirectConnections
-from overdrive.server.director_store import EMPTY_DIGEST, RepoState, publish, state_of
+from overdrive.server.director_store import EMPTY_DIGEST, publish, state_of
 from overdrive.server.errors import BadRequest, Conflict
 from overdrive.server.manifest import check_reports, ecu_status, images_of
 from overdrive.server.models import (
@@ -399,11 +399,9 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
             state is not None
             and (content != state.digest or director.due(state.root_version, state.expires, stamp))
         ):
-            version = publish(
-                director, db, vehicle_id, targets, state, stamp, content_digest=content
-            )
-            state = RepoState(version, director.root_version, content, stamp)
-            assigned = len(targets)
+            if state is None or content != state.digest:
+                assigned = len(targets)  # a new assignment (not the same list re-signed)
+            state = publish(director, db, vehicle_id, targets, state, stamp, content_digest=content)
         attestation = director.attest_time(nonce, stamp)
     return PollResult(
         state.version if state else None, attestation, ctx.config.poll_interval, assigned

@@ -125,16 +125,24 @@ stage_only_option = click.option(
 )
 
 
+def group() -> str:
+    """The command group at work: ``director`` for the director's root (whose commands are
+    these same ones, see :mod:`overdrive.signing.director_cli`), else ``repo``."""
+    ctx = click.get_current_context(silent=True)
+    parent = ctx.parent if ctx is not None else None
+    return "director" if parent is not None and parent.info_name == "director" else "repo"
+
+
 def sign_command(role: str) -> str:
     """The command a colleague runs to add their signature to staged ``role`` metadata."""
-    return f"`overdrive repo sign --role {role} --keys DIR`"
+    return f"`overdrive {group()} sign --role {role} --keys DIR`"
 
 
 def echo_staged(outcome: Outcome) -> None:
     """Say that a change was staged, what it still lacks, and how each signer completes it."""
     if not outcome.waiting:
         click.echo(
-            "staged: every threshold is met; publish with `overdrive repo publish` "
+            f"staged: every threshold is met; publish with `overdrive {group()} publish` "
             "(with the online snapshot and timestamp keys)"
         )
         return
@@ -147,7 +155,7 @@ def echo_staged(outcome: Outcome) -> None:
         )
         click.echo(
             f"staged: {role} has {counts}; sign with {sign_command(role)}, "
-            "then `overdrive repo publish`"
+            f"then `overdrive {group()} publish`"
         )
     for shortfall in outcome.waiting:
         click.echo(f"  waiting for {shortfall.message}")
@@ -660,7 +668,7 @@ def repo_sign(
     for shortfall in waiting:
         click.echo(f"  still waiting for {shortfall.message}")
     if not waiting:
-        click.echo("threshold met for every staged role: run `overdrive repo publish`")
+        click.echo(f"threshold met for every staged role: run `overdrive {group()} publish`")
 
 
 def merge_concurrent_signatures(repo_: ImageRepository, md: Metadata[Any], role: str) -> None:

@@ -49,7 +49,7 @@ INIT_DEFAULTS = {
 
 
 def for_director(
-    command: click.Command, name: str, summary: str, defaults: dict[str, str] | None = None
+    command: click.Command, name: str, text: str, defaults: dict[str, str] | None = None
 ) -> click.Command:
     """``command`` working on the director's storage (``$OVERDRIVE_DIRECTOR_STORAGE``, never
     ``$OVERDRIVE_STORAGE``), with ``defaults`` for some of its options."""
@@ -63,11 +63,7 @@ def for_director(
             param.default = defaults[param.name]
         params.append(param)
     return click.Command(
-        name,
-        callback=command.callback,
-        params=params,
-        help=f"{summary}\n\n{(command.help or '').strip()}",
-        short_help=summary,
+        name, callback=command.callback, params=params, help=text, short_help=text.split("\n")[0]
     )
 
 
@@ -81,7 +77,11 @@ director.add_command(
         signing_cli.repo_init,
         "init",
         "Create the director's root: offline root keys with a threshold, online keys for the "
-        "server.",
+        "server.\n\nThe root records how long the server's per-vehicle targets, snapshot and "
+        "timestamp stay valid (--expires). The storage also holds fleet-wide targets, snapshot "
+        "and timestamp files that nothing reads: publishing a root change re-signs them, so it "
+        "needs the online snapshot and timestamp keys (root holders without them stage the "
+        "change with --stage-only, and whoever holds the online keys publishes it).",
         INIT_DEFAULTS,
     )
 )
@@ -89,18 +89,27 @@ director.add_command(
     for_director(
         signing_cli.keys_rotate,
         "rotate",
-        "Change a director role's keys or threshold (a new root, signed by the old and new "
-        "root thresholds).",
+        "Change a director role's keys or threshold: a new root version signed by the old and "
+        "the new root thresholds.\n\nPublished when the keys at hand meet every threshold; "
+        "otherwise staged, and each other signer runs 'overdrive director sign' with their own "
+        "--keys, then 'overdrive director publish'. The server picks the new root up within a "
+        "minute and vehicles follow it on their next refresh.",
     )
 )
 director.add_command(for_director(signing_cli.repo_sign, "sign", "Co-sign a staged director root."))
 director.add_command(
     for_director(
-        signing_cli.repo_publish, "publish", "Publish a staged director root once it is signed."
+        signing_cli.repo_publish,
+        "publish",
+        "Publish a staged director root once every threshold is met (needs the online keys).",
     )
 )
 director.add_command(
-    for_director(signing_cli.repo_discard, "discard", "Throw away a staged director root.")
+    for_director(
+        signing_cli.repo_discard,
+        "discard",
+        "Throw away a staged director root (the published one is untouched).",
+    )
 )
 
 

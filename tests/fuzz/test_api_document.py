@@ -2,8 +2,8 @@
 
 * Complete: every route of the app (``app.url_map``) but the dashboard's HTML pages is an
   operation of the document, and every operation is a route.
-* True: a populated server (a running campaign with an assignment, events, a decision, a
-  timeline, tokens, the audit log) answers every documented operation with a documented
+* True: a populated server (a running campaign with an assignment in a vehicle's director
+  repository, events, a decision, a timeline, tokens, the audit log) answers every documented operation with a documented
   success status whose body matches its schema (``response_schema_conformance``, formats
   included), content type and headers; schemathesis checks each answer. The fuzzers
   (``test_api_schemathesis.py``) then check the errors and odd inputs, mostly against empty
@@ -35,6 +35,7 @@ from overdrive.server.config import ServerConfig
 from overdrive.server.context import EXTENSION
 from overdrive.server.migrate import upgrade
 from overdrive.server.openapi import openapi_document
+from tests.director_view import assignments, http_get
 from tests.fuzz.conftest import FuzzServer
 from tests.server.fleet import SimVehicle
 
@@ -201,7 +202,37 @@ def test_every_operation_answers_as_documented(fuzz_server_any_db: FuzzServer) -
         path_parameters={"vehicle_id": car.vehicle_id},
         body=car.manifest(),
     )
-    assert [a["signed"]["campaign_id"] for a in answer["assignments"]] == [created["id"]]
+    # What the campaign assigns is in the vehicle's director repository (verified as a TUF
+    # client would), whose files are documented answers too.
+    version = answer["director"]["version"]
+    root = server.ctx.require_director().root_bytes(1)
+    assert root is not None
+    listed = assignments(http_get(server.url), car.vehicle_id, root)
+    assert [a["campaign_id"] for a in listed] == [created["id"]]
+    for name in ("1.root.json", "root.json", "timestamp.json", f"{version}.snapshot.json"):
+        metadata = call(
+            "GET",
+            "/api/v1/director/{vehicle_id}/metadata/{name}",
+            public=True,
+            path_parameters={"vehicle_id": car.vehicle_id, "name": name},
+        )
+        assert metadata["signed"]["_type"] == name.split(".")[-2]
+    targets = call(
+        "GET",
+        "/api/v1/director/{vehicle_id}/metadata/{name}",
+        public=True,
+        path_parameters={"vehicle_id": car.vehicle_id, "name": f"{version}.targets.json"},
+    )
+    assert [t["custom"]["campaign_id"] for t in targets["signed"]["targets"].values()] == [
+        created["id"]
+    ]
+    call(
+        "GET",
+        "/api/v1/director/{vehicle_id}/metadata/{name}",
+        status=404,
+        public=True,
+        path_parameters={"vehicle_id": "no-such-car", "name": "timestamp.json"},
+    )
     event = {"type": "downloading", "campaign_id": created["id"], "hardware_id": "ecu-a"}
     reported = call(
         "POST",

@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from overdrive.envelope import EVENTS, MANIFEST, sign_envelope
+from overdrive.envelope import EVENTS, sign_envelope
 from overdrive.server.models import Vehicle
 from overdrive.server.openapi import openapi_document
+from overdrive.uptane import VEHICLE_MANIFEST
 from tests.fuzz.conftest import FuzzServer, assert_error_body
 from tests.server.conftest import vehicle_on
 from tests.server.fleet import SimVehicle
@@ -173,20 +174,20 @@ def test_bug5_405_has_allow_header(
     assert {"GET", "POST"} <= {m.strip() for m in allow.split(",")}, allow
 
 
-def _signed(server: FuzzServer, kind: str, **fields: Any) -> tuple[int, str, bytes]:
+def _signed(
+    server: FuzzServer, kind: str, image: dict[str, Any] | None = None, **fields: Any
+) -> tuple[int, str, bytes]:
+    """A poll (a vehicle version manifest whose primary's report says it runs ``image``) or
+    an event batch, with ``fields`` in the manifest or the event, signed by the vehicle."""
     vehicle = server.vehicle
     if kind == "poll":
         with server.ctx.session() as session:
-            counter = session.get(Vehicle, vehicle.vehicle_id).manifest_counter  # type: ignore[union-attr]
-        payload = {
-            "_type": MANIFEST,
-            "vehicle_id": vehicle.vehicle_id,
-            "counter": counter + 1,
-            "timestamp": _now(),
-            "nonce": uuid.uuid4().hex,
-            "images": {},
-            **fields,
-        }
+            stored = session.get(Vehicle, vehicle.vehicle_id)
+            assert stored is not None
+            counters = [stored.manifest_counter, *(stored.ecu_counters or {}).values()]
+        vehicle.counter = max(counters)
+        images = {vehicle.hardware_id: {**vehicle.image, **image}} if image else None
+        payload = {**vehicle.manifest(images=images)["signed"], **fields}
     else:
         event = {"id": uuid.uuid4().hex, "type": "downloading", "at": _now(), **fields}
         payload = {"_type": EVENTS, "vehicle_id": vehicle.vehicle_id, "events": [event]}
@@ -202,14 +203,16 @@ def test_bug6_counters_out_of_range(
 ) -> None:
     """BUG-6: a signed manifest with counter or release_counter beyond the Integer column
     (2**31 on PostgreSQL, 2**63 on SQLite) → DataError/OverflowError → 500. Fix: range-check
-    both in server/vehicles.py (poll, parse_images) → 400."""
+    both in server/vehicles.py (poll, parse_images) → 400. (Now: the manifest's counter and
+    the ECU report's installed image's release counter.)"""
     server = fuzz_server_any_db
     _bug(request, server, "BUG-6 counters not range-checked", ("sqlite", "postgresql"))
     _assert_4xx(_signed(server, "poll", counter=2**63))
-    image = {"ecu-a": {"version": "1.0", "sha256": SHA, "release_counter": 2**63}}
-    _assert_4xx(_signed(server, "poll", images=image))
-    if server.backend == "postgresql":
-        _assert_4xx(_signed(server, "poll", counter=2**31))
+    _assert_4xx(_signed(server, "poll", image={"release_counter": 2**63}))
+    _assert_4xx(_signed(server, "poll", image={"release_counter": 2**31}))
+    _assert_4xx(_signed(server, "poll", image={"length": 2**63}))
+    _assert_4xx(_signed(server, "poll", counter=2**31))
+    assert _signed(server, "poll")[0] == 200  # and the vehicle still polls
 
 
 def test_bug7_nul_in_path_ids(
@@ -239,7 +242,9 @@ def test_bug8_nul_in_stored_strings(
     responses = [
         _signed(server, "events", reason="a\x00b"),
         _signed(server, "events", id="abcdefgh\x00"),
-        _signed(server, "poll", images={"ecu-a": {"version": "1\x00", "sha256": SHA}}),
+        _signed(server, "poll", image={"version": "1\x00", "sha256": SHA}),
+        _signed(server, "poll", image={"sha256": "a\x00" * 32}),
+        _signed(server, "poll", nonce="abcdefgh\x00"),
         server.post(
             "/api/v1/vehicles/register",
             json.dumps(
@@ -269,7 +274,7 @@ def test_bug9_strings_longer_than_their_columns(
     responses = [
         _signed(server, "events", campaign_id="c" * 37),
         _signed(server, "events", hardware_id="h" * 129),
-        _signed(server, "poll", images={"ecu-a": {"version": "v" * 129, "sha256": SHA}}),
+        _signed(server, "poll", image={"version": "v" * 129, "sha256": SHA}),
     ]
     for response in responses:
         assert response[0] < 500, response
@@ -283,7 +288,10 @@ def test_bug10_signature_keyid_not_a_string(fuzz_server_any_db: FuzzServer, keyi
     server = fuzz_server_any_db
     for kind in ("poll", "events"):
         envelope = {
-            "signed": {"_type": MANIFEST if kind == "poll" else EVENTS, "vehicle_id": "fuzz-car"},
+            "signed": {
+                "_type": VEHICLE_MANIFEST if kind == "poll" else EVENTS,
+                "vehicle_id": "fuzz-car",
+            },
             "signatures": [{"keyid": keyid, "sig": "00"}],
         }
         response = server.post(f"/api/v1/vehicles/fuzz-car/{kind}", json.dumps(envelope).encode())

@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-
 from securesystemslib.signer import CryptoSigner
 
 from overdrive.envelope import EVENTS, canonical, sign_envelope
@@ -83,6 +82,8 @@ timestamps = st.one_of(
     texts,
     canonical_values,
 )
+
+
 def _near_valid(valid: st.SearchStrategy[dict[str, Any]], wild: dict[str, Any]) -> Any:
     """A valid object with no, one, or several fields replaced by wild values (or dropped), so
     that most examples get past the first check and the odd field is what is tested."""

@@ -418,6 +418,40 @@ def test_the_release_already_running_is_nothing_to_do(
     assert not (car.state_dir / "cache").exists() or not any((car.state_dir / "cache").iterdir())
 
 
+def test_the_director_version_in_the_poll_answer_is_only_a_hint(
+    cli: Cli, live_server: LiveServer, proxy: Proxy, tmp_path: Path
+) -> None:
+    """The poll answer is not signed: a director version the man in the middle makes up only
+    makes the vehicle refresh its (genuine) director metadata, which assigns nothing."""
+    car = provision(cli, live_server, tmp_path, "car-1")
+    before = Before.take(cli, car)
+    point_at(car, proxy.url)
+    proxy.announce(42)
+    run = run_once(cli, car)
+    assert run.code == 0 and run.stdout.startswith("nothing"), run
+    assert "timestamp.json" in proxy.fetched and "1.targets.json" in proxy.fetched
+    assert_did_nothing(cli, live_server, before, "car-1")
+
+
+def test_a_hidden_director_version_only_delays_the_update(
+    cli: Cli, live_server: LiveServer, proxy: Proxy, tmp_path: Path
+) -> None:
+    """The man in the middle strips the director version from the answer (a freeze of the
+    poll): the vehicle does nothing that poll, and installs once the answer gets through."""
+    car = provision(cli, live_server, tmp_path, "car-1")
+    before = Before.take(cli, car)
+    point_at(car, proxy.url)
+    start_campaign(live_server)
+    proxy.poll = lambda _m, answer: {k: v for k, v in answer.items() if k != "director"}
+    run = run_once(cli, car)
+    assert run.code == 0 and run.stdout.startswith("nothing"), run
+    assert proxy.answers[-1]["director"]["version"] >= 1 and not proxy.fetched
+    assert_did_nothing(cli, live_server, before, "car-1")
+    proxy.honest()
+    again = run_once(cli, car)
+    assert again.stdout.startswith("updated: installed 1.1 into slot B"), again
+
+
 def test_another_vehicles_genuine_director_metadata_is_refused(
     cli: Cli, live_server: LiveServer, proxy: Proxy, tmp_path: Path
 ) -> None:
@@ -443,35 +477,54 @@ def test_another_vehicles_genuine_director_metadata_is_refused(
     assert "signed for vehicle 'car-2', not 'car-1'" in reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client/vehicle.py _refused records the unauthenticated poll answer's director "
-    "version as acted on, so the genuine chain of that version is never looked at again",
-)
+def refuse_a_forged_chain_naming(
+    cli: Cli, live: LiveServer, proxy: Proxy, car: Car, campaign: str
+) -> None:
+    """One poll whose director metadata the man in the middle signed with its own key (not a
+    stolen one), naming the running campaign: refused, reported without naming the campaign."""
+    attacker = CryptoSigner.generate_ed25519()
+    forger = StolenDirectorKeys(dict.fromkeys(("targets", "snapshot", "timestamp"), attacker))
+    targets = image_targets(live.published)
+    listed = [entry(targets, "car-1", FULL_11, campaign_id=campaign)]
+    proxy.files.update(forger.chain("car-1", listed, 1))
+    before = Before.take(cli, car)
+    refused = run_once(cli, car)
+    reason = assert_stayed_put(cli, live, before, "car-1", refused, "director_refresh_failed")
+    assert "UnsignedMetadataError" in reason
+    proxy.honest()
+
+
 def test_forged_director_metadata_does_not_end_a_real_campaign(
     cli: Cli, live_server: LiveServer, proxy: Proxy, tmp_path: Path
 ) -> None:
-    """One poll whose director metadata the man in the middle signed with its own key, naming
-    the running campaign: the vehicle refuses it, the campaign goes on (the membership is not
-    failed), and the genuine chain of the next poll is installed."""
+    """A refusal names a campaign only for director metadata that verified: the forged chain's
+    refusal is reported without it, so the vehicle's membership is not failed (and does not
+    count against the campaign's failure rate)."""
     car = provision(cli, live_server, tmp_path, "car-1")
     point_at(car, proxy.url)
     campaign = start_campaign(live_server)
-    attacker = CryptoSigner.generate_ed25519()
-    forger = StolenDirectorKeys(dict.fromkeys(("targets", "snapshot", "timestamp"), attacker))
-    targets = image_targets(live_server.published)
-    forged = forger.chain("car-1", [entry(targets, "car-1", FULL_11, campaign_id=campaign)], 1)
-    proxy.files.update(forged)
-    refused = run_once(cli, car)
-    assert refused.code == 3 and refused.stdout.startswith("refused: director_refresh_failed: "), (
-        refused
-    )
-    failed = events(live_server, "car-1", "failed")
-    assert len(failed) == 1 and failed[0].campaign_id is None
+    refuse_a_forged_chain_naming(cli, live_server, proxy, car, campaign)
+    [failed] = events(live_server, "car-1", "failed")
+    assert failed.campaign_id is None
     with live_server.ctx.session() as session:
         membership = session.scalars(select(Membership).filter_by(vehicle_id="car-1")).one()
         assert membership.status == "assigned"
-    proxy.honest()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug in client/vehicle.py (_refused): the director version of the unauthenticated "
+    "poll answer is recorded as acted on, so the genuine chain of that version is skipped "
+    "(until the server re-signs it, up to half a timestamp's life later)",
+)
+def test_the_genuine_chain_is_installed_after_a_forged_one_was_refused(
+    cli: Cli, live_server: LiveServer, proxy: Proxy, tmp_path: Path
+) -> None:
+    """After one forged poll, the genuine director chain of the next poll is installed."""
+    car = provision(cli, live_server, tmp_path, "car-1")
+    point_at(car, proxy.url)
+    campaign = start_campaign(live_server)
+    refuse_a_forged_chain_naming(cli, live_server, proxy, car, campaign)
     again = run_once(cli, car)
     assert again.stdout.startswith("updated: installed 1.1 into slot B"), again
 

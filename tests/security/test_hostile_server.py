@@ -13,7 +13,11 @@ Each was tried against a live server and used to succeed:
 7. a lone surrogate in a registration attribute, then a 500 on the vehicle's page: refused at the
    door, like control characters in one-line fields;
 8. a re-initialised image repository with a restarted server: a 503 naming the fix, not a 500,
-   and ``/readyz`` not ready; trust state is kept per repository in an absolute state dir.
+   and ``/readyz`` not ready; trust state is kept per repository in an absolute state dir;
+9. vehicle version manifests: an ECU version report signed by another key than that ECU's
+   (401), a genuine report replayed with its old nonce or signed again with an old counter
+   (409), and one vehicle's manifest (or ECU report) passed off as another's (401, or 400 for
+   an ECU not registered to the vehicle): nothing of them is stored.
 
 Every refusal is a one-line JSON error (``{"error": {status, code, message}}``), never a 500.
 """
@@ -50,10 +54,16 @@ from overdrive.server import campaigns, tokens
 from overdrive.server.app import create_app
 from overdrive.server.config import ServerConfig, default_state_dir
 from overdrive.server.context import ReleaseCache
-from overdrive.server.dashboard.queries import EVENT_ORDER
 from overdrive.server.manifest import MAX_ECUS
 from overdrive.server.migrate import upgrade
-from overdrive.server.models import DashboardSession, Event, InstalledImage, Membership, Vehicle
+from overdrive.server.models import (
+    EVENT_ORDER,
+    DashboardSession,
+    Event,
+    InstalledImage,
+    Membership,
+    Vehicle,
+)
 from overdrive.server.validation import ID_PATTERN
 from overdrive.text import text_problem
 from overdrive.tuf_layout import check_segment
@@ -61,7 +71,7 @@ from overdrive.uptane import VEHICLE_MANIFEST, ecu_report, installed_image
 from tests.conftest import Cli, generate_keys, make_image, mutate
 from tests.live_server import LiveServer, serve_live, start_campaign
 from tests.repo_fixtures import Published
-from tests.server.conftest import POSTGRES, postgres_schema, vehicle_on
+from tests.server.conftest import BACKENDS, POSTGRES, postgres_schema, vehicle_on
 from tests.server.fleet import SimVehicle
 
 # ------------------------------------------------------------------------------ helpers
@@ -647,7 +657,7 @@ def test_what_a_vehicle_reports_is_capped(
     nonce = uuid.uuid4().hex
     report = primary_report(car, nonce, 1)
     # Counted before any report is looked at: placeholders do for 3,001 of them.
-    many = {f"ecu-{i:04d}": {"signed": {}, "signatures": []} for i in range(3001)}
+    many: dict[str, Any] = {f"ecu-{i:04d}": {"signed": {}, "signatures": []} for i in range(3001)}
     refused(
         poll_with(live, "car-1", signed_manifest(car, many, nonce=nonce)),
         400,
@@ -948,10 +958,30 @@ def vehicle_row(live: LiveServer, vehicle_id: str) -> tuple[int, dict[str, Any],
         return vehicle.manifest_counter, dict(vehicle.ecu_counters or {}), images
 
 
+@pytest.fixture(params=BACKENDS)
+def any_live(
+    request: pytest.FixtureRequest, published: Published, tmp_path: Path
+) -> Iterator[LiveServer]:
+    """A live server on SQLite, or on PostgreSQL (the poll's prepared psycopg statements)."""
+    if request.param == "sqlite":
+        with serve_live(published, tmp_path) as live:
+            yield live
+        return
+    with postgres_schema() as url:
+        upgrade(url)
+        with serve_live(published, tmp_path, db_url=url) as live:
+            try:
+                yield live
+            finally:
+                if live.ctx.direct is not None:
+                    live.ctx.direct.close_all()
+
+
 @pytest.fixture
-def gateway(live_server: LiveServer, published: Published) -> tuple[SimVehicle, CryptoSigner]:
+def gateway(any_live: LiveServer, published: Published) -> tuple[SimVehicle, CryptoSigner]:
     """A registered vehicle (car-9, ecu-a 1.0) with a secondary ECU of its own key
     (``car-9-gateway``, ecu-b 1.0)."""
+    live_server = any_live
     vehicle = vehicle_on(published, "car-9")
     secondary = CryptoSigner.generate_ed25519()
     body = vehicle.registration(live_server.enroll)
@@ -995,7 +1025,7 @@ def gateway_reports(
 
 @pytest.mark.parametrize("route", ["", "?via=flask"])
 def test_a_forged_ecu_version_report_is_refused(
-    live_server: LiveServer,
+    any_live: LiveServer,
     published: Published,
     gateway: tuple[SimVehicle, CryptoSigner],
     route: str,
@@ -1003,7 +1033,7 @@ def test_a_forged_ecu_version_report_is_refused(
     """An ECU version report signed by any key but that ECU's own is a 401, and changes nothing:
     neither a report signed by a stranger for the primary, nor the primary forging its
     secondary's report (the vehicle key is not the gateway's key)."""
-    live = live_server
+    live = any_live
     vehicle, secondary = gateway
     before = vehicle_row(live, "car-9")
     url = f"/api/v1/vehicles/car-9/poll{route}"
@@ -1051,11 +1081,11 @@ def test_a_forged_ecu_version_report_is_refused(
 
 
 def test_a_replayed_ecu_version_report_is_refused(
-    live_server: LiveServer, published: Published, gateway: tuple[SimVehicle, CryptoSigner]
+    any_live: LiveServer, published: Published, gateway: tuple[SimVehicle, CryptoSigner]
 ) -> None:
     """A genuine report replayed in a later manifest (an old nonce), or signed again with an old
     counter, is a 409; so is the whole manifest sent again. Nothing of them is stored."""
-    live = live_server
+    live = any_live
     vehicle, secondary = gateway
     first_nonce = uuid.uuid4().hex
     first = gateway_reports(vehicle, secondary, published, first_nonce, 5)

@@ -30,7 +30,8 @@ from overdrive.server.context import ServerContext
 from overdrive.server.models import DirectorRepo
 from overdrive.uptane import ECU_IDENTIFIERS, TIME_ATTESTATION, VEHICLE_FIELD, parse_iso
 from tests.director_view import Get, assignments, http_get
-from tests.server.conftest import Published, auth, vehicle_on
+from tests.repo_fixtures import Published
+from tests.server.conftest import auth, vehicle_on
 from tests.server.fleet import SimVehicle
 
 # ------------------------------------------------------------------ helpers (shared)
