@@ -511,16 +511,12 @@ def test_forged_director_metadata_does_not_end_a_real_campaign(
         assert membership.status == "assigned"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in client/vehicle.py (_refused): the director version of the unauthenticated "
-    "poll answer is recorded as acted on, so the genuine chain of that version is skipped "
-    "(until the server re-signs it, up to half a timestamp's life later)",
-)
 def test_the_genuine_chain_is_installed_after_a_forged_one_was_refused(
     cli: Cli, live_server: LiveServer, proxy: Proxy, tmp_path: Path
 ) -> None:
-    """After one forged poll, the genuine director chain of the next poll is installed."""
+    """After one forged poll, the genuine director chain of the next poll (the same version
+    the forged answer named) is installed: the version the vehicle remembers as acted on is
+    only ever one whose metadata verified."""
     car = provision(cli, live_server, tmp_path, "car-1")
     point_at(car, proxy.url)
     campaign = start_campaign(live_server)
