@@ -360,6 +360,13 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
             ecus=ecus,
             counters=counters,
         )
+        primary = manifest.get("primary_ecu_serial")
+        if primary is not None and not (
+            isinstance(primary, str)
+            and isinstance(ecus.get(primary), dict)
+            and ecus[primary].get("primary")
+        ):
+            raise BadRequest("field 'signed.primary_ecu_serial' is not this vehicle's primary ECU")
         images = images_of(reports)
         status = {**parse_status(manifest), **ecu_status(reports, stamp)}
         new_counters = {**counters, **{s: r.counter for s, r in reports.items()}}
@@ -394,8 +401,10 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
         director.maybe_reload()
         listed = has_work or (state is not None and state.digest != EMPTY_DIGEST)
         targets = _director_targets(ctx, db, vehicle_id, ecus, images, stamp) if listed else {}
-        content = director_store.digest(targets)
-        if (state is None and targets) or (
+        content = director_store.digest(targets) if targets is not None else None
+        if targets is None:
+            pass  # no verified release index now: keep what the chain lists (re-signed on GET)
+        elif (state is None and targets) or (
             state is not None
             and (content != state.digest or director.due(state.root_version, state.expires, stamp))
         ):
@@ -415,24 +424,27 @@ def _director_targets(
     ecus: dict[str, Any],
     images: dict[str, dict[str, Any]],
     stamp: datetime,
-) -> dict[str, TargetFile]:
+) -> dict[str, TargetFile] | None:
     """What the vehicle's director targets must list now: per ECU, the bundle of its open
-    campaign's release that suits the image it runs (nothing for an ECU already on it)."""
+    campaign's release that suits the image it runs (nothing for an ECU already on it); None
+    when that cannot be known now (the image repository does not verify at the moment)."""
     serials: dict[str, list[str]] = {}
     for serial, about in ecus.items():
         if isinstance(about, dict) and isinstance(about.get("hardware_id"), str):
             serials.setdefault(about["hardware_id"], []).append(serial)
+    rows = db.rows("open_assignments", {"vid": vehicle_id})
+    if not rows:
+        return {}
+    try:
+        index = ctx.releases.index()
+    except OverdriveError:
+        return None  # no verified repository to offer from right now
     entries = []
-    for campaign_id, hw, status, policy, version, release_counter, sha256 in db.rows(
-        "open_assignments", {"vid": vehicle_id}
-    ):
+    for campaign_id, hw, status, policy, version, release_counter, sha256 in rows:
         installed = images.get(hw)
         if installed is not None and installed["sha256"] == sha256:
             continue  # already there; the vehicle reports "committed" itself
-        try:
-            release = ctx.releases.index().find(hw, version)
-        except OverdriveError:
-            continue  # no verified repository to offer from right now
+        release = index.find(hw, version)
         if release is None or release.yanked is not None:
             continue  # vanished from the verified repository, or withdrawn: offer nothing
         bundle = release.best_for(installed["sha256"] if installed else None)

@@ -3,11 +3,11 @@
 * Complete: every route of the app (``app.url_map``) but the dashboard's HTML pages is an
   operation of the document, and every operation is a route.
 * True: a populated server (a running campaign with an assignment in a vehicle's director
-  repository, events, a decision, a timeline, tokens, the audit log) answers every documented operation with a documented
-  success status whose body matches its schema (``response_schema_conformance``, formats
-  included), content type and headers; schemathesis checks each answer. The fuzzers
-  (``test_api_schemathesis.py``) then check the errors and odd inputs, mostly against empty
-  or unknown resources.
+  repository, events, a decision, a timeline, tokens, the audit log) answers every
+  documented operation with a documented success status whose body matches its schema
+  (``response_schema_conformance``, formats included), content type and headers;
+  schemathesis checks each answer. The fuzzers (``test_api_schemathesis.py``) then check the
+  errors and odd inputs, mostly against empty or unknown resources.
 
 Runs on SQLite, and on PostgreSQL when ``OVERDRIVE_TEST_POSTGRES_URL`` is set.
 """
