@@ -1209,8 +1209,12 @@ class Bench:
         return run
 
     def warm_up(self, server: Server, concurrency: int) -> None:
-        """Every worker loads the release index and opens its connections before we measure."""
+        """Every worker loads the release index and opens its connections before we measure;
+        then the director tables, empty at setup, get statistics (as a running server's have):
+        until then the planner scans them whole, and so does every chain's pruning DELETE
+        (a prepared statement keeps its plan until the table is analyzed)."""
         self.load(server, "mixed", WARM_UP_S, concurrency)
+        admin_sql(self.setup.db_url, "ANALYZE director_repos, director_metadata")
 
 
 # ------------------------------------------------------------------------------------ main
