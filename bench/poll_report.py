@@ -191,16 +191,20 @@ def ms(value: float) -> str:
 LABELS = {
     "nothing": "a. nothing to do",
     "assignment": "b. assignment (new chain every poll)",
-    "assigned": "e. assigned, unchanged",
     "mixed": "c. mixed fleet",
     "goal": f"d. mixed, offered {GOAL_RPS:,}/s",
+    "assigned": "e. assigned, unchanged",
 }
 
 
 def render(data: dict[str, Any]) -> str:
     info = machine_info()
     setup_timings: dict[str, float] = data["timings"]
-    runs: list[Run] = data["runs"]
+    # In label order (a, b, c, d, e), whatever order they ran in.
+    order = list(LABELS)
+    runs: list[Run] = sorted(
+        data["runs"], key=lambda run: order.index(run.scenario) if run.scenario in order else 99
+    )
     sweep: list[Run] = data["sweep"]
     queries: list[QueryCount] = data["queries"]
     profiles: list[Profile] = data["profiles"]

@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import Signer
-from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.metadata import (
+    Metadata,
+    MetaFile,
+    Root,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 

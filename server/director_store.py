@@ -4,27 +4,27 @@ Statements are SQLAlchemy Core built once, run by the poll's statement runners
 (:mod:`overdrive.server.poll`: prepared psycopg statements on PostgreSQL, the engine on SQLite),
 so a poll that changes an assignment stores its chain on the connection it already holds.
 
-A new chain is written in one transaction: a compare-and-set on ``director_repos.version``
-(two concurrent writers for one vehicle: the second gets a 409 and the vehicle polls again), the
-three files, and the pruning of all but the current and the previous version.
+A vehicle's repository is one row: the current chain's three files and the previous chain's
+targets and snapshot. A new chain is written by one statement, an upsert with a compare-and-set
+on ``director_repos.version`` (of two concurrent writers for one vehicle, the second gets a 409
+and the vehicle polls again) that moves the current files to ``previous_*`` as it replaces them.
 """
 
 from __future__ import annotations
 
 import hashlib
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Executable, bindparam, delete, insert, literal, select
+from sqlalchemy import Executable, bindparam, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from overdrive.envelope import canonical
 from overdrive.server.director import Director
 from overdrive.server.errors import Conflict
-from overdrive.server.models import DirectorMetadata, DirectorRepo, Vehicle
+from overdrive.server.models import DirectorRepo, Vehicle
 from overdrive.server.vehicles import aware
 
 ROLES = ("targets", "snapshot", "timestamp")
@@ -33,13 +33,11 @@ EMPTY_DIGEST = hashlib.sha256(b"{}").hexdigest()
 
 
 class Statements(Protocol):
-    """What :mod:`overdrive.server.poll`'s runners offer: statements by name, and a transaction."""
+    """What :mod:`overdrive.server.poll`'s runners offer: statements by name."""
 
     def rows(self, name: str, params: dict[str, Any]) -> Any: ...
 
     def count(self, name: str, params: dict[str, Any] | list[dict[str, Any]]) -> int: ...
-
-    def atomic(self) -> AbstractContextManager[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -59,6 +57,18 @@ def digest(targets: dict[str, TargetFile]) -> str:
     return hashlib.sha256(canonical({p: t.to_dict() for p, t in targets.items()})).hexdigest()
 
 
+_NEW = (
+    "version",
+    "root_version",
+    "digest",
+    "expires",
+    "signed_at",
+    "targets",
+    "snapshot",
+    "timestamp",
+)
+
+
 def _upsert_repo(dialect: Any) -> Any:
     stmt = dialect.insert(DirectorRepo).values(
         vehicle_id=bindparam("vid"),
@@ -67,12 +77,17 @@ def _upsert_repo(dialect: Any) -> Any:
         digest=bindparam("digest"),
         expires=bindparam("expires"),
         signed_at=bindparam("now"),
+        targets=bindparam("targets"),
+        snapshot=bindparam("snapshot"),
+        timestamp=bindparam("timestamp"),
     )
     return stmt.on_conflict_do_update(
         index_elements=[DirectorRepo.vehicle_id],
         set_={
-            c: stmt.excluded[c]
-            for c in ("version", "root_version", "digest", "expires", "signed_at")
+            **{c: stmt.excluded[c] for c in _NEW},
+            # the row's values before this update: the chain being replaced
+            "previous_targets": DirectorRepo.targets,
+            "previous_snapshot": DirectorRepo.snapshot,
         },
         where=DirectorRepo.version == bindparam("old"),
     )
@@ -92,21 +107,14 @@ STATEMENTS: dict[str, Executable] = {
     .outerjoin(DirectorRepo, DirectorRepo.vehicle_id == Vehicle.id)
     .where(Vehicle.id == bindparam("vid")),
     "director_upsert": UPSERT_REPO["sqlite"],
-    "director_put": insert(DirectorMetadata).values(
-        vehicle_id=bindparam("vid"),
-        role=bindparam("role"),
-        version=bindparam("version"),
-        body=bindparam("body"),
-    ),
-    "director_prune": delete(DirectorMetadata).where(
-        DirectorMetadata.vehicle_id == bindparam("vid"),
-        DirectorMetadata.version < bindparam("keep"),
-    ),
-    "director_file": select(DirectorMetadata.body).where(
-        DirectorMetadata.vehicle_id == bindparam("vid"),
-        DirectorMetadata.role == bindparam("role"),
-        DirectorMetadata.version == bindparam("version"),
-    ),
+    "director_files": select(
+        DirectorRepo.version,
+        DirectorRepo.targets,
+        DirectorRepo.snapshot,
+        DirectorRepo.timestamp,
+        DirectorRepo.previous_targets,
+        DirectorRepo.previous_snapshot,
+    ).where(DirectorRepo.vehicle_id == bindparam("vid")),
 }
 
 
@@ -132,41 +140,44 @@ def publish(
     version = (old.version if old else 0) + 1
     chain = director.sign_chain(vehicle_id, targets, version, now)
     content_digest = content_digest or digest(targets)
-    with db.atomic():
-        moved = db.count(
-            "director_upsert",
-            {
-                "vid": vehicle_id,
-                "version": version,
-                "root_version": chain.root_version,
-                "digest": content_digest,
-                "expires": chain.expires,
-                "now": now,
-                "old": old.version if old else 0,
-            },
-        )
-        if moved != 1:
-            raise Conflict("the vehicle's director metadata changed concurrently: poll again")
-        db.count(
-            "director_put",
-            [
-                {"vid": vehicle_id, "role": role, "version": version, "body": body}
-                for role, body in chain.bodies().items()
-            ],
-        )
-        db.count("director_prune", {"vid": vehicle_id, "keep": version - 1})
+    moved = db.count(
+        "director_upsert",
+        {
+            "vid": vehicle_id,
+            "version": version,
+            "root_version": chain.root_version,
+            "digest": content_digest,
+            "expires": chain.expires,
+            "now": now,
+            "old": old.version if old else 0,
+            **chain.bodies(),
+        },
+    )
+    if moved != 1:
+        raise Conflict("the vehicle's director metadata changed concurrently: poll again")
     return RepoState(version, chain.root_version, content_digest, chain.expires)
+
+
+def stored_file(db: Statements, vehicle_id: str, role: str, version: int) -> bytes | None:
+    """The stored ``role`` file of chain ``version`` (the current or the previous one)."""
+    rows = db.rows("director_files", {"vid": vehicle_id})
+    if not rows:
+        return None
+    current, targets, snapshot, timestamp, previous_targets, previous_snapshot = rows[0]
+    files = {
+        current: {"targets": targets, "snapshot": snapshot, "timestamp": timestamp},
+        current - 1: {"targets": previous_targets, "snapshot": previous_snapshot},
+    }
+    body = files.get(version, {}).get(role)
+    return bytes(body) if body is not None else None
 
 
 def stored_targets(db: Statements, vehicle_id: str, state: RepoState) -> dict[str, TargetFile]:
     """The targets the stored chain lists (to re-sign them unchanged)."""
-    rows = db.rows(
-        "director_file", {"vid": vehicle_id, "role": "targets", "version": state.version}
-    )
-    if not rows:
+    body = stored_file(db, vehicle_id, "targets", state.version)
+    if body is None:
         return {}
-    md = Metadata[Targets].from_bytes(bytes(rows[0][0]))
-    return dict(md.signed.targets)
+    return dict(Metadata[Targets].from_bytes(body).signed.targets)
 
 
 def current(director: Director, db: Statements, vehicle_id: str, now: datetime) -> RepoState | None:
@@ -195,10 +206,7 @@ def metadata_file(
     state = current(director, db, vehicle_id, now)
     if state is None:
         return None
-    if role == "timestamp":
-        version = state.version
-    rows = db.rows("director_file", {"vid": vehicle_id, "role": role, "version": version})
-    return bytes(rows[0][0]) if rows else None
+    return stored_file(db, vehicle_id, role, state.version if role == "timestamp" else version or 0)
 
 
 def parse_name(name: str) -> tuple[str, int | None]:

@@ -237,9 +237,10 @@ class DashboardSession(Base):
 
 
 class DirectorRepo(Base):
-    """Where a vehicle's director repository stands: the version of its signed chain (targets,
-    snapshot and timestamp share it), the root that signed it, and what it lists (a digest of
-    the targets, so an unchanged assignment is never re-signed)."""
+    """A vehicle's director repository: its signed chain (targets, snapshot and timestamp share
+    one version), the root that signed it, a digest of what it lists (so an unchanged assignment
+    is never re-signed), and the previous chain's targets and snapshot (so a vehicle in the
+    middle of a refresh still finds its files). One row, written by one statement."""
 
     __tablename__ = "director_repos"
 
@@ -251,20 +252,11 @@ class DirectorRepo(Base):
     digest: Mapped[str] = mapped_column(String(64))
     expires: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class DirectorMetadata(Base):
-    """A signed per-vehicle director metadata file, as served (the current and the previous
-    version of each role, so a vehicle in the middle of a refresh still finds its files)."""
-
-    __tablename__ = "director_metadata"
-
-    vehicle_id: Mapped[str] = mapped_column(
-        ForeignKey("vehicles.id", ondelete="CASCADE"), primary_key=True
-    )
-    role: Mapped[str] = mapped_column(String(16), primary_key=True)
-    version: Mapped[int] = mapped_column(Integer, primary_key=True)
-    body: Mapped[bytes] = mapped_column(LargeBinary)
+    targets: Mapped[bytes] = mapped_column(LargeBinary)
+    snapshot: Mapped[bytes] = mapped_column(LargeBinary)
+    timestamp: Mapped[bytes] = mapped_column(LargeBinary)
+    previous_targets: Mapped[bytes | None] = mapped_column(LargeBinary)
+    previous_snapshot: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class AuditEntry(Base):
@@ -295,7 +287,6 @@ __all__ = [
     "CampaignRelease",
     "CampaignSample",
     "DashboardSession",
-    "DirectorMetadata",
     "DirectorRepo",
     "EnrollToken",
     "Event",

@@ -29,7 +29,7 @@ per call, with the same guarantees as the rest of the API:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -204,8 +204,6 @@ class _Statements(Protocol):
 
     def count(self, name: str, params: dict[str, Any] | list[dict[str, Any]]) -> int: ...
 
-    def atomic(self) -> AbstractContextManager[Any]: ...
-
 
 _STATEMENTS: dict[str, Executable] = {
     "read_vehicle": _READ_VEHICLE,
@@ -227,9 +225,6 @@ class _EngineStatements:
     def count(self, name: str, params: dict[str, Any] | list[dict[str, Any]]) -> int:
         return self.conn.execute(_STATEMENTS[name], params).rowcount
 
-    def atomic(self) -> AbstractContextManager[Any]:
-        return nullcontext()  # the whole request is one transaction already
-
 
 def _compile_for_psycopg() -> dict[str, tuple[str, dict[str, Any]]]:
     """Each statement as PostgreSQL SQL (``%(name)s`` parameters) with its constant parameters."""
@@ -249,7 +244,7 @@ def _compile_for_psycopg() -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 _PSYCOPG_SQL = _compile_for_psycopg()
-_READS = frozenset({"read_vehicle", "open_assignments", "director_state", "director_file"})
+_READS = frozenset({"read_vehicle", "open_assignments", "director_state", "director_files"})
 #: SQLSTATEs after which a session must be replaced: feature_not_supported (a cached plan whose
 #: result type changed), read_only_sql_transaction (connected to a demoted primary).
 _NEEDS_NEW_SESSION = frozenset({"0A000", "25006"})
@@ -305,10 +300,6 @@ class _PsycopgStatements:
 
     def count(self, name: str, params: dict[str, Any] | list[dict[str, Any]]) -> int:
         return self._execute(name, params).rowcount
-
-    def atomic(self) -> AbstractContextManager[Any]:
-        """One transaction on this thread's autocommit connection (rolled back on error)."""
-        return self.direct.get().transaction()
 
 
 def _adapt(constants: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

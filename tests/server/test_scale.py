@@ -72,11 +72,10 @@ def test_poll_costs_constant_queries(
     assert counts["assignment"] and counts["nothing"]
     # "nothing to do": one read (vehicle, installed images, its director repository, "has an
     # open membership?") and the counter's compare-and-set. An assignment adds its query, one
-    # status update the first time a campaign hands it out, and its new director chain: the
-    # repository's compare-and-set, the three files (one batch) and the pruning of old ones.
-    # Independent of fleet size.
+    # status update the first time a campaign hands it out, and its new director chain: one
+    # upsert, a compare-and-set that writes the three files. Independent of fleet size.
     assert set(counts["nothing"]) == {2}, counts
-    assert set(counts["assignment"]) == {7}, counts
+    assert set(counts["assignment"]) == {5}, counts
     # Polled again with nothing changed: the chain stands (the assignment query only).
     unchanged = [polled(car) for car in assigned.values()]
     assert {count for count, _answer in unchanged} == {3}, unchanged
@@ -86,7 +85,7 @@ def test_poll_costs_constant_queries(
         (payload,) = assignments(flask_get(http), vehicle_id, root)
         finish(http, car, payload, "committed", published)
     emptied = [polled(car) for car in assigned.values()]
-    assert {count for count, _answer in emptied} == {7}, emptied
+    assert {count for count, _answer in emptied} == {5}, emptied
     assert {count for count, _answer in (polled(car) for car in assigned.values())} == {2}
 
 

@@ -28,23 +28,18 @@ def upgrade() -> None:
         sa.Column("digest", sa.String(length=64), nullable=False),
         sa.Column("expires", sa.DateTime(timezone=True), nullable=False),
         sa.Column("signed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("targets", sa.LargeBinary(), nullable=False),
+        sa.Column("snapshot", sa.LargeBinary(), nullable=False),
+        sa.Column("timestamp", sa.LargeBinary(), nullable=False),
+        sa.Column("previous_targets", sa.LargeBinary(), nullable=True),
+        sa.Column("previous_snapshot", sa.LargeBinary(), nullable=True),
         sa.ForeignKeyConstraint(["vehicle_id"], ["vehicles.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("vehicle_id"),
     )
     op.create_index("ix_director_repos_expires", "director_repos", ["expires"])
-    op.create_table(
-        "director_metadata",
-        sa.Column("vehicle_id", sa.String(length=128), nullable=False),
-        sa.Column("role", sa.String(length=16), nullable=False),
-        sa.Column("version", sa.Integer(), nullable=False),
-        sa.Column("body", sa.LargeBinary(), nullable=False),
-        sa.ForeignKeyConstraint(["vehicle_id"], ["vehicles.id"], ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("vehicle_id", "role", "version"),
-    )
 
 
 def downgrade() -> None:
-    op.drop_table("director_metadata")
     op.drop_index("ix_director_repos_expires", table_name="director_repos")
     op.drop_table("director_repos")
     with op.batch_alter_table("vehicles") as batch:
