@@ -269,6 +269,22 @@ def admin_sql(conninfo: str, *statements: str) -> None:
             conn.execute(statement.encode())
 
 
+def analyze_director_tables(conninfo: str) -> None:
+    """ANALYZE the director's tables (``director_*``), empty at setup."""
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        names = [
+            row[0]
+            for row in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                " AND tablename LIKE 'director%'"
+            )
+        ]
+        if names:
+            conn.execute(("ANALYZE " + ", ".join(names)).encode())
+
+
 def drop_database(base: str, name: str) -> None:
     admin_sql(base, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
@@ -471,18 +487,20 @@ def count_queries(setup: Setup, fleet: Fleet) -> list[QueryCount]:
 
     if ctx.direct is not None:
         ctx.direct.trace = traced
-    # The chain's transaction (BEGIN … COMMIT on the poll connection) is not a traced statement:
-    # count the blocks instead (in this process only; the server's code is unchanged).
-    from overdrive.server import poll as server_poll
+    # A transaction block on the poll connection (BEGIN … COMMIT) is no traced statement: count
+    # psycopg's transaction() blocks instead (in this process only; the server is unchanged).
+    import psycopg
 
     transactions = [0]
-    original_atomic = server_poll._PsycopgStatements.atomic
+    original_transaction = psycopg.Connection.transaction
 
-    def atomic(self: Any) -> Any:
-        transactions[0] += 1
-        return original_atomic(self)
+    def transaction(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # Only the poll connection's (not, say, psycopg's type lookup on a new engine connection).
+        if ctx.direct is not None and self is ctx.direct.current():
+            transactions[0] += 1
+        return original_transaction(self, *args, **kwargs)
 
-    server_poll._PsycopgStatements.atomic = atomic  # type: ignore[method-assign]
+    psycopg.Connection.transaction = transaction  # type: ignore[method-assign]
     http = app.test_client()
     results = []
     try:
@@ -535,7 +553,7 @@ def count_queries(setup: Setup, fleet: Fleet) -> list[QueryCount]:
             )
         event.remove(engine, "before_cursor_execute", before)
     finally:
-        server_poll._PsycopgStatements.atomic = original_atomic  # type: ignore[method-assign]
+        psycopg.Connection.transaction = original_transaction  # type: ignore[method-assign]
         engine.dialect.do_ping = original_ping
         engine.dispose()
     return results
@@ -613,16 +631,19 @@ def timing_hot_functions() -> Iterator[dict[str, float]]:
         original = getattr(owner, attribute)
         setattr(owner, attribute, wrap(label, original))
         restore.append((owner, attribute, original))
-    # Each statement by name, and the chain's BEGIN and COMMIT (entering and leaving atomic()).
+    # Each statement by name, and any transaction block's BEGIN and COMMIT (psycopg's
+    # ``Connection.transaction``).
+    import psycopg
+
     statements = importlib.import_module("overdrive.server.poll")._PsycopgStatements
-    execute, atomic = statements._execute, statements.atomic
+    execute, transaction = statements._execute, psycopg.Connection.transaction
 
     def execute_by_name(self: Any, name: str, params: Any) -> Any:
         return wrap(f"SQL: {name}", execute)(self, name, params)
 
     @contextlib.contextmanager
-    def timed_atomic(self: Any) -> Iterator[Any]:
-        block = atomic(self)
+    def timed_transaction(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        block = transaction(self, *args, **kwargs)
         start = time.perf_counter()
         entered = block.__enter__()
         totals["SQL: BEGIN"] = totals.get("SQL: BEGIN", 0.0) + time.perf_counter() - start
@@ -638,8 +659,8 @@ def timing_hot_functions() -> Iterator[dict[str, float]]:
 
     restore.append((statements, "_execute", statements._execute))
     statements._execute = lambda self, name, params: execute_by_name(self, name, params)
-    restore.append((statements, "atomic", atomic))
-    statements.atomic = timed_atomic
+    restore.append((psycopg.Connection, "transaction", transaction))
+    psycopg.Connection.transaction = timed_transaction  # type: ignore[method-assign]
     # The fast path calls ``poll`` by the name it imported.
     fastpath = importlib.import_module("overdrive.server.fastpath")
     restore.append((fastpath, "poll", fastpath.poll))
@@ -667,7 +688,7 @@ def profile_polls(setup: Setup, fleet: Fleet, count: int) -> list[Profile]:
         admitted = [i for i in fleet.admitted if fleet.versions.get(i, 0) == 0][: 2 * per_kind]
         for index in admitted:
             call_wsgi(app, *sign_one(fleet, index))
-        admin_sql(setup.db_url, "ANALYZE director_repos, director_metadata")  # see warm_up
+        analyze_director_tables(setup.db_url)  # see Bench.warm_up
         kinds = (
             ("nothing to do", fleet.idle[:per_kind], STEADY),
             ("assignment (new chain)", admitted[:per_kind], FLIP),
@@ -1217,10 +1238,10 @@ class Bench:
     def warm_up(self, server: Server, concurrency: int) -> None:
         """Every worker loads the release index and opens its connections before we measure;
         then the director tables, empty at setup, get statistics (as a running server's have):
-        until then the planner scans them whole, and so does every chain's pruning DELETE
-        (a prepared statement keeps its plan until the table is analyzed)."""
+        until then the planner may scan them whole, and a prepared statement keeps its plan
+        until the table is analyzed (seen with a per-chain DELETE before fd98b68)."""
         self.load(server, "mixed", WARM_UP_S, concurrency)
-        admin_sql(self.setup.db_url, "ANALYZE director_repos, director_metadata")
+        analyze_director_tables(self.setup.db_url)
 
 
 # ------------------------------------------------------------------------------------ main

@@ -342,8 +342,9 @@ def render(data: dict[str, Any]) -> str:
         "Counted in-process (the server's code, Flask test client) with a SQLAlchemy "
         "`before_cursor_execute` listener; the pool's pre-ping (`pool_pre_ping=True`) is counted "
         "apart. The poll runs on the worker thread's own autocommit connection (no pool checkout, "
-        "no pre-ping); a new chain is stored in one transaction on it (BEGIN and COMMIT are "
-        "round trips of their own), and its three files go in one `executemany` (one pipeline).",
+        "no pre-ping); *transactions* counts BEGIN … COMMIT blocks on it (two more round "
+        "trips each), and an `executemany` counts as one statement and one round trip "
+        "(psycopg pipelines it).",
         "",
         "| poll | HTTP | director version | new chain | SQL statements | transactions "
         "| round trips |",
@@ -446,8 +447,6 @@ SQL_ORDER = (
     "mark_assigned",
     "BEGIN",
     "director_upsert",
-    "director_put",
-    "director_prune",
     "COMMIT",
 )
 
