@@ -12,7 +12,7 @@ if installed, else a Python generator) over keep-alive connections; client-side 
 throughput and the CPU used by server, PostgreSQL, generator and everything else are reported
 per scenario. An answer counts as an *assignment* when its director version differs from the
 previous answer for that vehicle (the poll made the server sign a new per-vehicle chain:
-targets, snapshot and timestamp, three signatures and one transaction), else as *nothing*;
+targets, snapshot and timestamp: three signatures, and storing them), else as *nothing*;
 the server's own ``overdrive_polls_total{outcome="assignment"}`` is read alongside.
 
 a. ``nothing``: vehicles that are not admitted ("nothing to do" polls: no chain, only the

@@ -102,6 +102,7 @@ class Soak:
         self.timeline: list[tuple[float, str]] = []
         self.t0 = time.monotonic()
         self.stats = Stats()
+        self.version_text = "?"  # set once PostgreSQL is up (see main)
 
     def note(self, text: str) -> None:
         at = time.monotonic() - self.t0
