@@ -16,7 +16,6 @@ import pytest
 
 from tests.conftest import generate_keys, make_image, mutate, run_cli
 
-
 DIRECTOR_KEYS = ("director-root", "director-targets", "director-snapshot", "director-timestamp")
 
 
@@ -100,5 +99,8 @@ def published(published_template: Published, tmp_path: Path) -> Published:
     storage = tmp_path / "repo"
     shutil.copytree(published_template.storage, storage)
     return Published(
-        storage, published_template.keys, published_template.director_storage, published_template.images
+        storage,
+        published_template.keys,
+        published_template.director_storage,
+        published_template.images,
     )
