@@ -35,7 +35,6 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
-from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from overdrive.envelope import sign_envelope
@@ -47,9 +46,10 @@ from overdrive.keys import (
     KeyError_,
     PassphraseSources,
 )
-from overdrive.storage import NotFound, Storage, open_storage
+from overdrive.root_chain import RootChainError, read_root_chain
+from overdrive.storage import Storage, open_storage
 from overdrive.text import one_line
-from overdrive.tuf_layout import EXPIRY_FIELD, METADATA_PREFIX
+from overdrive.tuf_layout import EXPIRY_FIELD
 from overdrive.uptane import VEHICLE_FIELD, time_attestation
 
 log = logging.getLogger("overdrive.server")
@@ -126,8 +126,8 @@ class Director:
     def load(self) -> None:
         """Read and verify the root chain; load a threshold of signers for each online role.
         Raises :class:`DirectorKeyError` saying what is wrong (the old state stays in use)."""
-        roots = self._read_roots()
-        root = Metadata[Root].from_bytes(roots[-1]).signed
+        chain = self._read_roots()
+        roots, root = [data for data, _md in chain], chain[-1][1].signed
         # Look at the key files afresh: a rotation's new key is added next to the old ones.
         self.keys = dataclasses.replace(self.keys, _public=None, _signers=self.keys._signers)
         signers = {role: self._role_signers(root, role) for role in ONLINE_ROLES}
@@ -135,40 +135,17 @@ class Director:
             self._roots, self._root, self._signers = roots, root, signers
             self._loaded_at = time.monotonic()
 
-    def _read_roots(self) -> list[bytes]:
-        versions = []
+    def _read_roots(self) -> list[tuple[bytes, Metadata[Root]]]:
         try:
-            for key in self.storage.list(METADATA_PREFIX):
-                name = key[len(METADATA_PREFIX) :]
-                number, _, rest = name.partition(".")
-                if rest == "root.json" and number.isdigit():
-                    versions.append(int(number))
+            chain = read_root_chain(self.storage)
+        except RootChainError as e:
+            raise DirectorKeyError(f"director root: {e}") from e
         except OverdriveError as e:
-            raise DirectorKeyError(f"cannot list the director storage: {one_line(e)}") from e
-        versions.sort()
-        if not versions:
+            raise DirectorKeyError(f"cannot read the director storage: {one_line(e)}") from e
+        if not chain:
             raise DirectorKeyError(
                 f"no director root at {self.storage.url} (create one with 'overdrive director init')"
             )
-        if versions != list(range(1, versions[-1] + 1)):
-            raise DirectorKeyError(f"director root history has gaps: versions {versions}")
-        chain: list[bytes] = []
-        trusted: Root | None = None
-        for version in versions:
-            try:
-                data = self.storage.get_bytes(f"{METADATA_PREFIX}{version}.root.json")
-                md = Metadata[Root].from_bytes(data)
-            except (NotFound, DeserializationError, OverdriveError) as e:
-                raise DirectorKeyError(f"director root v{version} is unreadable: {e}") from e
-            if md.signed.version != version:
-                raise DirectorKeyError(f"{version}.root.json claims version {md.signed.version}")
-            result = md.signed.get_root_verification_result(trusted, md.signed_bytes, md.signatures)
-            if not result.verified:
-                raise DirectorKeyError(
-                    f"director root v{version} is not signed by a threshold of root keys"
-                )
-            trusted = md.signed
-            chain.append(data)
         return chain
 
     def _role_signers(self, root: Root, role: str) -> list[Signer]:

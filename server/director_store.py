@@ -27,7 +27,6 @@ from overdrive.server.errors import Conflict
 from overdrive.server.models import DirectorRepo, Vehicle
 from overdrive.server.vehicles import aware
 
-ROLES = ("targets", "snapshot", "timestamp")
 #: Digest of a director targets that lists nothing.
 EMPTY_DIGEST = hashlib.sha256(b"{}").hexdigest()
 

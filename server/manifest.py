@@ -9,16 +9,16 @@ report, nor replay an old one, and a report from another vehicle's ECU is refuse
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from securesystemslib.signer import Key, SSlibKey
+from securesystemslib.signer import Key
 
 from overdrive.envelope import EnvelopeError, verify_envelope
 from overdrive.server.errors import BadRequest, Conflict, Unauthorized
 from overdrive.server.validation import MAX_INT32, field, identifier, text
+from overdrive.server.vehicles import keys_of, vehicle_key_from_text
 from overdrive.uptane import ECU_REPORT, MAX_ATTACK_TEXT, UptaneError, check_serial
 
 #: ECUs one vehicle may have (and one manifest report).
@@ -48,22 +48,21 @@ class EcuReport:
 
 def ecu_keys(vehicle_key: str, about: dict[str, Any]) -> dict[str, Key]:
     """The verification keys of one ECU: its own (``public_key``), else the vehicle's."""
-    raw = about.get("public_key") or json.loads(vehicle_key)
-    data = dict(raw)
-    keyid = data.pop("keyid")
-    key = SSlibKey.from_dict(keyid, data)
-    return {key.keyid: key}
+    own = about.get("public_key")
+    return keys_of(own) if own else vehicle_key_from_text(vehicle_key)
 
 
 def check_reports(
     raw: Any,
     *,
+    primary: Any,
     nonce: str,
     vehicle_key: str,
     ecus: dict[str, Any],
     counters: dict[str, Any],
 ) -> dict[str, EcuReport]:
-    """The manifest's ``ecu_version_reports`` (serial → signed report), each checked."""
+    """The manifest's ``ecu_version_reports`` (serial → signed report), each checked, and its
+    ``primary_ecu_serial`` (``primary``; optional) the vehicle's registered primary."""
     if not isinstance(raw, dict) or not raw:
         raise BadRequest("field 'signed.ecu_version_reports' must be an object of serial → report")
     if len(raw) > MAX_ECUS:
@@ -83,6 +82,8 @@ def check_reports(
             raise Unauthorized(f"ECU {serial}'s version report: {e}") from e
         reports[serial] = _report(serial, payload, about, nonce, counters.get(serial, 0))
     primaries = [s for s, about in ecus.items() if isinstance(about, dict) and about.get("primary")]
+    if primary is not None and primary not in primaries:
+        raise BadRequest("field 'signed.primary_ecu_serial' is not this vehicle's primary ECU")
     missing = [s for s in primaries if s not in reports]
     if missing:
         raise BadRequest(f"the manifest has no version report from the primary ECU {missing[0]}")

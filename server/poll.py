@@ -21,8 +21,8 @@ per call, with the same guarantees as the rest of the API:
   ``pending`` → ``assigned`` by a conditional ``UPDATE``, so two concurrent polls of one vehicle
   cannot both move it.
 * The same ``SELECT`` reads where the vehicle's director repository stands; a new chain (three
-  signatures and one transaction) is written only when the targets change, the timestamp is
-  past half its life or the director's root changed. Every poll gets a time attestation (one
+  signatures and one upsert) is written only when the targets change, the timestamp is past
+  half its life or the director's root changed. Every poll gets a time attestation (one
   signature) so that the vehicle can check expiry against a time it trusts.
 """
 
@@ -346,18 +346,12 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
         ecus, counters = ecus or {}, ecu_counters or {}
         reports = check_reports(
             manifest.get("ecu_version_reports"),
+            primary=manifest.get("primary_ecu_serial"),
             nonce=nonce,
             vehicle_key=public_key,
             ecus=ecus,
             counters=counters,
         )
-        primary = manifest.get("primary_ecu_serial")
-        if primary is not None and not (
-            isinstance(primary, str)
-            and isinstance(ecus.get(primary), dict)
-            and ecus[primary].get("primary")
-        ):
-            raise BadRequest("field 'signed.primary_ecu_serial' is not this vehicle's primary ECU")
         images = images_of(reports)
         status = {**parse_status(manifest), **ecu_status(reports, stamp)}
         new_counters = {**counters, **{s: r.counter for s, r in reports.items()}}
@@ -392,16 +386,15 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
         director.maybe_reload()
         listed = has_work or (state is not None and state.digest != EMPTY_DIGEST)
         targets = _director_targets(ctx, db, vehicle_id, ecus, images, stamp) if listed else {}
-        content = director_store.digest(targets) if targets is not None else None
-        if targets is None:
-            pass  # no verified release index now: keep what the chain lists (re-signed on GET)
-        elif (state is None and targets) or (
-            state is not None
-            and (content != state.digest or director.due(state.root_version, state.expires, stamp))
-        ):
-            if state is None or content != state.digest:
-                assigned = len(targets)  # a new assignment (not the same list re-signed)
-            state = publish(director, db, vehicle_id, targets, state, stamp, content_digest=content)
+        # targets None: no verified release index now; keep what the chain lists (re-signed on GET)
+        if targets is not None:
+            content = director_store.digest(targets)
+            new = content != (state.digest if state else EMPTY_DIGEST)
+            if new or (state and director.due(state.root_version, state.expires, stamp)):
+                assigned = len(targets) if new else 0  # not the same list re-signed
+                state = publish(
+                    director, db, vehicle_id, targets, state, stamp, content_digest=content
+                )
         attestation = director.attest_time(nonce, stamp)
     return PollResult(
         state.version if state else None, attestation, ctx.config.poll_interval, assigned

@@ -162,7 +162,12 @@ def parse_status(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def vehicle_key_from_text(public_key: str) -> dict[str, Key]:
     """The verification keys (key id → key) of a vehicle, from its stored ``public_key``."""
-    key = SSlibKey.from_dict(*_split_key(json.loads(public_key)))
+    return keys_of(json.loads(public_key))
+
+
+def keys_of(data: dict[str, Any]) -> dict[str, Key]:
+    """Key id → key for a stored TUF key object with its ``keyid`` (a vehicle's or an ECU's)."""
+    key = SSlibKey.from_dict(*_split_key(data))
     return {key.keyid: key}
 
 

@@ -19,7 +19,6 @@ the targets threshold takes the current targets holders' consent as well as the 
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,6 +42,7 @@ from tuf.api.serialization.json import JSONSerializer
 
 from overdrive.durations import parse_duration
 from overdrive.keys import KeyDirectory
+from overdrive.root_chain import RootChainError, read_root_chain, root_versions
 from overdrive.signing.errors import KeyError_, RepositoryError, ThresholdError
 from overdrive.storage import CachePolicy, NotFound, Storage
 from overdrive.tuf_layout import (
@@ -63,7 +63,6 @@ DEFAULT_EXPIRY: dict[str, timedelta] = {
     "timestamp": timedelta(days=1),
 }
 _SERIALIZER = JSONSerializer(compact=False)
-_ROOT_FILE = re.compile(r"^metadata/(\d+)\.root\.json$")
 
 
 def parse_expiry(text: str | None) -> dict[str, timedelta]:
@@ -150,46 +149,24 @@ class ImageRepository:
 
     # ----------------------------------------------------------------- loading
 
-    @staticmethod
-    def root_versions(storage: Storage) -> list[int]:
-        versions = []
-        for key in storage.list(METADATA_PREFIX):
-            match = _ROOT_FILE.fullmatch(key)
-            if match:
-                versions.append(int(match.group(1)))
-        return sorted(versions)
-
     @classmethod
     def is_initialised(cls, storage: Storage) -> bool:
-        return bool(cls.root_versions(storage)) or storage.exists(metadata_key("timestamp"))
+        return bool(root_versions(storage)) or storage.exists(metadata_key("timestamp"))
 
     @classmethod
     def load(cls, storage: Storage, keys: KeyDirectory) -> ImageRepository:
         """Read and verify the published repository (signatures and the root chain, not expiry:
         an expired timestamp must still be refreshable)."""
         storage.check()
-        versions = cls.root_versions(storage)
-        if not versions:
+        try:
+            chain = read_root_chain(storage)
+        except RootChainError as e:
+            raise RepositoryError(str(e)) from e
+        if not chain:
             raise RepositoryError(
                 f"no TUF repository at {storage.url} (create one with 'overdrive repo init')"
             )
-        if versions != list(range(1, versions[-1] + 1)):
-            raise RepositoryError(f"root history in {storage.url} has gaps: versions {versions}")
-        root: Metadata[Root] | None = None
-        for version in versions:
-            key = metadata_key("root", version)
-            data = storage.get_bytes(key)
-            new_root = _parse(data, Root, key)
-            if new_root.signed.version != version:
-                raise RepositoryError(f"{key} claims version {new_root.signed.version}")
-            previous = root.signed if root else None
-            result = new_root.signed.get_root_verification_result(
-                previous, new_root.signed_bytes, new_root.signatures
-            )
-            if not result.verified:
-                raise RepositoryError(f"{key} is not signed by a threshold of root keys")
-            root = new_root
-        assert root is not None
+        root = chain[-1][1]
         timestamp = cls._load_role(storage, root.signed, "timestamp", None, Timestamp)
         snapshot = cls._load_role(
             storage, root.signed, "snapshot", timestamp.signed.snapshot_meta.version, Snapshot
