@@ -888,6 +888,7 @@ def crypto_costs(setup: Setup, iterations: int) -> list[CryptoCost]:
             payload = verify_envelope(envelope, keys, VEHICLE_MANIFEST)
             reports = check_reports(
                 payload["ecu_version_reports"],
+                primary=payload["primary_ecu_serial"],
                 nonce=nonce,
                 vehicle_key=key_text,
                 ecus=ecus,

@@ -442,8 +442,8 @@ HOT_ORDER = (
 SQL_ORDER = (
     "read_vehicle",
     "advance",
+    "advance_with_images",
     "upsert_image",
-    "open_assignments",
     "mark_assigned",
     "BEGIN",
     "director_upsert",

@@ -11,19 +11,21 @@ per call, with the same guarantees as the rest of the API:
   of the worker thread's own (autocommit, no pool checkout, no pre-ping, no reset on return:
   together more than a quarter of a poll's CPU through the engine), reconnecting when it broke;
   on SQLite they run through the engine in one ``BEGIN IMMEDIATE`` transaction.
-* One ``SELECT`` reads the vehicle's key and counter, its installed images, and whether it has any
-  open campaign membership at all.
+* One ``SELECT`` reads the vehicle's key and counter, its installed images, where its director
+  repository stands, whether it has any open campaign membership at all and, aggregated into
+  one JSON column, the releases its open memberships of running campaigns offer (a subquery
+  over bind parameters only: PostgreSQL evaluates it once, not per image row).
 * The manifest counter moves forward by compare-and-set (``UPDATE … WHERE manifest_counter <
   :counter``): that is the replay guard, so no row lock and, on PostgreSQL, no explicit
   transaction (each statement commits on its own: 2 round trips for a "nothing to do" poll).
-* The assignment query runs only for a vehicle with an open membership, or whose director
-  targets still list something (at any time, most of the fleet has neither); a membership goes
-  ``pending`` → ``assigned`` by a conditional ``UPDATE``, so two concurrent polls of one vehicle
-  cannot both move it.
-* The same ``SELECT`` reads where the vehicle's director repository stands; a new chain (three
-  signatures and one upsert) is written only when the targets change, the timestamp is past
-  half its life or the director's root changed. Every poll gets a time attestation (one
-  signature) so that the vehicle can check expiry against a time it trusts.
+  On PostgreSQL, changed installed images are upserted by the same statement (a data-modifying
+  ``WITH``) only if the counter moved.
+* A membership goes ``pending`` → ``assigned`` by a conditional ``UPDATE``, so two concurrent
+  polls of one vehicle cannot both move it.
+* A new chain (three signatures and one upsert) is written only when the targets change, the
+  timestamp is past half its life or the director's root changed: 3 round trips in all for a
+  poll that gets a new assignment. Every poll gets a time attestation (one signature) so that
+  the vehicle can check expiry against a time it trusts.
 """
 
 from __future__ import annotations
@@ -38,16 +40,25 @@ import psycopg
 from psycopg.types.json import Json
 from sqlalchemy import (
     JSON,
+    ColumnElement,
     Connection,
     Executable,
+    Integer,
+    String,
     and_,
     bindparam,
+    column,
     exists,
+    func,
     literal,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import GenericFunction
 from tuf.api.metadata import TargetFile
 
 from overdrive.errors import OverdriveError
@@ -87,8 +98,62 @@ _OPEN = and_(
     *(Membership.status != literal(status) for status in FINAL),
 )
 
+
+class json_rows(GenericFunction[Any]):
+    """The rows of a subquery as one JSON array of arrays (``[]`` or NULL when there are none):
+    ``json_agg(json_build_array(…))`` on PostgreSQL, ``json_group_array(json_array(…))`` on
+    SQLite (where a JSON column's text must go through ``json()`` to stay an object)."""
+
+    type = JSON()
+    inherit_cache = True
+
+
+@compiles(json_rows, "postgresql")
+def _json_rows_pg(element: json_rows, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_agg(json_build_array({compiler.process(element.clauses, **kw)}))"
+
+
+@compiles(json_rows, "sqlite")
+def _json_rows_sqlite(element: json_rows, compiler: SQLCompiler, **kw: Any) -> str:
+    items = [
+        f"json({compiler.process(c, **kw)})"
+        if isinstance(c.type, JSON)
+        else compiler.process(c, **kw)
+        for c in element.clauses
+    ]
+    return f"json_group_array(json_array({', '.join(items)}))"
+
+
+def _offers() -> ColumnElement[Any]:
+    """What the vehicle's open memberships of running campaigns offer, one JSON array per
+    membership: ``[campaign_id, hardware_id, status, policy, version, release_counter,
+    image_sha256]``."""
+    return (
+        select(
+            json_rows(
+                Membership.campaign_id,
+                Membership.hardware_id,
+                Membership.status,
+                Campaign.policy,
+                CampaignRelease.version,
+                CampaignRelease.release_counter,
+                CampaignRelease.image_sha256,
+            )
+        )
+        .select_from(Membership)
+        .join(Campaign, Campaign.id == Membership.campaign_id)
+        .join(
+            CampaignRelease,
+            (CampaignRelease.campaign_id == Membership.campaign_id)
+            & (CampaignRelease.hardware_id == Membership.hardware_id),
+        )
+        .where(_OPEN, Campaign.state == RUNNING)
+        .scalar_subquery()
+    )
+
+
 #: The vehicle and its director repository's state, one row per installed image (or one row of
-#: NULLs), and "has an open membership".
+#: NULLs), "has an open membership" and what its memberships offer (the same on every row).
 _READ_VEHICLE = (
     select(
         Vehicle.public_key,
@@ -104,6 +169,7 @@ _READ_VEHICLE = (
         InstalledImage.sha256,
         InstalledImage.release_counter,
         exists().where(_OPEN).label("has_work"),
+        _offers().label("offers"),
     )
     .select_from(Vehicle)
     .outerjoin(DirectorRepo, DirectorRepo.vehicle_id == Vehicle.id)
@@ -121,25 +187,6 @@ _ADVANCE = (
         status=bindparam("status", type_=Vehicle.status.type),
         ecu_counters=bindparam("ecu_counters", type_=JSON),
     )
-)
-
-_OPEN_ASSIGNMENTS = (
-    select(
-        Membership.campaign_id,
-        Membership.hardware_id,
-        Membership.status,
-        Campaign.policy,
-        CampaignRelease.version,
-        CampaignRelease.release_counter,
-        CampaignRelease.image_sha256,
-    )
-    .join(Campaign, Campaign.id == Membership.campaign_id)
-    .join(
-        CampaignRelease,
-        (CampaignRelease.campaign_id == Membership.campaign_id)
-        & (CampaignRelease.hardware_id == Membership.hardware_id),
-    )
-    .where(_OPEN, Campaign.state == RUNNING)
 )
 
 _MARK_ASSIGNED = (
@@ -169,6 +216,38 @@ def _upsert_image(dialect: Any) -> Any:
 
 
 _UPSERT_IMAGE = {"postgresql": _upsert_image(postgresql), "sqlite": _upsert_image(sqlite)}
+
+
+def _advance_with_images() -> Executable:
+    """PostgreSQL: :data:`_ADVANCE` and, only if it moved the counter, the upsert of the
+    installed images in ``:images`` (a JSON array of objects), in one statement; its one row
+    says how many vehicles it advanced (0 or 1)."""
+    advanced = _ADVANCE.returning(Vehicle.id).cte("advanced")
+    images = (
+        func.json_to_recordset(bindparam("images", type_=JSON))
+        .table_valued(
+            column("hw", String),
+            column("version", String),
+            column("sha256", String),
+            column("release_counter", Integer),
+        )
+        .render_derived(name="image", with_types=True)
+    )
+    insert = postgresql.insert(InstalledImage).from_select(
+        ["vehicle_id", "hardware_id", "version", "sha256", "release_counter"],
+        select(
+            advanced.c.id,
+            images.c.hw,
+            images.c.version,
+            images.c.sha256,
+            images.c.release_counter,
+        ).select_from(advanced.join(images, true())),
+    )
+    upsert = insert.on_conflict_do_update(
+        index_elements=[InstalledImage.vehicle_id, InstalledImage.hardware_id],
+        set_={c: insert.excluded[c] for c in ("version", "sha256", "release_counter")},
+    ).cte("upserted")
+    return select(func.count()).select_from(advanced).add_cte(upsert)
 
 
 @dataclass
@@ -204,11 +283,14 @@ class _Statements(Protocol):
 
     def count(self, name: str, params: dict[str, Any] | list[dict[str, Any]]) -> int: ...
 
+    def advance(self, params: dict[str, Any], images: list[dict[str, Any]]) -> bool:
+        """Run ``advance`` and, if it moved the counter, upsert ``images``; whether it moved."""
+        ...
+
 
 _STATEMENTS: dict[str, Executable] = {
     "read_vehicle": _READ_VEHICLE,
     "advance": _ADVANCE,
-    "open_assignments": _OPEN_ASSIGNMENTS,
     "mark_assigned": _MARK_ASSIGNED,
     "upsert_image": _UPSERT_IMAGE["sqlite"],
     **director_store.STATEMENTS,
@@ -225,6 +307,13 @@ class _EngineStatements:
     def count(self, name: str, params: dict[str, Any] | list[dict[str, Any]]) -> int:
         return self.conn.execute(_STATEMENTS[name], params).rowcount
 
+    def advance(self, params: dict[str, Any], images: list[dict[str, Any]]) -> bool:
+        if self.count("advance", params) != 1:
+            return False
+        if images:
+            self.count("upsert_image", [{"vid": params["vid"], **image} for image in images])
+        return True
+
 
 def _compile_for_psycopg() -> dict[str, tuple[str, dict[str, Any]]]:
     """Each statement as PostgreSQL SQL (``%(name)s`` parameters) with its constant parameters."""
@@ -234,6 +323,7 @@ def _compile_for_psycopg() -> dict[str, tuple[str, dict[str, Any]]]:
     statements = {
         **_STATEMENTS,
         "upsert_image": _UPSERT_IMAGE["postgresql"],
+        "advance_with_images": _advance_with_images(),
         "director_upsert": director_store.UPSERT_REPO["postgresql"],
     }
     compiled = {name: stmt.compile(dialect=dialect) for name, stmt in statements.items()}
@@ -244,7 +334,7 @@ def _compile_for_psycopg() -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 _PSYCOPG_SQL = _compile_for_psycopg()
-_READS = frozenset({"read_vehicle", "open_assignments", "director_state", "director_files"})
+_READS = frozenset({"read_vehicle", "director_state", "director_files"})
 #: SQLSTATEs after which a session must be replaced: feature_not_supported (a cached plan whose
 #: result type changed), read_only_sql_transaction (connected to a demoted primary).
 _NEEDS_NEW_SESSION = frozenset({"0A000", "25006"})
@@ -301,12 +391,17 @@ class _PsycopgStatements:
     def count(self, name: str, params: dict[str, Any] | list[dict[str, Any]]) -> int:
         return self._execute(name, params).rowcount
 
+    def advance(self, params: dict[str, Any], images: list[dict[str, Any]]) -> bool:
+        if not images:
+            return self.count("advance", params) == 1
+        return bool(self.rows("advance_with_images", {**params, "images": images})[0][0])
+
 
 def _adapt(constants: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The constants plus ``params``, JSON values wrapped for psycopg (the SQL casts to JSON)."""
     merged = {**constants, **params}
     for key, value in params.items():
-        if isinstance(value, dict):
+        if isinstance(value, (dict, list)):
             merged[key] = Json(value)
     return merged
 
@@ -330,7 +425,7 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
         if not rows:
             unknown_vehicle(vehicle_id, envelope, VEHICLE_MANIFEST)  # the 401 of a bad signature
         public_key, stored_counter, ecus, ecu_counters, *repo = rows[0][:8]
-        has_work = rows[0][-1]
+        has_work, offers = rows[0][12:14]
         manifest = verify_message(public_key, vehicle_id, envelope, VEHICLE_MANIFEST)
         counter = field(manifest, "counter", int, where="signed.")
         if not 0 < counter <= MAX_INT32:
@@ -356,8 +451,13 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
         status = {**parse_status(manifest), **ecu_status(reports, stamp)}
         new_counters = {**counters, **{s: r.counter for s, r in reports.items()}}
 
-        advanced = db.count(
-            "advance",
+        stored = {row[8]: tuple(row[9:12]) for row in rows if row[8]}
+        changed = [
+            {"hw": hw, **image}
+            for hw, image in images.items()
+            if stored.get(hw) != (image["version"], image["sha256"], image["release_counter"])
+        ]
+        advanced = db.advance(
             {
                 "vid": vehicle_id,
                 "counter": counter,
@@ -365,17 +465,10 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
                 "status": status,
                 "ecu_counters": new_counters,
             },
+            changed,
         )
-        if advanced != 1:  # a concurrent poll got there first
+        if not advanced:  # a concurrent poll got there first
             raise Conflict(f"replayed manifest: counter {counter} is not above the stored one")
-        stored = {row[-5]: tuple(row[-4:-1]) for row in rows if row[-5]}
-        changed = [
-            {"vid": vehicle_id, "hw": hw, **image}
-            for hw, image in images.items()
-            if stored.get(hw) != (image["version"], image["sha256"], image["release_counter"])
-        ]
-        if changed:
-            db.count("upsert_image", changed)
         state = state_of(repo)
         assigned = 0
         if ctx.director is None:
@@ -385,7 +478,11 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
         director = ctx.director
         director.maybe_reload()
         listed = has_work or (state is not None and state.digest != EMPTY_DIGEST)
-        targets = _director_targets(ctx, db, vehicle_id, ecus, images, stamp) if listed else {}
+        targets = (
+            _director_targets(ctx, db, vehicle_id, ecus, images, offers or [], stamp)
+            if listed
+            else {}
+        )
         # targets None: no verified release index now; keep what the chain lists (re-signed on GET)
         if targets is not None:
             content = director_store.digest(targets)
@@ -407,6 +504,7 @@ def _director_targets(
     vehicle_id: str,
     ecus: dict[str, Any],
     images: dict[str, dict[str, Any]],
+    offers: list[list[Any]],
     stamp: datetime,
 ) -> dict[str, TargetFile] | None:
     """What the vehicle's director targets must list now: per ECU, the bundle of its open
@@ -416,15 +514,14 @@ def _director_targets(
     for serial, about in ecus.items():
         if isinstance(about, dict) and isinstance(about.get("hardware_id"), str):
             serials.setdefault(about["hardware_id"], []).append(serial)
-    rows = db.rows("open_assignments", {"vid": vehicle_id})
-    if not rows:
+    if not offers:
         return {}
     try:
         index = ctx.releases.index()
     except OverdriveError:
         return None  # no verified repository to offer from right now
     entries = []
-    for campaign_id, hw, status, policy, version, release_counter, sha256 in rows:
+    for campaign_id, hw, status, policy, version, release_counter, sha256 in offers:
         installed = images.get(hw)
         if installed is not None and installed["sha256"] == sha256:
             continue  # already there; the vehicle reports "committed" itself
