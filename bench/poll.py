@@ -3,11 +3,13 @@
 Setup (timed): a fresh database, the schema (Alembic), a small published TUF repository with
 ecu-a 1.0 and 1.1 (+ delta from 1.0), a director root (``overdrive director init``, its own
 storage and keys), 100,000 vehicles bulk-loaded with COPY (one ed25519 key each and one primary
-ECU, ``<id>-primary`` on ecu-a, stored exactly as registration stores them), and a running
+ECU, ``<id>-primary`` on ecu-a, stored exactly as registration stores them; with ``--ecus N``
+also N-1 secondaries with keys of their own, on hardware ids no campaign updates), and a running
 campaign (ecu-a → 1.1) created and started through the operator API, whose first stage admits
 10% of the fleet. Then ``overdrive server run --workers N --director-storage … --director-keys …``
 (gunicorn, gthread) serves pre-signed polls (vehicle version manifests with one ECU version
-report, both signed by the vehicle key) from a load generator in another process (``wrk`` + Lua
+report per ECU: the primary's signed by the vehicle key, each secondary's by its own) from a
+load generator in another process (``wrk`` + Lua
 if installed, else a Python generator) over keep-alive connections; client-side latency,
 throughput and the CPU used by server, PostgreSQL, generator and everything else are reported
 per scenario. An answer counts as an *assignment* when its director version differs from the
@@ -39,6 +41,7 @@ database, the server and the temporary files are removed at the end, also on Ctr
     .venv/bin/python bench/poll.py --workers 3 --concurrency 16 --duration 30
     .venv/bin/python bench/poll.py --pg postgresql://postgres@127.0.0.1:5432/test
     .venv/bin/python bench/poll.py --crypto-only        # only the cryptographic micro-measurement
+    .venv/bin/python bench/poll.py --ecus 8             # 8-ECU vehicles → results/poll-ecus.md
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ from poll_report import GOAL_RPS, Cpu, CryptoCost, Profile, QueryCount, Run
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "poll.md"
+#: Where a run with ``--ecus N`` (N > 1) writes by default: beside the one-ECU figures.
+RESULTS_ECUS = HERE / "results" / "poll-ecus.md"
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 ADMITTED_SHARE = "10%"
 POLICY = {
@@ -130,6 +135,7 @@ class Fleet:
     #: ecu-a 1.0 (what the bulk load installs) and a factory image in no repository
     images: list[poll_fleet.Image]
     counters: list[int]  # next manifest counter per vehicle
+    ecus: int = 1  # ECUs per vehicle (the primary and ecus - 1 secondaries)
     admitted: list[int] = field(default_factory=list)  # indices with an assignment (shuffled)
     idle: list[int] = field(default_factory=list)  # the others (shuffled)
     admitted_set: set[int] = field(default_factory=set)
@@ -289,10 +295,12 @@ def drop_database(base: str, name: str) -> None:
     admin_sql(base, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def generate_keys(pool: multiprocessing.pool.Pool, count: int) -> list[tuple[str, str]]:
+def generate_keys(
+    pool: multiprocessing.pool.Pool, count: int, ecus: int = 1
+) -> list[tuple[str, str, list[str]]]:
     step = 2000
-    chunks = [range(i, min(count, i + step)) for i in range(0, count, step)]
-    return [item for part in pool.map(poll_fleet.public_keys, chunks) for item in part]
+    chunks = [(range(i, min(count, i + step)), ecus) for i in range(0, count, step)]
+    return [item for part in pool.starmap(poll_fleet.public_keys, chunks) for item in part]
 
 
 def in_process_app(setup: Setup, state: str) -> tuple[Any, Any]:
@@ -438,7 +446,7 @@ def sign_requests(
     step = 2000
     parts = pool.starmap(
         poll_fleet.sign_chunk,
-        [(jobs[i : i + step], images, stamp) for i in range(0, len(jobs), step)],
+        [(jobs[i : i + step], images, stamp, fleet.ecus) for i in range(0, len(jobs), step)],
     )
     return [line for part in parts for line in part]
 
@@ -451,7 +459,7 @@ def sign_one(fleet: Fleet, index: int, mode: str = STEADY) -> tuple[str, bytes]:
     fleet.installed[index] = image
     images = [image.installed() for image in fleet.images]
     line = poll_fleet.sign_chunk(
-        [(index, fleet.keyids[index], counter, image)], images, poll_fleet.now_iso()
+        [(index, fleet.keyids[index], counter, image)], images, poll_fleet.now_iso(), fleet.ecus
     )[0]
     path, _, body = line.partition(b" ")
     return path.decode(), body
@@ -597,7 +605,7 @@ def explain(engine: Any, statements: Sequence[tuple[str, Any]]) -> list[str]:
 #: ``poll`` imported the module-level ones by name, so they are wrapped in its namespace.
 HOT_FUNCTIONS = {
     ("overdrive.server.poll", None, "poll"): "whole poll()",
-    ("overdrive.server.poll", None, "verify_message"): "manifest signature",
+    ("overdrive.server.poll", None, "verify_signed"): "manifest signature",
     ("overdrive.server.poll", None, "check_reports"): "ECU reports",
     ("overdrive.server.poll", None, "_director_targets"): "assignment lookup",
     ("overdrive.server.poll", None, "publish"): "publish (sign + store)",
@@ -812,16 +820,17 @@ def _median_us(fn: Any, iterations: int) -> tuple[float, float]:
 
 def crypto_costs(setup: Setup, iterations: int) -> list[CryptoCost]:
     """Per-poll cryptographic work, in this process (one thread): verifying a vehicle version
-    manifest as the server does (``verify_envelope`` of the manifest with the vehicle key,
-    then ``check_reports``: one ``verify_envelope`` per ECU report), signing a time
-    attestation and signing a one-target chain (``Director.attest_time``, ``sign_chain``)."""
+    manifest as the server does (``vehicle_key_from_text`` and ``verify_signed`` of the
+    manifest with the vehicle key, then ``check_reports``: one verification per ECU report),
+    signing a time attestation and signing a one-target chain (``Director.attest_time``,
+    ``sign_chain``)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from securesystemslib.signer import CryptoSigner
 
-    from overdrive.envelope import sign_envelope, verify_envelope
+    from overdrive.envelope import sign_envelope
     from overdrive.server.director import Director
     from overdrive.server.manifest import check_reports
-    from overdrive.server.vehicles import vehicle_key_from_text
+    from overdrive.server.vehicles import vehicle_key_from_text, verify_signed
     from overdrive.uptane import (
         VEHICLE_MANIFEST,
         DirectorEntry,
@@ -884,17 +893,17 @@ def crypto_costs(setup: Setup, iterations: int) -> list[CryptoCost]:
         key_text, ecus, envelope = manifest(ecu_count)
 
         def verify() -> None:
-            keys = vehicle_key_from_text(key_text)  # what server/vehicles.verify_message does
-            payload = verify_envelope(envelope, keys, VEHICLE_MANIFEST)
+            keys = vehicle_key_from_text(key_text)  # what server/poll.poll does
+            payload = verify_signed(keys, vid, envelope, VEHICLE_MANIFEST)
             reports = check_reports(
                 payload["ecu_version_reports"],
                 primary=payload["primary_ecu_serial"],
                 nonce=nonce,
-                vehicle_key=key_text,
+                vehicle_keys=keys,
                 ecus=ecus,
                 counters={},
             )
-            assert len(reports) == ecu_count
+            assert len(reports.known) == ecu_count
 
         return verify
 
@@ -1269,7 +1278,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="10,000 vehicles, 5 s per scenario")
     parser.add_argument("--pg", default=DEFAULT_PG, help="PostgreSQL URL to administer from")
     parser.add_argument("--db-name", default="overdrive_bench", help="dropped and re-created")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"report file (default: {RESULTS.relative_to(HERE.parent)}, with --ecus > 1 "
+        f"{RESULTS_ECUS.relative_to(HERE.parent)})",
+    )
+    parser.add_argument(
+        "--ecus",
+        type=int,
+        default=1,
+        help="ECUs per vehicle: the primary and N-1 secondaries with keys of their own; every "
+        "manifest carries N ECU version reports (default 1)",
+    )
     parser.add_argument("--no-wrk", action="store_true", help="use the Python load generator")
     parser.add_argument("--keep", action="store_true", help="keep the database and work files")
     parser.add_argument(
@@ -1296,6 +1318,10 @@ def parse_args() -> argparse.Namespace:
         parser.error("--duration must be 1..200 s (manifests must stay within 300 s of signing)")
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", args.db_name):
         parser.error("--db-name must be a plain lower-case identifier")
+    if not 1 <= args.ecus <= 64:
+        parser.error("--ecus must be 1..64 (the server's limit of ECUs per vehicle)")
+    if args.out is None:
+        args.out = RESULTS if args.ecus == 1 else RESULTS_ECUS
     return args
 
 
@@ -1358,17 +1384,21 @@ def run_all(args: argparse.Namespace, setup: Setup, pool: multiprocessing.pool.P
         admin_sql(args.pg, f"CREATE DATABASE {args.db_name}")
         setup.db_url = pg_url(args.pg, args.db_name)
         upgrade(setup.db_url)
-    with timed(setup, f"vehicle keys: {args.vehicles:,} ed25519 ({os.cpu_count()} processes)"):
-        keys = generate_keys(pool, args.vehicles)
-    with timed(setup, f"bulk load: {args.vehicles:,} vehicles + installed images (COPY)"):
+    key_count = args.vehicles * args.ecus
+    with timed(setup, f"ECU keys: {key_count:,} ed25519 ({os.cpu_count()} processes)"):
+        keys = generate_keys(pool, args.vehicles, args.ecus)
+    with timed(
+        setup, f"bulk load: {args.vehicles:,} vehicles × {args.ecus} ECUs + installed images (COPY)"
+    ):
         poll_fleet.copy_fleet(setup.db_url, args.vehicles, keys, images[0])
     with timed(setup, "ANALYZE"):
         admin_sql(setup.db_url, "ANALYZE")
     fleet = Fleet(
         size=args.vehicles,
-        keyids=[k for k, _ in keys],
+        keyids=[k for k, _text, _secondaries in keys],
         images=images,
         counters=[1] * args.vehicles,
+        ecus=args.ecus,
     )
     del keys
     notes = start_campaign(setup, fleet)
@@ -1438,6 +1468,7 @@ def run_all(args: argparse.Namespace, setup: Setup, pool: multiprocessing.pool.P
         "postgres": poll_report.postgres_info(args.pg),
         "generator": generator,
         "vehicles": fleet.size,
+        "ecus": fleet.ecus,
         "admitted": len(fleet.admitted),
         "share": ADMITTED_SHARE,
         "duration": args.duration,
@@ -1453,7 +1484,7 @@ def run_all(args: argparse.Namespace, setup: Setup, pool: multiprocessing.pool.P
     }
     poll_report.write(args.out, poll_report.render(data))
     log(f"wrote {args.out}")
-    if args.out.resolve() == RESULTS.resolve():
+    if args.out.resolve() in (RESULTS.resolve(), RESULTS_ECUS.resolve()):
         log(f"wrote {benchmarks_md.assemble()}")
     for run in runs:
         print(poll_report.verdict_line(poll_report.LABELS[run.scenario], run.result))

@@ -210,8 +210,27 @@ def render(data: dict[str, Any]) -> str:
     profiles: list[Profile] = data["profiles"]
     best = data["workers"]
     threads = data.get("threads", 4)
+    ecus = int(data.get("ecus", 1))
+    if ecus == 1:
+        heading = "## Poll throughput and latency (server)"
+        reports = (
+            "one ECU version report, the primary's, signed by the same key; counters increasing"
+        )
+        fleet = "one primary ECU each on ecu-a 1.0"
+    else:
+        heading = f"## Poll throughput and latency (server, {ecus}-ECU manifests)"
+        reports = (
+            f"{ecus} ECU version reports each: the primary's, signed by the same key, and "
+            f"{ecus - 1} secondaries', each signed by the secondary's own key; counters increasing"
+        )
+        fleet = (
+            f"{ecus} ECUs each (registered with all of them, one installed image per ECU): a "
+            f"primary on ecu-a 1.0 and {ecus - 1} secondaries with keys of their own on hardware "
+            f"ids ecu-s1…ecu-s{ecus - 1} (factory images no campaign updates), so every poll "
+            f"verifies {ecus + 1} signatures"
+        )
     lines = [
-        "## Poll throughput and latency (server)",
+        heading,
         "",
         f"`{data['command']}` — {data['date']}; setup {setup_timings['total setup']:.0f} s, "
         f"load phase {data['load_time']:.0f} s.",
@@ -226,12 +245,12 @@ def render(data: dict[str, Any]) -> str:
         "--director-keys KEYS` = gunicorn, gthread worker class, `--tick-interval 0`; the "
         "director root made by `overdrive director init` (one key per role).",
         f"- Load generator: {data['generator']}. Pre-signed vehicle version manifests (one "
-        "ed25519 key per vehicle; one ECU version report, the primary's, signed by the same "
-        "key; counters increasing), keep-alive connections, latency measured client-side. An "
+        f"ed25519 key per vehicle; {reports}), keep-alive connections, latency measured "
+        "client-side. An "
         "answer is a **new chain** when its director version differs from the previous answer "
         "for that vehicle (the poll made the server sign and store a chain: targets, snapshot, "
         "timestamp); every answer carries a signed time attestation.",
-        f"- Fleet: {data['vehicles']:,} vehicles, one primary ECU each on ecu-a 1.0. Campaign "
+        f"- Fleet: {data['vehicles']:,} vehicles, {fleet}. Campaign "
         f"ecu-a → 1.1 running, first stage {data['share']}: {data['admitted']:,} vehicles "
         "admitted (their director targets list the 1.1 bundle), "
         f"{data['vehicles'] - data['admitted']:,} not admitted (no chain). In b and c the "
@@ -460,8 +479,10 @@ def render_crypto(costs: list[CryptoCost]) -> str:
         "each call; median and p90 of the iterations, after 100 warm-up calls). Verifying a "
         "manifest is what the poll does with it: parse the stored vehicle key "
         "(`server.vehicles.vehicle_key_from_text`), `overdrive.envelope.verify_envelope` of the "
-        "manifest, then `server.manifest.check_reports` (one `verify_envelope` per ECU report, "
-        "plus its field checks).",
+        "manifest (`server.vehicles.verify_signed`), then `server.manifest.check_reports`: per "
+        "ECU report its key (parsed once: `server.vehicles.Ed25519Key`), one ed25519 "
+        "verification over the report's canonical JSON (a plain `json.dumps`: the manifest "
+        "holding it was canonicalised already) and its field checks.",
         "",
         "| step | median µs | p90 µs | iterations | what it does |",
         "|---|---:|---:|---:|---|",
@@ -471,6 +492,7 @@ def render_crypto(costs: list[CryptoCost]) -> str:
         for c in costs
     ]
     verify1 = next((c.median_us for c in costs if "1 ECU report" in c.label), None)
+    verify8 = next((c.median_us for c in costs if "8 ECU reports" in c.label), None)
     attest = next((c.median_us for c in costs if "time attestation" in c.label), None)
     chain = next((c.median_us for c in costs if "chain" in c.label), None)
     if verify1 is not None and attest is not None and chain is not None:
@@ -481,6 +503,12 @@ def render_crypto(costs: list[CryptoCost]) -> str:
             f"a new chain: at 1,000 polls/s that is {(verify1 + attest) / 1000:.2f} resp. "
             f"{(verify1 + attest + chain) / 1000:.2f} of a core.",
         ]
+        if verify8 is not None:
+            lines[-1] += (
+                f" With 8 ECU reports per manifest, ≈ {verify8 + attest:,.0f} µs resp. "
+                f"{verify8 + attest + chain:,.0f} µs ({(verify8 + attest) / 1000:.2f} resp. "
+                f"{(verify8 + attest + chain) / 1000:.2f} of a core at 1,000 polls/s)."
+            )
     return "\n".join(lines)
 
 

@@ -24,10 +24,12 @@ from overdrive.client.daemon import run_daemon, run_once
 from overdrive.client.errors import ConfigError
 from overdrive.client.events import EventQueue
 from overdrive.client.identity import create_key
+from overdrive.client.secondary.cli import secondary as secondary_group
 from overdrive.client.state import SlotImage, StateStore, VehicleState
 from overdrive.client.trust import DIRECTOR_ROOT, TRUSTED_ROOT, DirectorTrust
 from overdrive.client.tuf_client import tuf_client
 from overdrive.client.vehicle import KEY_FILE, Vehicle, boot_env_for
+from overdrive.errors import OverdriveError
 from overdrive.text import one_line
 
 state_dir_option = click.option(
@@ -130,6 +132,14 @@ def vehicle() -> None:
 @click.option(
     "--max-bytes-per-s", type=click.IntRange(0), default=0, help="Download bandwidth cap (0: none)."
 )
+@click.option(
+    "--ecus",
+    "ecus_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="TOML file of the vehicle's other ECUs ([[ecus]] tables: serial, hardware_id, kind = "
+    '"secondary" (address) or "module" (command)); every secondary must be running.',
+)
 def provision(
     state_dir: Path,
     server_url: str,
@@ -156,6 +166,7 @@ def provision(
     attrs: tuple[str, ...],
     poll_interval: int,
     max_bytes_per_s: int,
+    ecus_file: Path | None,
 ) -> None:
     """Create the vehicle's key, register it with the server, write its config and state."""
     attributes = {}
@@ -202,6 +213,7 @@ def provision(
         max_bytes_per_s=max_bytes_per_s,
         attributes=attributes,
         ecu_serial=ecu_serial,
+        ecus=_read_ecus(ecus_file),
     )
     _check_root(director_root, "--director-root")
     _check_root(trusted_root, "--trusted-root")
@@ -226,9 +238,11 @@ def provision(
         },
     }
     try:
+        _register_ecus(config, state_dir, body)
         ServerApi(server_url, vehicle_id, None).register(body)
     except Exception:
         (state_dir / KEY_FILE).unlink(missing_ok=True)  # nothing half-provisioned stays behind
+        shutil.rmtree(state_dir / "ecus", ignore_errors=True)
         raise
     shutil.copyfile(trusted_root, state_dir / TRUSTED_ROOT)
     shutil.copyfile(director_root, state_dir / DIRECTOR_ROOT)
@@ -244,6 +258,100 @@ def provision(
     click.echo(
         f"provisioned {vehicle_id} ({hardware_id} {factory_version} in slot A); state in {state_dir}"
     )
+
+
+def _ecu_status(ecu_config: Any, state_dir: Path) -> dict[str, Any]:
+    """One other ECU as ``vehicle status`` shows it (asked now: a secondary may be down)."""
+    from overdrive.client.ecus import SecondaryEcu, open_ecu
+
+    data: dict[str, Any] = {
+        "serial": ecu_config.serial,
+        "hardware_id": ecu_config.hardware_id,
+        "kind": ecu_config.kind,
+    }
+    try:
+        ecu = open_ecu(ecu_config, state_dir)
+        if isinstance(ecu, SecondaryEcu):
+            status = ecu.link.status()
+            data["status"] = status
+            image = (status.get("slots") or {}).get(status.get("active")) or {}
+            data["summary"] = (
+                f"{status.get('state')}, running slot {status.get('active')} "
+                f"({image.get('version', '?')})"
+            )
+        else:
+            image = ecu.running()
+            data["image"] = image.__dict__
+            data["summary"] = f"runs {image.version} (counter {image.release_counter})"
+    except OverdriveError as e:  # unreachable, refused or answering nonsense
+        data["summary"] = f"not answering: {one_line(str(e), 160)}"
+    return data
+
+
+def _read_ecus(path: Path | None) -> list[dict[str, Any]]:
+    """The ``[[ecus]]`` tables of ``--ecus`` (checked when the config is built)."""
+    if path is None:
+        return []
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"--ecus {path}: {one_line(str(e), 160)}") from e
+    unknown = sorted(set(data) - {"ecus"})
+    if unknown:
+        raise ConfigError(f"--ecus {path}: unknown setting {unknown[0]!r} (expected [[ecus]])")
+    ecus = data.get("ecus", [])
+    if not isinstance(ecus, list):
+        raise ConfigError(f"--ecus {path}: ecus must be an array of tables ([[ecus]])")
+    return ecus
+
+
+def _register_ecus(config: VehicleConfig, state_dir: Path, body: dict[str, Any]) -> None:
+    """Add the other ECUs to a registration: each one's key and factory image (a secondary
+    says both itself; a module's key is made here, its image is what its module reports)."""
+    from overdrive.client.ecus import EcuRefused, EcuUnreachable, ModuleEcu, SecondaryEcu
+
+    for ecu_config in config.other_ecus:
+        try:
+            if ecu_config.kind == "secondary":
+                secondary = SecondaryEcu(ecu_config)
+                info = secondary.info()
+                if (
+                    info.get("serial") != ecu_config.serial
+                    or info.get("hardware_id") != ecu_config.hardware_id
+                ):
+                    raise ConfigError(
+                        f"the secondary at {ecu_config.address} is "
+                        f"{info.get('serial')!r} ({info.get('hardware_id')!r}), not "
+                        f"{ecu_config.serial} ({ecu_config.hardware_id})"
+                    )
+                public = info.get("public_key")
+                image = secondary.running()
+            else:
+                module = ModuleEcu(ecu_config, state_dir)
+                image = module.running()
+                ecu_signer = create_key(state_dir / ecu_config.key_file)
+                public = {"keyid": ecu_signer.public_key.keyid, **ecu_signer.public_key.to_dict()}
+        except (EcuUnreachable, EcuRefused) as e:
+            raise ConfigError(f"ECU {ecu_config.serial}: {e}") from e
+        body["ecus"][ecu_config.serial] = {
+            "hardware_id": ecu_config.hardware_id,
+            "primary": False,
+            "public_key": public,
+        }
+        factory = {
+            "version": image.version,
+            "sha256": image.sha256,
+            "release_counter": image.release_counter,
+        }
+        known = body["images"].setdefault(ecu_config.hardware_id, factory)
+        if known != factory:
+            raise ConfigError(
+                f"ECU {ecu_config.serial} runs {image.version}, another {ecu_config.hardware_id} "
+                f"ECU of this vehicle runs {known['version']}: give each hardware id one factory "
+                "image"
+            )
 
 
 def _check_root(path: Path, option: str) -> None:
@@ -354,6 +462,7 @@ def boot(state_dir: Path, crash: bool) -> None:
 
 
 vehicle.add_command(tuf_client)
+vehicle.add_command(secondary_group)
 
 
 @vehicle.command("status")
@@ -384,6 +493,8 @@ def status(state_dir: Path, as_json: bool) -> None:
             "acted_on_version": state.director_acted or None,
             "trusted_time": state.trusted_time,
         },
+        "software_set": state.software_set,
+        "ecus": [_ecu_status(e, state_dir) for e in config.other_ecus],
     }
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -413,4 +524,13 @@ def status(state_dir: Path, as_json: bool) -> None:
         f"  ECU {config.serial}; director metadata v{director['verified_version'] or '-'} "
         f"verified, trusted time {director['trusted_time'] or 'none yet'}"
     )
+    if state.software_set:
+        members = ", ".join(
+            f"{m['serial']} {m['stage']}" for m in state.software_set.get("members", [])
+        )
+        click.echo(
+            f"  software set {state.software_set['id']}: {state.software_set['phase']} ({members})"
+        )
+    for ecu in data["ecus"]:
+        click.echo(f"  ECU {ecu['serial']} ({ecu['kind']}, {ecu['hardware_id']}): {ecu['summary']}")
     click.echo(f"  pending events: {data['pending_events']}")

@@ -6,10 +6,13 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from overdrive.client.errors import ConfigError
 from overdrive.storage.local import atomic_write
+
+if TYPE_CHECKING:
+    from overdrive.client.ecu_config import EcuConfig
 
 CONFIG_FILE = "vehicle.toml"
 BOOT_BACKENDS = ("file", "uboot", "grub")
@@ -54,10 +57,19 @@ class VehicleConfig:
     #: This (primary) ECU's serial in the director's targets and in version reports; empty:
     #: ``<vehicle_id>-primary``.
     ecu_serial: str = ""
+    #: The vehicle's other ECUs (``[[ecus]]`` tables, see :mod:`overdrive.client.ecu_config`).
+    ecus: list[dict[str, Any]] = field(default_factory=list)
+    #: Seconds a software set may wait for an ECU that does not answer (a secondary that is
+    #: down) before the whole set is rolled back.
+    set_deadline_s: float = 600.0
+    #: ``ecus`` parsed (set from it after loading).
+    other_ecus: list[EcuConfig] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
         """Check what an integrator may have edited by hand: one clear line per mistake."""
         for f in fields(self):
+            if not f.init:
+                continue
             value = getattr(self, f.name)
             kind = _KINDS[str(f.type)]
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -78,7 +90,12 @@ class VehicleConfig:
         for name, (lo, hi) in limits.items():
             if not lo <= getattr(self, name) <= hi:
                 raise ConfigError(f"vehicle.toml: {name} must be between {lo} and {hi}")
-        for name in ("health_timeout_s", "request_deadline_s", "download_rate_window_s"):
+        for name in (
+            "health_timeout_s",
+            "request_deadline_s",
+            "download_rate_window_s",
+            "set_deadline_s",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"vehicle.toml: {name} must be a positive number of seconds")
         if self.ecu_serial and not _valid_serial(self.ecu_serial):
@@ -91,9 +108,17 @@ class VehicleConfig:
                 "must not be negative"
             )
 
+        from overdrive.client.ecu_config import parse_ecus
+
+        self.other_ecus = parse_ecus(self.ecus, self.serial)
+
     @property
     def serial(self) -> str:
         return self.ecu_serial or f"{self.vehicle_id}-primary"
+
+    def ecu(self, serial: str) -> EcuConfig | None:
+        """The configured ECU (not the primary) with ``serial``, if any."""
+        return next((e for e in self.other_ecus if e.serial == serial), None)
 
     def slot_path(self, slot: str) -> Path:
         return Path(self.slot_a if slot == "A" else self.slot_b)
@@ -101,12 +126,15 @@ class VehicleConfig:
     def save(self, state_dir: Path) -> None:
         lines = []
         for key, value in asdict(self).items():
-            if key != "attributes":
+            if key not in ("attributes", "ecus", "other_ecus"):
                 lines.append(f"{key} = {_toml_value(value)}")
         lines.append("\n[attributes]")
         lines.extend(
             f"{json.dumps(k)} = {_toml_value(v)}" for k, v in sorted(self.attributes.items())
         )
+        for ecu in self.other_ecus:
+            lines.append("\n[[ecus]]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in ecu.to_dict().items())
         text = "\n".join(lines) + "\n"
         atomic_write(state_dir / CONFIG_FILE, lambda f: f.write(text.encode()))
 
@@ -121,7 +149,7 @@ class VehicleConfig:
             ) from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path} is not valid TOML: {e}") from e
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls) if f.init}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown setting {unknown[0]!r}")
@@ -147,6 +175,7 @@ _KINDS: dict[str, type] = {
     "float": float,
     "bool": bool,
     "dict[str, str]": dict,
+    "list[dict[str, Any]]": list,
 }
 _KIND_NAMES = {
     str: "a string",
@@ -154,6 +183,7 @@ _KIND_NAMES = {
     float: "a number",
     bool: "true or false",
     dict: "a table",
+    list: "an array of tables",
 }
 
 

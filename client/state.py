@@ -75,6 +75,12 @@ class VehicleState:
     trusted_time: str | None = None
     #: What this ECU detected and has not yet reported in a version report (one line).
     attacks_detected: str = ""
+    #: The software set being worked on across the vehicle's ECUs (see
+    #: :mod:`overdrive.client.software_set`), None when there is none.
+    software_set: dict[str, Any] | None = None
+    #: Highest release counter committed per other ECU updated through a module (serial →
+    #: counter): their anti-rollback, kept by the primary that verifies for them.
+    ecu_committed: dict[str, int] = field(default_factory=dict)
 
     @property
     def inactive(self) -> str:

@@ -122,6 +122,13 @@ class Trust:
         self._updater = updater
         return updater
 
+    def root_version(self) -> int:
+        """The version of the image repository root trusted now."""
+        path = self.metadata_dir / "root.json"
+        if not path.exists():
+            path = self.state_dir / TRUSTED_ROOT
+        return Metadata[Root].from_bytes(path.read_bytes()).signed.version
+
     def bundle_url(self, target: TargetFile) -> str:
         key = target_storage_key(target.path, target.hashes["sha256"])
         return self.repo_url + key

@@ -28,12 +28,14 @@ from overdrive.client.download import (
     DownloadOptions,
     HashMismatch,
 )
+from overdrive.client.ecus import EcuRefused, EcuUnreachable, open_ecu
 from overdrive.client.errors import Refused, RepositoryUnreachable, ServerError
 from overdrive.client.events import EventQueue, event_id, now_iso
 from overdrive.client.identity import load_key
 from overdrive.client.install import clear_progress, install_bundle
 from overdrive.client.postboot import final_event
 from overdrive.client.reboot import request_reboot
+from overdrive.client.software_set import SoftwareSets
 from overdrive.client.state import (
     DOWNLOADED,
     DOWNLOADING,
@@ -105,6 +107,9 @@ class Vehicle:
         self.boot_env = boot_env_for(self.config, state_dir)
         self.cache = BundleCache(state_dir / "cache", self.config.cache_max_bytes)
         self._api: ServerApi | None = None
+        self.sets = SoftwareSets(self)
+        #: Serials of the other ECUs whose version reports the last manifest carried.
+        self.reported: set[str] = set()
 
     @property
     def api(self) -> ServerApi:
@@ -168,6 +173,8 @@ class Vehicle:
         if state.outbox:  # final events a power cut left there
             self.save_with_outbox(state)
         self.flush_events()
+        if state.software_set is not None:
+            return self.sets.advance(state)
         if state.state in (DOWNLOADING, DOWNLOADED, INSTALLING):
             return self._continue(state)
         if state.state == INSTALLED:
@@ -199,6 +206,16 @@ class Vehicle:
             image=image,
             attacks_detected=state.attacks_detected,
         )
+        reports = {self.config.serial: sign_envelope(report, self.api_signer())}
+        self.reported = set()
+        for ecu_config in self.config.other_ecus:
+            try:  # a secondary that does not answer now is reported at a later poll
+                reports[ecu_config.serial] = open_ecu(ecu_config, self.state_dir).report(
+                    nonce, state.manifest_counter
+                )
+            except (EcuUnreachable, EcuRefused):
+                continue
+            self.reported.add(ecu_config.serial)
         return {
             "_type": VEHICLE_MANIFEST,
             "vehicle_id": self.config.vehicle_id,
@@ -206,7 +223,7 @@ class Vehicle:
             "counter": state.manifest_counter,
             "timestamp": now_iso(),
             "nonce": nonce,
-            "ecu_version_reports": {self.config.serial: sign_envelope(report, self.api_signer())},
+            "ecu_version_reports": reports,
             "slot": state.active,
             "state": state.state,
             "last_result": state.last_result,
@@ -243,7 +260,14 @@ class Vehicle:
                 next_poll,
             )
         try:
-            verified = self._verify(state, answer.time, nonce, running)
+            moment = self._trusted_time(state, answer.time, nonce)
+            entries = self.director.refresh(moment)
+            if self.sets.lists_others(entries):
+                return self.sets.begin(
+                    state, entries, moment, answer.time, version, running, self.reported, next_poll
+                )
+            entry = entries.get(self.config.serial)
+            verified = None if entry is None else self.verify_own(state, entry, moment, running)
         except RepositoryUnreachable as e:
             return CycleResult("offline", str(e), next_poll)
         except Refused as e:
@@ -296,19 +320,19 @@ class Vehicle:
         self.store.save(state)
         return moment
 
-    def _verify(
-        self, state: VehicleState, attestation: Any, nonce: str, running: str
+    def verify_own(
+        self,
+        state: VehicleState,
+        entry: DirectorEntry,
+        moment: datetime,
+        running: str,
+        updater: Any = None,
     ) -> dict[str, Any] | None:
         """Full verification of what the director says this ECU should run (see
-        :mod:`overdrive.client.trust`); None when it says nothing new for this ECU."""
-        moment = self._trusted_time(state, attestation, nonce)
-        entries = self.director.refresh(moment)
-        entry = entries.get(self.config.serial)
-        if entry is None:
-            return None
+        :mod:`overdrive.client.trust`); None when this ECU already runs it."""
         payload = _payload(entry, self.director.local_version() or 0)
         active = state.image(state.active)
-        updater = self.trust.refresh(moment)
+        updater = updater or self.trust.refresh(moment)
         target = updater.get_targetinfo(entry.path)
         try:
             check_director_target(entry, target, hardware_id=self.config.hardware_id)
@@ -337,12 +361,26 @@ class Vehicle:
                 "kind": info.kind,
                 "version": info.version,
                 "release_counter": info.release_counter,
+                "image_sha256": info.image.sha256,
             },
         }
 
     # ------------------------------------------------------------------ the update steps
 
-    def _continue(self, state: VehicleState) -> CycleResult:
+    def download_options(self) -> DownloadOptions:
+        return DownloadOptions(
+            max_bytes_per_s=self.config.max_bytes_per_s or None,
+            attempts=self.config.download_attempts,
+            backoff_s=self.config.download_backoff_s,
+            rate_window_s=self.config.download_rate_window_s,
+            header_deadline_s=min(30.0, self.config.request_deadline_s),
+        )
+
+    def continue_update(self, state: VehicleState, *, trial: bool = True) -> CycleResult:
+        """Download and install this ECU's assignment; then (``trial``) ask for its trial boot."""
+        return self._continue(state, trial=trial)
+
+    def _continue(self, state: VehicleState, *, trial: bool = True) -> CycleResult:
         assert state.assignment is not None
         a = state.assignment
         info = BundleInfo.from_custom(a["custom"], a["payload"]["target"]["path"])
@@ -353,13 +391,7 @@ class Vehicle:
                 sha256=a["sha256"],
                 name=a["payload"]["target"]["path"],
                 length=a["length"],
-                options=DownloadOptions(
-                    max_bytes_per_s=self.config.max_bytes_per_s or None,
-                    attempts=self.config.download_attempts,
-                    backoff_s=self.config.download_backoff_s,
-                    rate_window_s=self.config.download_rate_window_s,
-                    header_deadline_s=min(30.0, self.config.request_deadline_s),
-                ),
+                options=self.download_options(),
             )
         except DownloadInterrupted as e:
             return CycleResult("interrupted", str(e), 60)
@@ -412,16 +444,33 @@ class Vehicle:
         )
         state.state = INSTALLED
         self.store.save(state)
+        detail = f"installed {info.version} into slot {target_slot}"
+        if not trial:  # a software set asks for the trial once every other ECU passed its own
+            self.report(state, "installed", slot=target_slot)
+            return CycleResult("updated", detail, self.config.poll_interval)
         self._request_trial(state)
         self.report(state, "installed", slot=target_slot)
         self.flush_events()
-        detail = f"installed {info.version} into slot {target_slot}"
         if self.config.reboot_after_install:
             self.reboot()
             return CycleResult(
                 "updated", f"{detail}; rebooting to try it", self.config.poll_interval
             )
         return CycleResult("updated", f"{detail}; reboot to try it", self.config.poll_interval)
+
+    def request_trial(self, state: VehicleState) -> None:
+        self._request_trial(state)
+
+    def undo_install(self, state: VehicleState) -> None:
+        """Take back this ECU's part of a software set that is rolled back: the slot it wrote
+        (or was writing) is marked bad and forgotten, the committed slot stays."""
+        target = (state.assignment or {}).get("target_slot")
+        if target and state.state in (INSTALLING, INSTALLED):
+            self.boot_env.save(bc.mark_bad(self.boot_env.load(), target))
+            state.slots[target] = None
+        state.state, state.assignment = IDLE, None
+        clear_progress(self.state_dir)
+        self.store.save(state)
 
     def _request_trial(self, state: VehicleState) -> None:
         """Ask the bootloader to try the new slot (idempotent: safe to repeat after a crash).

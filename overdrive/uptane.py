@@ -8,7 +8,8 @@ about a field. Pure data and rules, no I/O.
 * A vehicle's **director targets** (TUF ``targets`` metadata of its own director repository)
   list, per image to install, the image repository's target path, length and hashes, and in
   ``custom``: ``ecu_identifiers`` (ECU serial → ``{"hardware_id": …}``, aktualizr's shape),
-  ``release_counter``, ``version``, ``campaign_id`` and the campaign's ``maintenance_windows``.
+  ``release_counter``, ``version``, ``campaign_id``, the campaign's ``maintenance_windows`` and
+  ``install_order`` (the image's rank in the campaign's software set: lower installs first).
 * The **vehicle version manifest** is signed by the primary and holds one **ECU version report**
   per ECU, each signed by that ECU's own key, echoing the manifest's nonce and carrying the
   ECU's own counter (both against replay) and any attack the ECU detected.
@@ -70,6 +71,8 @@ class DirectorEntry:
     version: str
     campaign_id: str | None = None
     maintenance_windows: list[Any] = field(default_factory=list)
+    #: Rank of this image in its software set (lower installs and trial-boots first).
+    install_order: int = 0
 
     @property
     def sha256(self) -> str:
@@ -84,6 +87,7 @@ def director_target(entries: list[DirectorEntry]) -> TargetFile:
         "release_counter": first.release_counter,
         "version": first.version,
         "maintenance_windows": list(first.maintenance_windows),
+        "install_order": first.install_order,
     }
     if first.campaign_id is not None:
         custom["campaign_id"] = first.campaign_id
@@ -121,6 +125,9 @@ def entries_for(targets: Mapping[str, TargetFile]) -> dict[str, DirectorEntry]:
             raise UptaneError(f"director target {path}: campaign_id must be a string")
         if not isinstance(windows, list):
             raise UptaneError(f"director target {path}: maintenance_windows must be a list")
+        order = custom.get("install_order", 0)
+        if isinstance(order, bool) or not isinstance(order, int) or not 0 <= order <= 1000:
+            raise UptaneError(f"director target {path}: install_order must be 0..1000")
         sha256 = target.hashes.get("sha256")
         if not isinstance(sha256, str) or not _HEX64.fullmatch(sha256):
             raise UptaneError(f"director target {path} has no sha256")
@@ -141,6 +148,7 @@ def entries_for(targets: Mapping[str, TargetFile]) -> dict[str, DirectorEntry]:
                 version,
                 campaign,
                 windows,
+                order,
             )
     return result
 

@@ -16,6 +16,12 @@ vehicles that poll, install and report the way the client does (``client/vehicle
   duration drawn from ``install_time`` and reports success, or a rollback with probability
   ``fail_rate`` on the hardware ids the release is bad for. Offline vehicles start polling only
   when they come back.
+- **A multi-ECU vehicle** (``models``, :mod:`~overdrive.rollout_policies.simulate_ecus`) installs
+  one software set: it is updated only if every ECU succeeds, and the first ECU that fails rolls
+  the whole vehicle back. The campaign counts the vehicle once, and judges the rollback against
+  the hardware id of the ECU that caused it: for each hardware id, *succeeded* is its vehicles
+  that were updated and *failures* the rollbacks it caused (a vehicle rolled back by another
+  ECU is neither). A single-ECU fleet is the case of one ECU per vehicle, drawn exactly as before.
 
 Time is an event queue (:mod:`heapq`), not a clock loop: each admitted vehicle costs two events
 (its first useful poll and its finish), and evaluator ticks in which nothing the engine looks at
@@ -39,11 +45,13 @@ from overdrive.maintenance import MaintenanceWindow
 from overdrive.rollout_policies.cohort import admission_target, bucket
 from overdrive.rollout_policies.engine import Decision, StageState, decide
 from overdrive.rollout_policies.groups import HARDWARE_ID, GroupCounts
+from overdrive.rollout_policies.simulate_ecus import set_failure
 from overdrive.rollout_policies.simulate_model import (
     DAY,
     INF,
     STATES,
     DecisionRecord,
+    Ecu,
     GroupExposure,
     HardwareCounts,
     MiB,
@@ -54,6 +62,7 @@ from overdrive.rollout_policies.simulate_model import (
     SimulationResult,
     Spread,
     StageRecord,
+    VehicleModel,
     format_seconds,
 )
 
@@ -61,6 +70,7 @@ __all__ = [
     "DAY",
     "STATES",
     "DecisionRecord",
+    "Ecu",
     "Fleet",
     "GroupExposure",
     "HardwareCounts",
@@ -72,6 +82,7 @@ __all__ = [
     "SimulationResult",
     "Spread",
     "StageRecord",
+    "VehicleModel",
     "WindowCalendar",
     "build_fleet",
     "format_seconds",
@@ -90,14 +101,18 @@ class Fleet:
     """The synthetic fleet, one entry per vehicle in each list (index = vehicle number)."""
 
     ids: list[str]
-    hardware: list[int]
-    """Index into ``config.fleet``."""
+    model: list[int]
+    """The vehicle's kind: index into ``config.vehicle_types`` (a single-ECU fleet: into
+    ``config.fleet``, one kind per hardware id)."""
     cohorts: list[list[int]]
     """Per cohort dimension of ``config.cohorts``: each vehicle's value (index)."""
     first_poll: list[float]
     """The vehicle's first poll; it polls every ``poll_interval`` from then (``inf``: never)."""
     install: list[float]
     fails: list[bool]
+    cause: list[int]
+    """The ECU (index into its kind's ``ecus``) whose failure rolls the vehicle back; ``-1``
+    when the vehicle's update succeeds."""
     delta: list[bool]
     order: list[int]
     """Vehicle numbers in admission order: by ``(bucket, vehicle_id)`` for the campaign."""
@@ -105,15 +120,14 @@ class Fleet:
 
 
 def build_fleet(config: SimulationConfig) -> Fleet:
-    """Draw the fleet for ``config``: hardware ids in exact proportions, then per vehicle (in
-    vehicle order, always the same draws whatever the rates) its poll phase, install time,
-    failure, bundle kind and whether and how long it is offline."""
+    """Draw the fleet for ``config``: hardware ids (or vehicle models) in exact proportions,
+    then per vehicle (in vehicle order, always the same draws whatever the rates) its poll
+    phase, install time, failure, bundle kind and whether and how long it is offline."""
     rng = random.Random(config.seed)
     n = config.vehicles
-    hardware = [
-        index for index, count in enumerate(_apportion(config.fleet, n)) for _ in range(count)
-    ]
-    rng.shuffle(hardware)
+    kinds = tuple((kind.name, kind.share) for kind in config.vehicle_types)
+    model = [index for index, count in enumerate(_apportion(kinds, n)) for _ in range(count)]
+    rng.shuffle(model)
     width = max(6, len(str(n - 1)))
     ids = [f"veh-{i:0{width}d}" for i in range(n)]
     first_poll, install, u_fails, delta = [0.0] * n, [0.0] * n, [1.0] * n, [False] * n
@@ -137,27 +151,80 @@ def build_fleet(config: SimulationConfig) -> Fleet:
         column = [index for index, count in enumerate(_apportion(values, n)) for _ in range(count)]
         rng.shuffle(column)
         cohorts.append(column)
-    bad = _bad_vehicles(config, hardware, cohorts, set(config.failing_groups))
-    fails = [bad[i] and u_fails[i] < config.fail_rate for i in range(n)]
+    cause = _causes(config, model, cohorts, u_fails)
+    fails = [c >= 0 for c in cause]
     campaign = f"simulation-{config.seed}"
     order = sorted(range(n), key=lambda i: (bucket(campaign, ids[i]), ids[i]))
-    return Fleet(ids, hardware, cohorts, first_poll, install, fails, delta, order, offline)
+    return Fleet(ids, model, cohorts, first_poll, install, fails, cause, delta, order, offline)
+
+
+def _causes(
+    config: SimulationConfig, model: list[int], cohorts: list[list[int]], u_first: list[float]
+) -> list[int]:
+    """Per vehicle: the ECU whose failure rolls it back (:func:`set_failure`), ``-1`` if none.
+
+    An ECU fails at the larger of its own ``fail_rate`` and ``config.fail_rate`` if it is of a
+    failing hardware id or its vehicle is in a failing cohort. The first ECU of every vehicle
+    uses the vehicle's failure draw; the others draw from a stream of their own (seeded from
+    the seed, in vehicle order), so a single-ECU fleet draws exactly as it always did and the
+    ECUs change none of the fleet's other draws.
+    """
+    failing = set(config.failing_groups)
+    rate = config.fail_rate
+    kinds = config.vehicle_types
+    in_group = _bad_vehicles(config, model, cohorts, {g for g in failing if g[0] != HARDWARE_ID})
+
+    def rates(ecus: tuple[Ecu, ...], everywhere: bool) -> tuple[float, ...]:
+        return tuple(
+            max(ecu.fail_rate, rate)
+            if everywhere or (HARDWARE_ID, ecu.hardware_id) in failing
+            else ecu.fail_rate
+            for ecu in ecus
+        )
+
+    outside = [rates(kind.ecus, False) for kind in kinds]
+    inside = [rates(kind.ecus, True) for kind in kinds]
+    if all(len(kind.ecus) == 1 for kind in kinds):
+        return [
+            set_failure((u,), (inside if in_group[v] else outside)[model[v]])
+            for v, u in enumerate(u_first)
+        ]
+    extra = random.Random(f"overdrive-simulate-ecus-{config.seed}").random
+    result = []
+    for v, u in enumerate(u_first):
+        kind = model[v]
+        draws = [u, *(extra() for _ in range(len(kinds[kind].ecus) - 1))]
+        result.append(set_failure(draws, (inside if in_group[v] else outside)[kind]))
+    return result
 
 
 def _bad_vehicles(
     config: SimulationConfig,
-    hardware: list[int],
+    model: list[int],
     cohorts: list[list[int]],
     failing: set[tuple[str, str]],
 ) -> list[bool]:
-    """Per vehicle: is it in one of the ``failing`` groups?"""
-    hw_bad = [("hardware_id", hw) in failing for hw, _share in config.fleet]
-    bad = [hw_bad[h] for h in hardware]
-    for (name, values), column in zip(config.cohorts, cohorts, strict=True):
-        value_bad = [(name, value) in failing for value, _share in values]
+    """Per vehicle: is it in one of the ``failing`` groups (has an ECU of a failing hardware
+    id, or is of a failing model or cohort value)?"""
+    kind_bad = [
+        any((HARDWARE_ID, hw) in failing for hw in kind.hardware_ids)
+        for kind in config.vehicle_types
+    ]
+    bad = [kind_bad[m] for m in model]
+    for (name, values), column in zip(
+        config.dimensions(), _columns(config, model, cohorts), strict=True
+    ):
+        value_bad = [(name, value) in failing for value in values]
         if any(value_bad):
             bad = [b or value_bad[v] for b, v in zip(bad, column, strict=True)]
     return bad
+
+
+def _columns(
+    config: SimulationConfig, model: list[int], cohorts: list[list[int]]
+) -> list[list[int]]:
+    """Each vehicle's value (index) per dimension of ``config.dimensions()``."""
+    return [model, *cohorts] if config.multi_ecu else cohorts
 
 
 def _apportion(shares: tuple[tuple[str, Fraction], ...], n: int) -> list[int]:
@@ -207,6 +274,7 @@ class _Run:
         self.windows = WindowCalendar(self.policy.maintenance_windows, config)
         self.judged = _judged_groups(config)
         self.member = _memberships(config, fleet, self.judged)
+        self.ecus = [len(kind.ecus) for kind in config.vehicle_types]
         self.g_admitted = [0] * len(self.judged)
         self.g_succeeded = [0] * len(self.judged)
         self.g_failed = [0] * len(self.judged)
@@ -394,8 +462,15 @@ class _Run:
         self.state[vehicle] = outcome
         self.counts[_INSTALLING] -= 1
         self.counts[outcome] += 1
-        per_group = self.g_failed if outcome == _FAILED else self.g_succeeded
-        for g in self.member[vehicle]:
+        groups = self.member[vehicle]
+        if outcome == _FAILED:
+            per_group = self.g_failed
+            ecus = self.ecus[self.fleet.model[vehicle]]
+            if ecus > 1:  # judged against the hardware id that caused it, and every cohort
+                groups = (groups[self.fleet.cause[vehicle]], *groups[ecus:])
+        else:
+            per_group = self.g_succeeded
+        for g in groups:
             per_group[g] += 1
         if self.running:  # the engine's counts changed: evaluate at the next tick
             soonest = max(self.last_tick + self.config.tick, self._tick_at_or_after(now))
@@ -414,18 +489,24 @@ class _Run:
         config, fleet, state = self.config, self.fleet, self.state
         if self.outcome == "running":
             self.reason = f"still running at {format_seconds(now)}: {self.reason}"
-        per_hw = [[0, 0, 0, 0, 0] for _ in config.fleet]
-        for vehicle, hw in enumerate(fleet.hardware):
-            counts, status = per_hw[hw], state[vehicle]
-            counts[0] += 1
-            counts[1] += status != _IDLE
-            counts[2] += status >= _INSTALLING
-            counts[3] += status == _SUCCEEDED
-            counts[4] += status == _FAILED
+        hardware_ids = config.hardware_ids
+        kind_hw = _kind_hardware(config)
+        per_hw = [[0, 0, 0, 0, 0, 0] for _ in hardware_ids]
+        for vehicle, kind in enumerate(fleet.model):
+            status = state[vehicle]
+            for hw in kind_hw[kind]:
+                counts = per_hw[hw]
+                counts[0] += 1
+                counts[1] += status != _IDLE
+                counts[2] += status >= _INSTALLING
+                counts[3] += status == _SUCCEEDED
+                counts[4] += status == _FAILED
+            if status == _FAILED:
+                per_hw[kind_hw[kind][fleet.cause[vehicle]]][5] += 1
         # A release that fails at a background rate everywhere harms only those that fail; one
         # that is bad for some groups harms every vehicle there that installed it.
         targeted = set(config.failing_groups) if config.fail_on else set()
-        bad = _bad_vehicles(config, fleet.hardware, fleet.cohorts, targeted)
+        bad = _bad_vehicles(config, fleet.model, fleet.cohorts, targeted)
         harmed = [
             (status >= _INSTALLING) if bad[v] else status == _FAILED
             for v, status in enumerate(state)
@@ -454,7 +535,7 @@ class _Run:
             full_downloads=self.full,
             delta_downloads=self.deltas,
             hardware={
-                config.fleet[hw][0]: HardwareCounts(*counts) for hw, counts in enumerate(per_hw)
+                hardware_ids[hw]: HardwareCounts(*counts) for hw, counts in enumerate(per_hw)
             },
             groups=groups,
             stages=tuple(self.stages),
@@ -473,18 +554,29 @@ def _judged_groups(config: SimulationConfig) -> list[tuple[str, str]]:
 def _memberships(
     config: SimulationConfig, fleet: Fleet, judged: list[tuple[str, str]]
 ) -> list[tuple[int, ...]]:
-    """Per vehicle: the indices (into ``judged``) of the groups it belongs to."""
+    """Per vehicle: the indices (into ``judged``) of the groups it belongs to: the hardware ids
+    of its ECUs first (in ECU order: one per ECU), then its judged cohort values."""
     index = {group: i for i, group in enumerate(judged)}
-    hw_groups = [index[(HARDWARE_ID, hw)] for hw, _share in config.fleet]
+    hw_groups = [
+        tuple(index[(HARDWARE_ID, hw)] for hw in kind.hardware_ids) for kind in config.vehicle_types
+    ]
     per_dimension = [
-        ([index[(name, value)] for value, _share in values], column)
-        for (name, values), column in zip(config.cohorts, fleet.cohorts, strict=True)
-        if (name, values[0][0]) in index
+        ([index[(name, value)] for value in values], column)
+        for (name, values), column in zip(
+            config.dimensions(), _columns(config, fleet.model, fleet.cohorts), strict=True
+        )
+        if (name, values[0]) in index
     ]
     return [
-        (hw_groups[fleet.hardware[v]], *(ids[column[v]] for ids, column in per_dimension))
+        (*hw_groups[fleet.model[v]], *(ids[column[v]] for ids, column in per_dimension))
         for v in range(config.vehicles)
     ]
+
+
+def _kind_hardware(config: SimulationConfig) -> list[list[int]]:
+    """Per vehicle kind: the indices (into ``config.hardware_ids``) of its ECUs' hardware ids."""
+    index = {hw: i for i, hw in enumerate(config.hardware_ids)}
+    return [[index[hw] for hw in kind.hardware_ids] for kind in config.vehicle_types]
 
 
 def _exposures(
@@ -494,28 +586,36 @@ def _exposures(
     harmed: list[bool],
     judged: set[tuple[str, str]],
 ) -> tuple[GroupExposure, ...]:
-    """Per hardware id and cohort value: vehicles, admitted, started, outcomes, exposure."""
-    dimensions = [(HARDWARE_ID, config.fleet, fleet.hardware)]
+    """Per hardware id and cohort value: vehicles, admitted, started, outcomes, exposure (a
+    vehicle counts in the group of every hardware id of its ECUs)."""
+    kind_hw = _kind_hardware(config)
+    singles = [
+        [value] for value in range(max((len(v) for _n, v in config.dimensions()), default=0))
+    ]
+    dimensions = [(HARDWARE_ID, config.hardware_ids, [kind_hw[m] for m in fleet.model])]
     dimensions += [
-        (name, values, column)
-        for (name, values), column in zip(config.cohorts, fleet.cohorts, strict=True)
+        (name, values, [singles[value] for value in column])
+        for (name, values), column in zip(
+            config.dimensions(), _columns(config, fleet.model, fleet.cohorts), strict=True
+        )
     ]
     result: list[GroupExposure] = []
     for name, values, column in dimensions:
         tally = [[0] * 6 for _ in values]
         for v, status in enumerate(state):
-            row = tally[column[v]]
-            row[0] += 1
-            row[1] += status != _IDLE
-            row[2] += status >= _INSTALLING
-            row[3] += status == _SUCCEEDED
-            row[4] += status == _FAILED
-            row[5] += harmed[v]
+            for value in column[v]:
+                row = tally[value]
+                row[0] += 1
+                row[1] += status != _IDLE
+                row[2] += status >= _INSTALLING
+                row[3] += status == _SUCCEEDED
+                row[4] += status == _FAILED
+                row[5] += harmed[v]
         result.extend(
             GroupExposure(
                 name, value, row[0], row[1], row[2], row[3], row[4], row[5], (name, value) in judged
             )
-            for (value, _share), row in zip(values, tally, strict=True)
+            for value, row in zip(values, tally, strict=True)
         )
     return tuple(result)
 

@@ -4,7 +4,9 @@ The command reads its options (:mod:`overdrive.rollout_policies.simulate_parse`)
 (:mod:`overdrive.rollout_policies.simulate`), and prints the report (:mod:`overdrive.rollout_policies.simulate_report`)
 or JSON, optionally drawing a plot (:mod:`overdrive.rollout_policies.simulate_plot`, needs matplotlib).
 Options are taken as text and parsed here so every mistake is one ``error:`` line (exit 1), the
-same as the other ``overdrive`` commands, instead of click's multi-line usage errors.
+same as the other ``overdrive`` commands, instead of click's multi-line usage errors. The fleet
+file of a multi-ECU fleet (``--fleet-file``) is read here, like a policy file, and validated by
+:mod:`overdrive.rollout_policies.simulate_ecus`.
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ from pathlib import Path
 import click
 
 from overdrive.rollout_policies.cli import resolve
-from overdrive.rollout_policies.simulate import SimulationConfig, SimulationError
+from overdrive.rollout_policies.documents import read_document
+from overdrive.rollout_policies.errors import PolicyFileError
+from overdrive.rollout_policies.simulate import SimulationConfig, SimulationError, VehicleModel
 from overdrive.rollout_policies.simulate import simulate as run
+from overdrive.rollout_policies.simulate_ecus import parse_models
+from overdrive.rollout_policies.simulate_model import DEFAULT_FLEET
 from overdrive.rollout_policies.simulate_parse import (
     parse_count,
-    parse_fleets,
+    parse_fleet_options,
     parse_optional_seconds,
     parse_optional_spread,
     parse_rate,
@@ -47,9 +53,19 @@ from overdrive.rollout_policies.simulate_report import render
     "(region:eu=0.6,us=0.4); repeatable.",
 )
 @click.option(
+    "--fleet-file",
+    type=click.Path(path_type=Path),  # read errors are one line from load_models
+    metavar="FILE",
+    help="Multi-ECU vehicles (YAML or JSON): vehicle models with their fleet shares and each "
+    "one's ECUs (hardware ids in install order, optional per-ECU fail_rate). A vehicle is "
+    "updated only if every ECU succeeds; one failing ECU rolls the vehicle back. Replaces the "
+    "hardware mix of --fleet.",
+)
+@click.option(
     "--fail-rate",
     metavar="RATE",
-    help="Probability that an installing vehicle fails and rolls back "
+    help="Probability that an installing vehicle fails and rolls back (with --fleet-file: that "
+    "each ECU of a failing group fails, rolling back its vehicle) "
     "[default: 1 with --fail-on, else 0].",
 )
 @click.option(
@@ -57,7 +73,7 @@ from overdrive.rollout_policies.simulate_report import render
     multiple=True,
     metavar="HW|DIMENSION=VALUE",
     help="The release fails (at --fail-rate) only on this hardware id or cohort value "
-    "(region=eu); repeatable.",
+    "(region=eu; with --fleet-file also model=NAME); repeatable.",
 )
 @click.option(
     "--poll-interval",
@@ -137,6 +153,7 @@ def simulate(
     policy_spec: str | None,
     vehicles: str,
     fleet: tuple[str, ...],
+    fleet_file: Path | None,
     fail_rate: str | None,
     fail_on: tuple[str, ...],
     poll_interval: str,
@@ -164,18 +181,31 @@ def simulate(
     Example: a release that breaks every ecu-b vehicle (10% of the fleet):
       overdrive simulate --policy canary --vehicles 100000 \\
           --fleet ecu-a=0.9,ecu-b=0.1 --fail-on ecu-b
+
+    \b
+    Multi-ECU vehicles, one software set each (see docs/simulate.md for the file):
+      overdrive simulate --policy canary --vehicles 100000 --fleet-file fleet.yaml
     """
     if not policy_spec:
         raise SimulationError("--policy: required (a preset name or a policy file)")
     source, policy = resolve(policy_spec)
-    hardware, cohorts = parse_fleets(fleet)
+    hardware, cohorts = parse_fleet_options(fleet)
+    models: tuple[VehicleModel, ...] = ()
+    if fleet_file is not None:
+        if hardware is not None:
+            raise SimulationError(
+                "--fleet: the hardware ids come from --fleet-file's models; give --fleet "
+                "only DIMENSION: cohorts with it"
+            )
+        models = load_models(fleet_file)
     failing = tuple(hw.strip() for spec in fail_on for hw in spec.split(",") if hw.strip())
     if fail_rate is None:  # --fail-on alone: the release breaks every vehicle there
         fail_rate = "1" if failing else "0"
     config = SimulationConfig(
         policy=policy,
         vehicles=parse_count(vehicles, "--vehicles"),
-        fleet=hardware,
+        fleet=hardware or DEFAULT_FLEET,
+        models=models,
         cohorts=cohorts,
         fail_rate=parse_rate(fail_rate, "--fail-rate"),
         fail_on=failing,
@@ -207,3 +237,12 @@ def simulate(
     click.echo(render(result, source))
     if plot_path is not None:
         click.echo(f"plot: {plot_path}")
+
+
+def load_models(path: Path) -> tuple[VehicleModel, ...]:
+    """Read and validate a fleet file (``.json`` as JSON, anything else as YAML)."""
+    try:
+        document = read_document(path)
+    except PolicyFileError as e:
+        raise SimulationError(f"--fleet-file {e}") from e
+    return parse_models(document, str(path))

@@ -1,6 +1,7 @@
 """The inputs and outputs of a simulation: :class:`SimulationConfig` and :class:`SimulationResult`.
 
-Plain frozen dataclasses. The config validates itself on construction (every field maps to an
+Plain frozen dataclasses, with the fleet's vehicle models (:class:`VehicleModel`, each a list of
+:class:`Ecu`) for multi-ECU fleets. The config validates itself on construction (every field maps to an
 ``overdrive simulate`` option, and a bad value raises :class:`SimulationError` naming it), and
 the result's ``to_dict()`` is what ``--json`` prints. Times are seconds from the campaign start.
 """
@@ -19,6 +20,7 @@ from overdrive.rollout_policies.model import Policy
 MiB = 1 << 20
 DAY = 86_400
 INF = math.inf
+DEFAULT_FLEET: tuple[tuple[str, Fraction], ...] = (("ecu-a", Fraction(1)),)
 
 Outcome = Literal["completed", "paused", "aborted", "running"]
 """How a simulated campaign ended: ``running`` means it was still running at ``max_time``."""
@@ -31,6 +33,47 @@ reboot, health check); committed the release; failed and rolled back."""
 
 class SimulationError(UsageError):
     """A simulation was asked for something it cannot run (the message is one line)."""
+
+
+MODEL = "model"
+"""The cohort dimension whose values are the vehicle models of a multi-ECU fleet."""
+MAX_MODELS = 1000
+MAX_ECUS = 256
+"""Per vehicle model: a car has dozens of ECUs, not thousands."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ecu:
+    """One ECU of a vehicle model: its hardware id, and how likely the release's image for that
+    hardware id fails on it (install, trial boot or health check)."""
+
+    hardware_id: str
+    fail_rate: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hardware_id": self.hardware_id, "fail_rate": self.fail_rate}
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleModel:
+    """A kind of vehicle (a model, or a segment of the fleet): its share of the fleet and its
+    ECUs in install order. The release is one software set over them: the vehicle is updated
+    only if every ECU succeeds, and the first ECU that fails rolls the whole vehicle back."""
+
+    name: str
+    share: Fraction
+    ecus: tuple[Ecu, ...]
+
+    @property
+    def hardware_ids(self) -> tuple[str, ...]:
+        return tuple(ecu.hardware_id for ecu in self.ecus)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "share": float(self.share),
+            "ecus": [ecu.to_dict() for ecu in self.ecus],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,16 +98,23 @@ class SimulationConfig:
 
     policy: Policy
     vehicles: int
-    fleet: tuple[tuple[str, Fraction], ...] = (("ecu-a", Fraction(1)),)
-    """Hardware ids and the fraction of the fleet each holds (summing to exactly 1)."""
+    fleet: tuple[tuple[str, Fraction], ...] = DEFAULT_FLEET
+    """Hardware ids and the fraction of the fleet each holds (summing to exactly 1): a fleet of
+    single-ECU vehicles. Left at its default when ``models`` is given."""
+    models: tuple[VehicleModel, ...] = ()
+    """A multi-ECU fleet (``--fleet-file``): vehicle models, their fractions of the fleet
+    (summing to exactly 1) and each one's ECUs. Empty: the single-ECU fleet of ``fleet``. The
+    models are also the values of the cohort dimension ``model``."""
     cohorts: tuple[tuple[str, tuple[tuple[str, Fraction], ...]], ...] = ()
     """Other dimensions of the fleet (``region``, ``model``, …): each a name and its values'
     fractions, drawn independently of the hardware id."""
     fail_rate: float = 0.0
-    """Probability that a vehicle installing the release fails and rolls back."""
+    """Probability that a vehicle installing the release fails and rolls back; in a multi-ECU
+    fleet, that each ECU of a failing group fails (and rolls its vehicle back)."""
     fail_on: tuple[str, ...] = ()
-    """Groups the release is bad for (``fail_rate`` applies only there): a hardware id, or
-    ``DIMENSION=VALUE`` of a cohort; a vehicle in any of them fails. Empty: every vehicle."""
+    """Groups the release is bad for (``fail_rate`` applies only there): a hardware id (its
+    ECUs), or ``DIMENSION=VALUE`` of a cohort (every ECU of its vehicles); a vehicle in any of
+    them fails. Empty: every vehicle."""
     poll_interval: float = 900.0
     install_time: Spread = Spread(1200.0, 300.0)
     """Download + install + reboot + health check, from receiving the assignment to reporting."""
@@ -93,9 +143,21 @@ class SimulationConfig:
         if isinstance(self.vehicles, bool) or not 1 <= self.vehicles <= 10_000_000:
             raise SimulationError(f"--vehicles: must be 1 to 10,000,000, got {self.vehicles}")
         _check_fleet(self.fleet)
+        if self.models:
+            if self.fleet != DEFAULT_FLEET:
+                raise SimulationError(
+                    "--fleet: the hardware ids come from --fleet-file's models; give --fleet "
+                    "only DIMENSION: cohorts with it"
+                )
+            _check_models(self.models)
         names = [name for name, _values in self.cohorts]
         if len(set(names)) != len(names) or "hardware_id" in names:
             raise SimulationError("--fleet: a dimension is given twice")
+        if self.models and MODEL in names:
+            raise SimulationError(
+                f"--fleet: dimension {MODEL!r} is given by --fleet-file's models; "
+                "name the cohort otherwise"
+            )
         for _name, values in self.cohorts:
             _check_fleet(values)
         known = self.groups()
@@ -125,12 +187,50 @@ class SimulationConfig:
         if self.full_size < 0 or self.delta_size < 0:
             raise SimulationError("--full-size, --delta-size: must not be negative")
 
+    @property
+    def multi_ecu(self) -> bool:
+        """Is the fleet described by vehicle models (``--fleet-file``)?"""
+        return bool(self.models)
+
+    @property
+    def vehicle_types(self) -> tuple[VehicleModel, ...]:
+        """The kinds of vehicle the fleet is dealt in: the models, or for a single-ECU fleet one
+        per hardware id (named by it, one ECU that fails only at ``fail_rate``)."""
+        if self.models:
+            return self.models
+        return tuple(VehicleModel(hw, share, (Ecu(hw),)) for hw, share in self.fleet)
+
+    @property
+    def hardware_ids(self) -> tuple[str, ...]:
+        """Every hardware id of the fleet, in the order they first appear."""
+        if not self.models:
+            return tuple(hw for hw, _share in self.fleet)
+        return tuple(dict.fromkeys(hw for model in self.models for hw in model.hardware_ids))
+
+    def dimensions(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """The cohort dimensions besides hardware id and their values: ``model`` (the vehicle
+        models of a multi-ECU fleet), then the ``cohorts``."""
+        result = [(name, tuple(value for value, _share in values)) for name, values in self.cohorts]
+        if self.models:
+            result.insert(0, (MODEL, tuple(model.name for model in self.models)))
+        return tuple(result)
+
     def groups(self) -> list[tuple[str, str]]:
         """Every ``(dimension, value)`` of the fleet, hardware ids first."""
-        result = [("hardware_id", hw) for hw, _share in self.fleet]
-        for name, values in self.cohorts:
-            result.extend((name, value) for value, _share in values)
+        result = [("hardware_id", hw) for hw in self.hardware_ids]
+        for name, values in self.dimensions():
+            result.extend((name, value) for value in values)
         return result
+
+    def hardware_shares(self) -> tuple[tuple[str, Fraction], ...]:
+        """Per hardware id, the fraction of the fleet's vehicles that have an ECU of it."""
+        if not self.models:
+            return self.fleet
+        shares = dict.fromkeys(self.hardware_ids, Fraction(0))
+        for model in self.models:
+            for hw in model.hardware_ids:
+                shares[hw] += model.share
+        return tuple(shares.items())
 
     @staticmethod
     def fail_group(spec: str) -> tuple[str, str]:
@@ -144,14 +244,15 @@ class SimulationConfig:
         if self.fail_rate == 0:
             return ()
         if not self.fail_on:
-            return tuple(("hardware_id", hw) for hw, _share in self.fleet)
+            return tuple(("hardware_id", hw) for hw in self.hardware_ids)
         return tuple(self.fail_group(spec) for spec in self.fail_on)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "policy": self.policy.name,
             "vehicles": self.vehicles,
-            "fleet": {hw: float(share) for hw, share in self.fleet},
+            "fleet": {hw: float(share) for hw, share in self.hardware_shares()},
+            "models": [model.to_dict() for model in self.models],
             "cohorts": {
                 name: {value: float(share) for value, share in values}
                 for name, values in self.cohorts
@@ -232,13 +333,18 @@ class DecisionRecord:
 
 @dataclass(frozen=True, slots=True)
 class HardwareCounts:
-    """What happened on one hardware id."""
+    """What happened on one hardware id: counts of the vehicles that have an ECU of it."""
 
     vehicles: int
     admitted: int
     started: int
     succeeded: int
+    """Vehicles updated: every ECU of their software set succeeded."""
     rolled_back: int
+    """Vehicles rolled back, whichever of their ECUs failed."""
+    rollbacks_caused: int
+    """Rollbacks whose failing ECU is of this hardware id: the failures the campaign judges
+    against it (a single-ECU fleet: ``rolled_back``)."""
 
     def to_dict(self) -> dict[str, int]:
         return {
@@ -247,6 +353,7 @@ class HardwareCounts:
             "started": self.started,
             "succeeded": self.succeeded,
             "rolled_back": self.rolled_back,
+            "rollbacks_caused": self.rollbacks_caused,
         }
 
 
@@ -368,17 +475,41 @@ class SimulationResult:
         return data
 
 
-def _check_fleet(fleet: tuple[tuple[str, Fraction], ...]) -> None:
+def _check_fleet(fleet: tuple[tuple[str, Fraction], ...], option: str = "--fleet") -> None:
     if not fleet:
-        raise SimulationError("--fleet: give at least one hardware id")
+        raise SimulationError(f"{option}: give at least one value")
     names = [hw for hw, _share in fleet]
     if len(set(names)) != len(names):
-        raise SimulationError(f"--fleet: a value appears twice ({', '.join(names)})")
+        raise SimulationError(f"{option}: a value appears twice ({', '.join(names)})")
     if any(share <= 0 for _hw, share in fleet):
-        raise SimulationError("--fleet: every fraction must be greater than 0")
+        raise SimulationError(f"{option}: every fraction must be greater than 0")
     total = sum((share for _hw, share in fleet), Fraction(0))
     if total != 1:
-        raise SimulationError(f"--fleet: fractions must sum to 1, they sum to {float(total):g}")
+        raise SimulationError(f"{option}: fractions must sum to 1, they sum to {float(total):g}")
+
+
+def _check_models(models: tuple[VehicleModel, ...]) -> None:
+    """The rules of a multi-ECU fleet (the fleet file's reader checks the same, naming fields)."""
+    if len(models) > MAX_MODELS:
+        raise SimulationError(f"--fleet-file: at most {MAX_MODELS} models, got {len(models)}")
+    _check_fleet(tuple((model.name, model.share) for model in models), "--fleet-file: models")
+    for model in models:
+        where = f"--fleet-file: model {model.name!r}"
+        if not 1 <= len(model.ecus) <= MAX_ECUS:
+            raise SimulationError(f"{where}: give 1 to {MAX_ECUS} ECUs, got {len(model.ecus)}")
+        seen: set[str] = set()
+        for ecu in model.ecus:
+            if ecu.hardware_id in seen:
+                raise SimulationError(
+                    f"{where}: hardware id {ecu.hardware_id!r} is given twice (a software set "
+                    "has one image per hardware id)"
+                )
+            seen.add(ecu.hardware_id)
+            if not 0.0 <= ecu.fail_rate <= 1.0:
+                raise SimulationError(
+                    f"{where}: {ecu.hardware_id}'s fail_rate must be between 0 and 1, "
+                    f"got {ecu.fail_rate}"
+                )
 
 
 def _option(name: str) -> str:

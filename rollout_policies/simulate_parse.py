@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
-from overdrive.rollout_policies.simulate import SimulationError, Spread
+from overdrive.rollout_policies.simulate_model import SimulationError, Spread
 from overdrive.rollout_policies.units import parse_duration
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]*)$", re.IGNORECASE)
@@ -45,7 +45,7 @@ def parse_fleet(text: str, option: str = "--fleet") -> tuple[tuple[str, Fraction
             raise SimulationError(
                 f"{option}: expected HW=FRACTION, … like ecu-a=0.9,ecu-b=0.1, got {part.strip()!r}"
             )
-        share = _exact_fraction(value.strip())
+        share = exact_fraction(value.strip())
         if share is None or not 0 < share <= 1:
             raise SimulationError(
                 f"{option}: {hw}'s share must be a fraction above 0 and at most 1 "
@@ -59,18 +59,25 @@ def parse_fleet(text: str, option: str = "--fleet") -> tuple[tuple[str, Fraction
     total = sum((share for _hw, share in entries), Fraction(0))
     if total != 1:
         raise SimulationError(
-            f"{option}: fractions must sum to 1, they sum to {_decimal(total)} ({text.strip()})"
+            f"{option}: fractions must sum to 1, they sum to {short_decimal(total)} ({text.strip()})"
         )
     return tuple(entries)
 
 
-def parse_fleets(
-    specs: tuple[str, ...],
-) -> tuple[
-    tuple[tuple[str, Fraction], ...], tuple[tuple[str, tuple[tuple[str, Fraction], ...]], ...]
-]:
+Mix = tuple[tuple[str, Fraction], ...]
+"""Values and their exact fractions, as ``--fleet`` gives them."""
+
+
+def parse_fleets(specs: tuple[str, ...]) -> tuple[Mix, tuple[tuple[str, Mix], ...]]:
     """Repeated ``--fleet``: the hardware mix (no prefix; ``ecu-a=1`` if none is given) and
     every ``DIMENSION:VALUE=FRACTION,…`` cohort."""
+    hardware, cohorts = parse_fleet_options(specs)
+    return hardware or (("ecu-a", Fraction(1)),), cohorts
+
+
+def parse_fleet_options(specs: tuple[str, ...]) -> tuple[Mix | None, tuple[tuple[str, Mix], ...]]:
+    """:func:`parse_fleets`, with ``None`` for the hardware mix when no ``--fleet`` gives one
+    (a fleet file gives the hardware ids instead)."""
     hardware: tuple[tuple[str, Fraction], ...] | None = None
     cohorts: list[tuple[str, tuple[tuple[str, Fraction], ...]]] = []
     for spec in specs:
@@ -89,12 +96,12 @@ def parse_fleets(
             raise SimulationError("--fleet: the hardware ids are given twice (prefix a cohort)")
         else:
             hardware = parse_fleet(spec)
-    return hardware or (("ecu-a", Fraction(1)),), tuple(cohorts)
+    return hardware, tuple(cohorts)
 
 
 def parse_rate(text: str, option: str) -> float:
     """A probability or share: ``0.02`` or ``2%``, between 0 and 1."""
-    value = _exact_fraction(text.strip())
+    value = exact_fraction(text.strip())
     if value is None or not 0 <= value <= 1:
         raise SimulationError(
             f"{option}: expected a fraction from 0 to 1 (0.02 or 2%), got {text.strip()!r}"
@@ -191,7 +198,7 @@ def parse_start(text: str, option: str = "--start") -> datetime:
     return value
 
 
-def _exact_fraction(text: str) -> Fraction | None:
+def exact_fraction(text: str) -> Fraction | None:
     """``0.1`` → 1/10, ``10%`` → 1/10, exactly (no float rounding); ``None`` if not a number."""
     percent = text.endswith("%")
     try:
@@ -204,7 +211,7 @@ def _exact_fraction(text: str) -> Fraction | None:
     return fraction / 100 if percent else fraction
 
 
-def _decimal(value: Fraction) -> str:
+def short_decimal(value: Fraction) -> str:
     """An exact fraction as a short decimal for messages (``0.9``; ``0.333333`` if it repeats)."""
     text = f"{float(value):.6f}".rstrip("0").rstrip(".")
     return text or "0"

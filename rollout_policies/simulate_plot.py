@@ -2,13 +2,16 @@
 
 matplotlib is optional (it is only needed for ``overdrive simulate --plot``), imported when a plot
 is drawn, and used through :class:`matplotlib.figure.Figure` directly, never ``pyplot``: no
-global state, no GUI backend, safe to call from tests running in parallel.
+global state, no GUI backend, safe to call from tests running in parallel. A multi-ECU fleet
+gets a second panel: per hardware id, the vehicles updated, rolled back, and the rollbacks its
+ECUs caused.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 from overdrive.rollout_policies.simulate import (
     STATES,
@@ -27,6 +30,11 @@ _COLOURS = {
     "failed": "#d62728",
 }
 _LABELS = {"failed": "failed (rolled back)"}
+_HARDWARE_BARS = (
+    ("succeeded", "updated", "#2ca02c"),
+    ("rolled_back", "rolled back", "#d62728"),
+    ("rollbacks_caused", "rollbacks caused", "#7f0000"),
+)
 
 
 def check_plot_target(path: Path) -> None:
@@ -50,8 +58,13 @@ def plot(result: SimulationResult, path: Path, title: str) -> None:
     hours = max(result.ended_at, 1.0) / 3600
     scale, unit = (24.0, "days") if hours > 72 else (1.0, "hours")
     times = [s[0] / 3600 / scale for s in samples]
-    figure = Figure(figsize=(11, 5.5), layout="constrained")
-    axes = figure.add_subplot()
+    multi = result.config.multi_ecu
+    figure = Figure(figsize=(11, 9.0 if multi else 5.5), layout="constrained")
+    if multi:
+        axes, bars = figure.subplots(2, 1, height_ratios=(3, 2))
+        _hardware_panel(bars, result)
+    else:
+        axes = figure.add_subplot()
     for column, state in enumerate(STATES, start=1):
         axes.step(
             times,
@@ -96,6 +109,42 @@ def plot(result: SimulationResult, path: Path, title: str) -> None:
     axes.grid(True, which="major", alpha=0.3)
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     metadata = {"Date": None} if path.suffix.lower() == ".svg" else None
+    _save(figure, path, metadata)
+
+
+def _hardware_panel(axes: Any, result: SimulationResult) -> None:
+    """Grouped horizontal bars, one group per hardware id (the first at the top)."""
+    names = list(result.hardware)
+    height = 0.8 / len(_HARDWARE_BARS)
+    for offset, (field, label, colour) in enumerate(_HARDWARE_BARS):
+        values = [getattr(result.hardware[hw], field) for hw in names]
+        ys = [i + (offset - 1) * height for i in range(len(names))]
+        axes.barh(ys, values, height=height, label=label, color=colour)
+        for y, value in zip(ys, values, strict=True):
+            axes.annotate(
+                f"{value:,}",
+                (value, y),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7,
+            )
+    axes.set_yticks(range(len(names)), names)
+    axes.invert_yaxis()
+    axes.set_xscale("symlog", linthresh=10)
+    most = max((c.started for c in result.hardware.values()), default=0)
+    axes.set_xlim(0, max(most, 10) * 3)
+    axes.set_xlabel("vehicles with an ECU of the hardware id (symmetric log scale)")
+    axes.set_title(
+        "per hardware id: a vehicle is updated only if every ECU succeeded; a rollback is "
+        "caused by the first ECU that failed",
+        fontsize=9,
+    )
+    axes.grid(True, axis="x", which="major", alpha=0.3)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+
+
+def _save(figure: Any, path: Path, metadata: dict[str, Any] | None) -> None:
     try:
         figure.savefig(path, metadata=metadata)
     except OSError as e:

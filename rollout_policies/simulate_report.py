@@ -1,5 +1,8 @@
 """The text report of ``overdrive simulate``: assumptions, stage timeline and figures.
 
+A multi-ECU fleet (``--fleet-file``) adds a table per hardware id (vehicles updated, rolled back,
+and the rollbacks its ECUs caused, which the campaign judges against it) before the other groups.
+
 Pure formatting (a :class:`~overdrive.rollout_policies.simulate.SimulationResult` in, lines of text out), so
 the report can be tested and reused without a terminal. Times are simulated time since the
 campaign started (``1d16h40m``); counts carry thousands separators.
@@ -9,7 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from overdrive.rollout_policies.simulate import SimulationConfig, SimulationResult, Spread
+from overdrive.rollout_policies.groups import HARDWARE_ID
+from overdrive.rollout_policies.simulate import (
+    GroupExposure,
+    SimulationConfig,
+    SimulationResult,
+    Spread,
+)
 from overdrive.rollout_policies.simulate import format_seconds as seconds
 from overdrive.rollout_policies.units import format_duration
 
@@ -20,16 +29,55 @@ def render(result: SimulationResult, source: str) -> str:
     """The whole report; ``source`` names where the policy came from (``preset 'canary'``)."""
     config = result.config
     lines = [*assumptions(config, source), "", *timeline(result), "", *figures(result)]
-    if len(result.groups) > 1:
+    if config.multi_ecu:
+        lines += ["", *hardware(result)]
+        others = [g for g in result.groups if g.dimension != HARDWARE_ID]
+        if others:
+            lines += ["", *groups(result, others)]
+    elif len(result.groups) > 1:
         lines += ["", *groups(result)]
     return "\n".join(lines)
 
 
-def groups(result: SimulationResult) -> list[str]:
-    """Per hardware id and cohort value: who got the release, who was harmed, and whether the
-    policy's sequential test judged the group."""
+def hardware(result: SimulationResult) -> list[str]:
+    """Per hardware id of a multi-ECU fleet: its vehicles (those with an ECU of it), how many
+    were updated and rolled back, and how many of the rollbacks its ECUs caused."""
+    rows = [
+        (
+            "HARDWARE ID",
+            "VEHICLES",
+            "ADMITTED",
+            "STARTED",
+            "UPDATED",
+            "ROLLED BACK",
+            "ROLLBACKS CAUSED",
+            "EXPOSED",
+            "JUDGED",
+        )
+    ]
+    exposure = {g.value: g for g in result.groups if g.dimension == HARDWARE_ID}
+    for hw, c in result.hardware.items():
+        rows.append(
+            (
+                hw,
+                f"{c.vehicles:,}",
+                f"{c.admitted:,}",
+                f"{c.started:,}",
+                f"{c.succeeded:,}",
+                f"{c.rolled_back:,}",
+                f"{c.rollbacks_caused:,}",
+                f"{exposure[hw].exposed:,}",
+                "yes" if exposure[hw].judged else "no",
+            )
+        )
+    return table(rows)
+
+
+def groups(result: SimulationResult, shown: Sequence[GroupExposure] | None = None) -> list[str]:
+    """Per hardware id and cohort value (or the ``shown`` ones): who got the release, who was
+    harmed, and whether the policy's sequential test judged the group."""
     rows = [("GROUP", "VEHICLES", "ADMITTED", "STARTED", "ROLLED BACK", "EXPOSED", "JUDGED")]
-    for g in result.groups:
+    for g in result.groups if shown is None else shown:
         rows.append(
             (
                 g.value if g.dimension == "hardware_id" else f"{g.dimension}={g.value}",
@@ -48,13 +96,21 @@ def assumptions(config: SimulationConfig, source: str) -> list[str]:
     """What was simulated: the policy, the fleet and every modelling assumption in force."""
     policy = config.policy
     deadline = f"; deadline {format_duration(policy.deadline)}" if policy.deadline else ""
-    fleet = ", ".join(f"{hw} {_share(float(share))}" for hw, share in config.fleet)
+    if config.multi_ecu:
+        kinds = "; ".join(
+            f"{m.name} {_share(float(m.share))}: {' + '.join(m.hardware_ids)}"
+            for m in config.models
+        )
+        fleet = f"in {len(config.models)} models ({kinds}"
+    else:
+        fleet = "(" + ", ".join(f"{hw} {_share(float(share))}" for hw, share in config.fleet)
     for name, values in config.cohorts:
         fleet += "; " + ", ".join(f"{name} {v} {_share(float(share))}" for v, share in values)
+    sets = ", one software set per vehicle (all or nothing)" if config.multi_ecu else ""
     lines = [
         f"policy: {source}: {policy.summary()}{deadline}",
-        f"fleet: {config.vehicles:,} vehicles ({fleet}), one campaign over all of them",
-        f"release: {_release(config)}",
+        f"fleet: {config.vehicles:,} vehicles {fleet}), one campaign over all of them{sets}",
+        f"release: {_release_set(config) if config.multi_ecu else _release(config)}",
         f"vehicles: poll every {seconds(config.poll_interval)} (random phase), "
         f"install in {_spread(config.install_time)}, {_offline(config)}",
         f"bundles: full {size(config.full_size)}, delta {size(config.delta_size)}, "
@@ -159,6 +215,27 @@ def _release(config: SimulationConfig) -> str:
     where = ", ".join(config.fail_on) if config.fail_on else "every hardware id"
     rest = "; succeeds elsewhere" if config.fail_on else ""
     return f"fails (rolls back) with probability {_share(config.fail_rate)} on {where}{rest}"
+
+
+def _release_set(config: SimulationConfig) -> str:
+    """Where the ECUs of a multi-ECU fleet fail: the fleet file's rates, then ``--fail-rate``."""
+    models: dict[tuple[str, float], list[str]] = {}
+    for model in config.models:
+        for ecu in model.ecus:
+            if ecu.fail_rate:
+                models.setdefault((ecu.hardware_id, ecu.fail_rate), []).append(model.name)
+    parts = [
+        f"{_share(rate)} on {hw} in {', '.join(names)}" for (hw, rate), names in models.items()
+    ]
+    if config.fail_rate:
+        where = ", ".join(config.fail_on) if config.fail_on else "every ECU"
+        parts.append(f"{_share(config.fail_rate)} on {where}")
+    if not parts:
+        return "good (no ECU fails)"
+    return (
+        f"an ECU fails with probability {'; '.join(parts)}, rolling back every ECU of its "
+        "vehicle; succeeds elsewhere"
+    )
 
 
 def _offline(config: SimulationConfig) -> str:

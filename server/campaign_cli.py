@@ -95,6 +95,12 @@ def parse_pairs(values: tuple[str, ...], what: str) -> dict[str, list[str]]:
     multiple=True,
     help="KEY=VALUE[,VALUE]: model, region, hardware_id, vehicles, exclude, installed_version (V or A..B), or any attribute.",
 )
+@click.option(
+    "--install-order",
+    metavar="HW,HW,…",
+    help="The order in which the software set's ECUs install and trial-boot (every --release "
+    "hardware id once, e.g. the gateway last); default: the order of --release.",
+)
 @json_option
 @click.option("--quiet", "-q", is_flag=True, help="Print only the new campaign's id (for scripts).")
 def create(
@@ -104,6 +110,7 @@ def create(
     releases: tuple[str, ...],
     policy: str,
     filters: tuple[str, ...],
+    install_order: str | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -119,6 +126,8 @@ def create(
         "policy": policy_spec,
         "filter": parse_pairs(filters, "--filter"),
     }
+    if install_order is not None:
+        body["install_order"] = [hw.strip() for hw in install_order.split(",") if hw.strip()]
     created = call(server_url, token, "POST", "/campaigns", body)
     if quiet:
         click.echo(created["id"])
@@ -320,7 +329,10 @@ def show(item: dict[str, Any], as_json: bool) -> None:
         click.echo(json.dumps(item, indent=2))
         return
     c = item["counts"]
-    releases = ", ".join(f"{hw}={r['version']}" for hw, r in item["releases"].items())
+    order = item.get("install_order") or list(item["releases"])
+    releases = ", ".join(
+        f"{hw}={item['releases'][hw]['version']}" for hw in order if hw in item["releases"]
+    )
     click.echo(f"campaign {item['id']}  {item['name']}")
     click.echo(
         f"  state     {item['state']}" + (f"  ({item['reason']})" if item.get("reason") else "")
@@ -328,7 +340,7 @@ def show(item: dict[str, Any], as_json: bool) -> None:
     click.echo(
         f"  policy    {item['policy']}, stage {item['stage_index'] + 1} of {item['stages']} ({item.get('stage') or '-'})"
     )
-    click.echo(f"  releases  {releases}")
+    click.echo(f"  releases  {releases}" + ("  (in install order)" if len(order) > 1 else ""))
     click.echo(
         f"  vehicles  eligible {c.get('eligible', 0)}, admitted {c.get('admitted', 0)}, committed {c.get('committed', 0)}, "
         f"failed {c.get('failed', 0)}, rolled back {c.get('rolled_back', 0)}"

@@ -18,6 +18,7 @@ from overdrive.rollout_policies.units import format_duration
 from overdrive.server.campaigns import FAILED, aware, counts, policy_of, utcnow
 from overdrive.server.errors import BadRequest
 from overdrive.server.evaluator import NONE_VALUE, dimension_column, stage_state
+from overdrive.server.fleet import image_of
 from overdrive.server.models import (
     EVENT_ORDER,
     MEMBERSHIP_STATUSES,
@@ -40,9 +41,10 @@ SAMPLE_LIMIT = 2000
 
 def campaign_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
     """The campaign as the API answers it: state, stage, why it waits, counts and groups."""
-    releases = session.scalars(
-        select(CampaignRelease).where(CampaignRelease.campaign_id == campaign.id)
+    releases = list(
+        session.scalars(select(CampaignRelease).where(CampaignRelease.campaign_id == campaign.id))
     )
+    ordered = sorted(releases, key=lambda r: (r.install_order, r.hardware_id))
     stages = campaign.policy.get("stages", [])
     now = utcnow()
     policy = policy_of(campaign)
@@ -78,9 +80,14 @@ def campaign_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
         "evaluated_at": decision.get("at") if decision else None,
         "filter": campaign.filter,
         "releases": {
-            r.hardware_id: {"version": r.version, "release_counter": r.release_counter}
+            r.hardware_id: {
+                "version": r.version,
+                "release_counter": r.release_counter,
+                "install_order": r.install_order,
+            }
             for r in releases
         },
+        "install_order": [r.hardware_id for r in ordered],
         "counts": raw,
         "groups": groups(policy, state) if state is not None else [],
         "created_at": iso(campaign.created_at),
@@ -151,6 +158,7 @@ def campaign_vehicles(
             "model": v.model,
             "region": v.region,
             "updated_at": iso(m.updated_at) if m.updated_at else None,
+            "caused_by": m.caused_by,
             "last_event": _event_summary(last.get((m.vehicle_id, m.hardware_id))),
         }
         for m, v, version in rows
@@ -166,15 +174,12 @@ _Members = Select[Membership, Vehicle, str]
 
 
 def member_query(campaign: Campaign) -> _Members:
-    """The campaign's memberships with their vehicles and the version each runs now."""
+    """The campaign's memberships with their vehicles and the version each runs now (of a
+    vehicle's several ECUs of the membership's hardware id, the one furthest behind)."""
     return (
         select(Membership, Vehicle, InstalledImage.version)
         .join(Vehicle, Vehicle.id == Membership.vehicle_id)
-        .outerjoin(
-            InstalledImage,
-            (InstalledImage.vehicle_id == Membership.vehicle_id)
-            & (InstalledImage.hardware_id == Membership.hardware_id),
-        )
+        .outerjoin(InstalledImage, image_of(Membership.vehicle_id, Membership.hardware_id))
         .where(Membership.campaign_id == campaign.id)
     )
 

@@ -40,6 +40,8 @@ SUCCEEDED = ("committed",)
 FAILED = ("failed", "rolled_back")
 #: Ids per IN (...) list: PostgreSQL takes at most 65,535 bind parameters per statement.
 _ID_BATCH = 10_000
+#: Hardware ids one campaign may update (one software set: a vehicle has at most this many ECUs).
+MAX_RELEASES = 64
 FILTER_KEYS = ("model", "region", "hardware_id", "vehicles", "exclude", "installed_version")
 
 
@@ -106,8 +108,11 @@ def create(ctx: ServerContext, session: Session, body: dict[str, Any]) -> Campai
     releases = body.get("releases")
     if not isinstance(releases, dict) or not releases:
         raise BadRequest("field 'releases' must be an object of hardware id → version")
+    if len(releases) > MAX_RELEASES:
+        raise BadRequest(f"field 'releases' may name at most {MAX_RELEASES} hardware ids")
     if "policy" not in body:
         raise BadRequest("missing field 'policy'")
+    order = install_order(body.get("install_order"), releases)
     policy_name, policy = resolve_policy(body["policy"])
     campaign_filter = normalise_filter(body.get("filter"))
     index = ctx.releases.index(force=True)
@@ -139,6 +144,7 @@ def create(ctx: ServerContext, session: Session, body: dict[str, Any]) -> Campai
                 release_counter=info.release_counter,
                 image_sha256=info.image.sha256,
                 image_length=info.image.length,
+                install_order=order[hw],
             )
         )
     record(
@@ -147,10 +153,26 @@ def create(ctx: ServerContext, session: Session, body: dict[str, Any]) -> Campai
         f"campaign:{campaign.id}",
         name=campaign.name,
         releases=releases,
+        install_order=sorted(order, key=order.__getitem__),
         policy=policy_name,
         filter=campaign_filter,
     )
     return campaign
+
+
+def install_order(raw: Any, releases: dict[str, Any]) -> dict[str, int]:
+    """Hardware id → its rank in the campaign's software set (0 installs and trial-boots first):
+    ``install_order`` lists every hardware id of ``releases`` once (default: their order)."""
+    if raw is None:
+        return {hw: rank for rank, hw in enumerate(releases)}
+    if not isinstance(raw, list) or not all(isinstance(hw, str) for hw in raw):
+        raise BadRequest("field 'install_order' must be a list of hardware ids")
+    if len(set(raw)) != len(raw) or set(raw) != set(releases):
+        raise BadRequest(
+            "field 'install_order' must list each hardware id of 'releases' exactly once "
+            f"({', '.join(one_line(hw, 64) for hw in releases)})"
+        )
+    return {hw: rank for rank, hw in enumerate(raw)}
 
 
 def _actor() -> str:
@@ -222,8 +244,12 @@ def eligible_memberships(
     for release in releases:
         if "hardware_id" in f and release.hardware_id not in f["hardware_id"]:
             continue
+        # One row per ECU of this hardware id that is behind the release (a vehicle may have
+        # several): the vehicle is eligible once, from the version of the ECU furthest behind.
         query = (
-            select(InstalledImage.vehicle_id, InstalledImage.version)
+            select(
+                InstalledImage.vehicle_id, InstalledImage.version, InstalledImage.release_counter
+            )
             .join(Vehicle, Vehicle.id == InstalledImage.vehicle_id)
             .where(
                 InstalledImage.hardware_id == release.hardware_id,
@@ -245,7 +271,11 @@ def eligible_memberships(
                 )
             )
         attribute_filters = {k: v for k, v in f.items() if k not in FILTER_KEYS}
-        installed = {vehicle: version for vehicle, version in session.execute(query)}
+        installed: dict[str, str] = {}
+        lowest: dict[str, int] = {}
+        for vehicle, version, counter in session.execute(query):
+            if vehicle not in lowest or (counter, version) < (lowest[vehicle], installed[vehicle]):
+                installed[vehicle], lowest[vehicle] = version, counter
         ids = list(installed)
         if attribute_filters:
             vehicles = {
@@ -349,7 +379,13 @@ def start(ctx: ServerContext, session: Session, campaign_id: str) -> Campaign:
 
 
 def admit(session: Session, campaign: Campaign) -> int:
-    """Admit vehicles in (bucket, id) order up to the current stage's share; return how many."""
+    """Admit vehicles in (bucket, id) order up to the current stage's share; return how many
+    memberships were admitted.
+
+    The share is of memberships (a vehicle has one per hardware id the campaign updates on it),
+    but a vehicle is admitted whole: its memberships are one software set, installed together
+    or not at all, so they are never split across stages. The last vehicle admitted may take
+    the stage past its share by the rest of its memberships."""
     policy = policy_of(campaign)
     target = rp.admission_target(policy.stages[campaign.stage_index], campaign.eligible_count)
     admitted = (
@@ -364,23 +400,26 @@ def admit(session: Session, campaign: Campaign) -> int:
     if missing <= 0:
         return 0
     chosen = (
-        select(Membership.vehicle_id, Membership.hardware_id)
+        select(Membership.vehicle_id)
         .where(Membership.campaign_id == campaign.id, Membership.admitted.is_(False))
         .order_by(Membership.bucket, Membership.vehicle_id, Membership.hardware_id)
         .limit(missing)
     )
-    rows = session.execute(chosen).all()
-    for vehicle_id, hw in rows:
-        session.execute(
+    # A vehicle's memberships share its bucket, so they are next to each other in this order.
+    vehicles = list(dict.fromkeys(session.scalars(chosen)))
+    admitted_now = 0
+    for start_at in range(0, len(vehicles), _ID_BATCH):
+        result = session.execute(
             update(Membership)
             .where(
                 Membership.campaign_id == campaign.id,
-                Membership.vehicle_id == vehicle_id,
-                Membership.hardware_id == hw,
+                Membership.vehicle_id.in_(vehicles[start_at : start_at + _ID_BATCH]),
+                Membership.admitted.is_(False),
             )
             .values(admitted=True, admitted_stage=campaign.stage_index)
         )
-    return len(rows)
+        admitted_now += result.rowcount  # type: ignore[attr-defined]
+    return admitted_now
 
 
 def deactivate(session: Session, campaign: Campaign) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy import ColumnElement, case, false, func, insert, select, true, update
 from sqlalchemy.orm import Session
 
 import overdrive.rollout_policies as rp
@@ -61,29 +61,52 @@ MAX_GROUPS_PER_DIMENSION = 1000
 per value: its groups would be too small to say anything, and too many to show."""
 
 
+#: Dimensions whose groups are of ECUs (a hardware id, the version an ECU ran): there a
+#: software set's failure counts against the hardware id that caused it only.
+PER_ECU_DIMENSIONS = (rp.HARDWARE_ID, "installed_version")
+
+
 def group_counts(
     session: Session, campaign: Campaign, policy: rp.Policy
 ) -> tuple[rp.GroupCounts, ...]:
-    """Counts per hardware id and per value of each cohort the policy judges."""
+    """Counts per hardware id and per value of each cohort the policy judges.
+
+    A vehicle's software set fails as a whole: every membership of the set ends rolled back,
+    each naming the hardware id that caused it (``Membership.caused_by``). In the groups of
+    :data:`PER_ECU_DIMENSIONS` the failure counts against that hardware id's membership only;
+    the set's other memberships are admitted there but neither a success nor a failure (their
+    hardware id did nothing wrong). Vehicle cohorts (model, region, attributes) and the
+    campaign overall count every membership as it ended."""
     groups: list[rp.GroupCounts] = []
+    # (constants, not bind parameters: PostgreSQL must see the grouped expression unchanged)
+    collateral = case(
+        (
+            Membership.caused_by.is_not(None) & (Membership.caused_by != Membership.hardware_id),
+            true(),
+        ),
+        else_=false(),
+    )
     for dimension in policy.judge.dimensions:
         column = dimension_column(dimension)
+        per_ecu = dimension in PER_ECU_DIMENSIONS
+        keys = [column, Membership.status, Membership.admitted, *([collateral] if per_ecu else [])]
         query = (
-            select(column, Membership.status, Membership.admitted, func.count())
+            select(*keys, func.count())
             .select_from(Membership)
             .where(Membership.campaign_id == campaign.id)
-            .group_by(column, Membership.status, Membership.admitted)
+            .group_by(*keys)
         )
-        if dimension not in (rp.HARDWARE_ID, "installed_version"):
+        if not per_ecu:
             query = query.join(Vehicle, Vehicle.id == Membership.vehicle_id)
         tally: dict[str, list[int]] = {}
-        for value, status, admitted, count in session.execute(query):
+        for value, status, admitted, *rest in session.execute(query):
+            elsewhere, count = (rest[0], rest[1]) if per_ecu else (False, rest[0])
             row = tally.setdefault(NONE_VALUE if value is None else str(value), [0, 0, 0, 0])
             row[0] += count
             if admitted:
                 row[1] += count
                 row[2] += count if status in SUCCEEDED else 0
-                row[3] += count if status in FAILED else 0
+                row[3] += count if status in FAILED and not elsewhere else 0
         if len(tally) > MAX_GROUPS_PER_DIMENSION:
             continue
         groups.extend(

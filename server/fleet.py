@@ -5,12 +5,13 @@ region, any attribute and campaign status; one vehicle's events. Read-only queri
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy.orm import Session, aliased
 
 from overdrive.server.errors import BadRequest, NotFoundError
 from overdrive.server.models import (
@@ -34,6 +35,25 @@ SORTS = {
 }
 MAX_FILTER = 200
 _ATTRIBUTE = re.compile(r"attr\.([A-Za-z0-9_.-]{1,64})")
+
+
+def image_of(vehicle_id: Any, hardware_id: Any) -> ColumnElement[bool]:
+    """Join condition for ``InstalledImage``: of the vehicle's ECUs of ``hardware_id``, the one
+    furthest behind (lowest release counter, then serial), so that a vehicle with several ECUs
+    of one hardware id is still one row."""
+    other = aliased(InstalledImage)
+    serial = (
+        select(other.ecu_serial)
+        .where(other.vehicle_id == vehicle_id, other.hardware_id == hardware_id)
+        .order_by(other.release_counter, other.version, other.ecu_serial)
+        .limit(1)
+        .correlate_except(other)
+        .scalar_subquery()
+    )
+    condition: ColumnElement[bool] = (InstalledImage.vehicle_id == vehicle_id) & (
+        InstalledImage.ecu_serial == serial
+    )
+    return condition
 
 
 def parse_filters(args: Mapping[str, str]) -> dict[str, str]:
@@ -116,6 +136,9 @@ def list_vehicles(
 
 
 def vehicle_dict(vehicle: Vehicle, images: list[InstalledImage]) -> dict[str, Any]:
+    """A vehicle as the API shows it: its software set (``ecus``, per ECU serial) and, per
+    hardware id, the image of its ECU furthest behind (``images``)."""
+    status = vehicle.status or {}
     return {
         "id": vehicle.id,
         "model": vehicle.model,
@@ -123,16 +146,67 @@ def vehicle_dict(vehicle: Vehicle, images: list[InstalledImage]) -> dict[str, An
         "attributes": vehicle.attributes,
         "registered_at": iso(vehicle.registered_at),
         "last_seen_at": iso(vehicle.last_seen_at) if vehicle.last_seen_at else None,
-        "status": vehicle.status,
+        "status": status,
         "images": {
-            i.hardware_id: {
-                "version": i.version,
-                "sha256": i.sha256,
-                "release_counter": i.release_counter,
-            }
-            for i in images
+            i.hardware_id: image_dict(i)
+            for i in sorted(
+                images, key=lambda i: (i.release_counter, i.version, i.ecu_serial), reverse=True
+            )
         },
+        "ecus": ecu_views(vehicle, images),
+        "unknown_ecus": _mapping(status.get("unknown_ecus")),
     }
+
+
+def image_dict(image: InstalledImage) -> dict[str, Any]:
+    return {
+        "version": image.version,
+        "sha256": image.sha256,
+        "release_counter": image.release_counter,
+    }
+
+
+def ecu_views(vehicle: Vehicle, images: list[InstalledImage]) -> dict[str, dict[str, Any]]:
+    """The vehicle's software set: per registered ECU serial, its hardware id, whether it is
+    the primary and its kind, the image it runs, when it last reported (the last manifest's
+    time, or ``status.unreported_ecus``'s if that manifest had no report of it; None: never),
+    what it detected (``status.attacks_detected``) and the key id its reports must be signed
+    with."""
+    status = vehicle.status or {}
+    unreported = _mapping(status.get("unreported_ecus"))
+    attacks = _mapping(status.get("attacks_detected"))
+    seen = iso(vehicle.last_seen_at) if vehicle.last_seen_at else None
+    by_serial = {i.ecu_serial: i for i in images}
+    vehicle_keyid = _keyid(vehicle.public_key)
+    views: dict[str, dict[str, Any]] = {}
+    for serial, about in (vehicle.ecus or {}).items():
+        if not isinstance(about, dict):
+            continue
+        primary = bool(about.get("primary"))
+        image = by_serial.get(serial)
+        own = about.get("public_key")
+        views[serial] = {
+            "hardware_id": about.get("hardware_id"),
+            "primary": primary,
+            "kind": "primary" if primary else about.get("kind"),
+            "installed": image_dict(image) if image is not None else None,
+            "last_report_at": unreported.get(serial, seen),
+            "attacks_detected": attacks.get(serial) or None,
+            "keyid": own.get("keyid") if isinstance(own, dict) else vehicle_keyid,
+        }
+    return views
+
+
+def _keyid(public_key: str) -> str | None:
+    try:
+        keyid = json.loads(public_key).get("keyid")
+    except (ValueError, AttributeError):
+        return None
+    return keyid if isinstance(keyid, str) else None
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def vehicle_events(session: Session, vehicle_id: str, *, limit: int, offset: int) -> dict[str, Any]:

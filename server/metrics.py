@@ -110,6 +110,11 @@ class Metrics:
         self.assignments = Counter(
             "overdrive_assignments", "Signed assignments handed out", registry=self.registry
         )
+        self.unknown_ecu_reports = Counter(
+            "overdrive_unknown_ecu_reports",
+            "ECU version reports ignored because their serial is no ECU of the vehicle",
+            registry=self.registry,
+        )
         self.events = Counter(
             "overdrive_vehicle_events",
             "Vehicle events stored, by type",

@@ -58,23 +58,32 @@ class Vehicle(Base):
     manifest_counter: Mapped[int] = mapped_column(Integer, default=0)
     registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    status: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # slot state, last result
-    #: The vehicle's ECUs: serial → ``{"hardware_id": …, "primary": bool, "public_key": …}``
-    #: (the primary's key is the vehicle's own ``public_key``; see docs/vehicles.md).
+    #: The last manifest's slot, state and last result, and what the server derived from it:
+    #: ``attacks_detected`` (serial → text), ``unreported_ecus`` (registered ECUs missing from
+    #: the last manifest → their last report's time) and ``unknown_ecus`` (serials that
+    #: reported without being registered → hardware id, first and last seen); see
+    #: ``server.manifest.ecu_status``.
+    status: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: The vehicle's ECUs: serial → ``{"hardware_id": …, "primary": bool, "public_key": …,
+    #: "kind": …}`` (the primary's key is the vehicle's own ``public_key``; ``kind`` is
+    #: ``primary``, ``secondary`` or ``module`` when registration said; see docs/vehicles.md).
     ecus: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     #: Each ECU's last accepted version-report counter (serial → n): the replay guard of reports.
     ecu_counters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class InstalledImage(Base):
-    """What a vehicle reports it runs, per hardware id (from its last signed manifest)."""
+    """What one ECU of a vehicle runs (from its last accepted version report; at registration,
+    the factory image of its hardware id). A vehicle may have several ECUs of one hardware id:
+    each has its own row."""
 
     __tablename__ = "installed_images"
 
     vehicle_id: Mapped[str] = mapped_column(
         ForeignKey("vehicles.id", ondelete="CASCADE"), primary_key=True
     )
-    hardware_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    ecu_serial: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hardware_id: Mapped[str] = mapped_column(String(128))
     version: Mapped[str] = mapped_column(String(128))
     sha256: Mapped[str] = mapped_column(String(64))
     release_counter: Mapped[int] = mapped_column(Integer, default=0)
@@ -146,6 +155,8 @@ class CampaignRelease(Base):
     release_counter: Mapped[int] = mapped_column(Integer)
     image_sha256: Mapped[str] = mapped_column(String(64))
     image_length: Mapped[int] = mapped_column(BigInteger)
+    #: Rank of this image in the campaign's software set (``install_order``; lower first).
+    install_order: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Membership(Base):
@@ -170,6 +181,11 @@ class Membership(Base):
     from_version: Mapped[str | None] = mapped_column(String(128))
     active: Mapped[bool | None] = mapped_column(Boolean, default=True)  # NULL once inactive
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: For a failed software set: the hardware id whose ECU caused it (the final event's
+    #: ``details.caused_by.hardware_id``), when the vehicle has a membership of this campaign
+    #: for it. Another hardware id's here: this membership was rolled back with its set, and
+    #: is no failure of its own hardware id (see ``server.evaluator.group_counts``).
+    caused_by: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (
         # At most one active campaign per vehicle and hardware id: NULLs don't collide.

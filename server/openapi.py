@@ -116,7 +116,8 @@ OPERATIONS: tuple[Operation, ...] = (
         _json("PollAnswer"),
         errors={
             400: "A malformed manifest (counter, timestamp too far off, nonce, ECU reports, "
-            "status), or a report from an ECU not registered to this vehicle.",
+            "status), no report from the primary ECU, or a report whose hardware id is not "
+            "the one registered for its ECU.",
             401: "Not signed by this vehicle's key (or no such vehicle: the same answer), or an "
             "ECU report not signed by that ECU's key.",
             409: "A replayed manifest or ECU report: its counter is not above the last one, or "
@@ -125,6 +126,9 @@ OPERATIONS: tuple[Operation, ...] = (
             503: "No director repository to sign the vehicle's assignments.",
         },
         body=ref("PollRequest"),
+        description="A report under a serial the vehicle has no ECU of is ignored (not the "
+        "manifest): the vehicle's `unknown_ecus` records it, and "
+        "`overdrive_unknown_ecu_reports_total` counts it.",
     ),
     Operation(
         "get",
@@ -176,11 +180,32 @@ OPERATIONS: tuple[Operation, ...] = (
         "get",
         "/vehicles/{vehicle_id}",
         "get_vehicle",
-        "One vehicle: images, status and campaign memberships",
+        "One vehicle: its software set (ECUs and images), status and campaign memberships",
         "vehicles",
         "viewer",
         _json("VehicleDetail"),
         errors={404: "No vehicle with this id."},
+    ),
+    Operation(
+        "post",
+        "/vehicles/{vehicle_id}/ecus/{ecu_serial}/replace",
+        "replace_ecu",
+        "Replace an ECU by a new part (new serial and key, same hardware id)",
+        "vehicles",
+        "operator",
+        _json("VehicleDetail"),
+        errors={
+            400: "A malformed body, or a hardware id that is not the replaced ECU's.",
+            404: "No vehicle with this id, or it has no ECU with this serial.",
+            409: "The vehicle already has an ECU with the new serial.",
+            413: "",
+        },
+        body=ref("EcuReplacement"),
+        description="The new serial takes the old one's place in the vehicle's software set "
+        "(hardware id, primary flag and kind kept) with the new key (for the primary: the "
+        "vehicle's key, and its manifest counter starts again); its installed image moves "
+        "with it; its report counter starts from none. The old serial's reports are unknown "
+        "from then on. Recorded in the audit log (`vehicle.replace_ecu`).",
     ),
     Operation(
         "get",

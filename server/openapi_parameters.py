@@ -117,6 +117,7 @@ CAMPAIGN_STATE = query(
 
 PATH_PARAMETERS: dict[str, Schema] = {
     "vehicle_id": {"type": "string", "pattern": IDENTIFIER},
+    "ecu_serial": {"type": "string", "pattern": IDENTIFIER},
     "campaign_id": {
         "type": "string",
         "minLength": 1,

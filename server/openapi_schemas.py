@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from overdrive.server.campaigns import MAX_RELEASES
 from overdrive.server.manifest import MAX_ECUS
 from overdrive.server.validation import ID_PATTERN, MAX_INT32
 from overdrive.server.vehicles import (
+    ECU_KINDS,
     EVENT_TYPES,
     MAX_ATTRIBUTE_NAME,
     MAX_ATTRIBUTE_TEXT,
@@ -173,10 +175,19 @@ _VEHICLE_PROTOCOL: dict[str, Schema] = {
             "hardware_id": {"type": "string", "pattern": IDENTIFIER},
             "primary": nullable({"type": "boolean"}),
             "public_key": nullable(ref("PublicKey")),
+            "kind": nullable(
+                {
+                    "type": "string",
+                    "enum": list(ECU_KINDS),
+                    "description": "`primary` for the primary; `secondary` (verifies for "
+                    "itself) or `module` (updated by the primary over a bus) for the others.",
+                }
+            ),
         },
-        optional=("primary", "public_key"),
+        optional=("primary", "public_key", "kind"),
         description="One ECU: its hardware id, whether it is the primary (whose key is the "
-        "vehicle's `public_key`), and a secondary's own key.",
+        "vehicle's `public_key`), a secondary's own key, and what kind of ECU it is. Each ECU "
+        "starts with the factory image `images` gives for its hardware id.",
     ),
     "Registered": obj(
         {
@@ -300,6 +311,30 @@ _VEHICLE_PROTOCOL: dict[str, Schema] = {
         },
         description="A TUF metadata file of the vehicle's director repository.",
     ),
+    "EventDetails": {
+        "type": "object",
+        "additionalProperties": True,
+        "properties": {
+            "caused_by": obj(
+                {
+                    "ecu_serial": {"type": "string", "pattern": IDENTIFIER},
+                    "hardware_id": {"type": "string", "pattern": IDENTIFIER},
+                },
+                description="The ECU whose install, trial boot or health check failed the "
+                "vehicle's software set (or that stopped answering).",
+            ),
+            "software_set": {
+                "type": "boolean",
+                "description": "The event finishes the vehicle's whole software set.",
+            },
+        },
+        "description": "Free-form, at most 8 KiB of JSON. A software set that fails is rolled "
+        "back on every ECU: the vehicle reports one final event (`failed` or `rolled_back`) "
+        "per hardware id of the set, each with the same `caused_by` and `software_set: true`. "
+        "The campaign counts the failure against `caused_by.hardware_id` only (the other "
+        "memberships of the set end rolled back, but not as failures of their own hardware "
+        "id), when the vehicle has a membership of the campaign for it.",
+    },
     "EventReport": obj(
         {
             "id": {
@@ -313,7 +348,7 @@ _VEHICLE_PROTOCOL: dict[str, Schema] = {
             "campaign_id": nullable({"type": "string", "pattern": IDENTIFIER, "maxLength": 36}),
             "hardware_id": nullable({"type": "string", "pattern": IDENTIFIER}),
             "reason": nullable({"type": "string", "maxLength": 1000}),
-            "details": nullable({**ANY_OBJECT, "description": "At most 8 KiB of JSON."}),
+            "details": nullable(ref("EventDetails")),
         },
         optional=("campaign_id", "hardware_id", "reason", "details"),
     ),
@@ -352,10 +387,79 @@ _FLEET: dict[str, Schema] = {
             "last_seen_at": nullable(TIME),
             "status": {
                 **ANY_OBJECT,
-                "description": "The last manifest's `slot`, `state` and `last_result`.",
+                "description": "The last manifest's `slot`, `state` and `last_result`, and what "
+                "the server derived: `attacks_detected` (serial → text) with "
+                "`attacks_reported_at`, `unreported_ecus` (registered ECUs the last manifest "
+                "had no report of → the time of their last one), `unknown_ecus` (as below).",
             },
-            "images": {"type": "object", "additionalProperties": ref("InstalledImage")},
+            "images": {
+                "type": "object",
+                "additionalProperties": ref("InstalledImage"),
+                "description": "Per hardware id, the image of its ECU furthest behind (the "
+                "lowest release counter; most vehicles have one ECU per hardware id).",
+            },
+            "ecus": {
+                "type": "object",
+                "additionalProperties": ref("Ecu"),
+                "description": "The vehicle's software set: its registered ECUs by serial.",
+            },
+            "unknown_ecus": {
+                "type": "object",
+                "additionalProperties": ref("UnknownEcu"),
+                "description": "Serials that sent a version report without being an ECU of "
+                "this vehicle (their reports are ignored), the most recent 16.",
+            },
         }
+    ),
+    "Ecu": obj(
+        {
+            "hardware_id": STRING,
+            "primary": {"type": "boolean"},
+            "kind": nullable(
+                {
+                    "type": "string",
+                    "enum": list(ECU_KINDS),
+                    "description": "As registered (`primary` for the primary; null: not said).",
+                }
+            ),
+            "installed": nullable(ref("InstalledImage")),
+            "last_report_at": nullable(
+                {**TIME, "description": "Its last accepted version report (null: none yet)."}
+            ),
+            "attacks_detected": nullable(
+                {"type": "string", "description": "What it detected, as its last report says."}
+            ),
+            "keyid": nullable(
+                {"type": "string", "description": "The key its reports must be signed with."}
+            ),
+        },
+        description="One ECU of a vehicle and the image it runs.",
+    ),
+    "UnknownEcu": obj(
+        {
+            "hardware_id": nullable(
+                {"type": "string", "description": "What its report claims (not verified)."}
+            ),
+            "first_seen": TIME,
+            "last_seen": TIME,
+        },
+        description="A serial that reported without being an ECU of the vehicle: a part "
+        "swapped without `ecus/{ecu_serial}/replace`, or another vehicle's ECU.",
+    ),
+    "EcuReplacement": obj(
+        {
+            "new_serial": {"type": "string", "pattern": IDENTIFIER},
+            "public_key": ref("PublicKey"),
+            "hardware_id": nullable(
+                {
+                    "type": "string",
+                    "pattern": IDENTIFIER,
+                    "description": "If given, must be the replaced ECU's hardware id.",
+                }
+            ),
+        },
+        optional=("hardware_id",),
+        description="The part a workshop fitted in place of an ECU: its serial and key.",
     ),
     "VehicleMembership": obj(
         {
@@ -381,7 +485,7 @@ _FLEET: dict[str, Schema] = {
             "campaign_id": nullable(STRING),
             "hardware_id": nullable(STRING),
             "reason": nullable(STRING),
-            "details": ANY_OBJECT,
+            "details": ref("EventDetails"),
             "occurred_at": TIME,
             "received_at": TIME,
         }
@@ -403,9 +507,22 @@ _CAMPAIGNS: dict[str, Schema] = {
             "releases": {
                 "type": "object",
                 "minProperties": 1,
+                "maxProperties": MAX_RELEASES,
                 "additionalProperties": STRING,
-                "description": "Version to install per hardware id (in the signed repository).",
+                "description": "The software set: the version to install per hardware id (in "
+                "the signed repository).",
             },
+            "install_order": nullable(
+                {
+                    "type": "array",
+                    "items": STRING,
+                    "uniqueItems": True,
+                    "maxItems": MAX_RELEASES,
+                    "description": "The hardware ids of `releases`, each once, in the order "
+                    "their ECUs install and trial-boot (dependencies first, e.g. the gateway "
+                    "last); default: the order of `releases`.",
+                }
+            ),
             "policy": {
                 "oneOf": [
                     {"type": "string", "description": "A preset name, e.g. `canary`."},
@@ -430,13 +547,19 @@ _CAMPAIGNS: dict[str, Schema] = {
                 }
             ),
         },
-        optional=("filter",),
+        optional=("filter", "install_order"),
     ),
     "ActionReason": obj(
         {"reason": nullable({"type": "string", "minLength": 1, "maxLength": 500})},
         description="Why an operator pauses or aborts (one line; kept in the audit log).",
     ),
-    "CampaignRelease": obj({"version": STRING, "release_counter": COUNT}),
+    "CampaignRelease": obj(
+        {
+            "version": STRING,
+            "release_counter": COUNT,
+            "install_order": {**COUNT, "description": "Rank in the software set (0 first)."},
+        }
+    ),
     "CampaignCounts": {
         "type": "object",
         "required": ["eligible", "admitted"],
@@ -501,6 +624,11 @@ _CAMPAIGNS: dict[str, Schema] = {
                 "additionalProperties": {"type": "array", "items": STRING},
             },
             "releases": {"type": "object", "additionalProperties": ref("CampaignRelease")},
+            "install_order": {
+                "type": "array",
+                "items": STRING,
+                "description": "The hardware ids of `releases` in install order.",
+            },
             "counts": ref("CampaignCounts"),
             "groups": {"type": "array", "items": ref("CampaignGroup")},
             "created_at": TIME,
@@ -523,6 +651,14 @@ _CAMPAIGNS: dict[str, Schema] = {
             "model": nullable(STRING),
             "region": nullable(STRING),
             "updated_at": nullable(TIME),
+            "caused_by": nullable(
+                {
+                    "type": "string",
+                    "description": "For a failed software set: the hardware id that caused it "
+                    "(another than this membership's: rolled back with the set, not counted as "
+                    "a failure of its own hardware id).",
+                }
+            ),
             "last_event": nullable(ref("LastEvent")),
         }
     ),

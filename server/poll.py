@@ -11,15 +11,18 @@ per call, with the same guarantees as the rest of the API:
   of the worker thread's own (autocommit, no pool checkout, no pre-ping, no reset on return:
   together more than a quarter of a poll's CPU through the engine), reconnecting when it broke;
   on SQLite they run through the engine in one ``BEGIN IMMEDIATE`` transaction.
-* One ``SELECT`` reads the vehicle's key and counter, its installed images, where its director
-  repository stands, whether it has any open campaign membership at all and, aggregated into
-  one JSON column, the releases its open memberships of running campaigns offer (a subquery
-  over bind parameters only: PostgreSQL evaluates it once, not per image row).
+* One ``SELECT`` reads one row: the vehicle's key, counters, ECUs and status, where its
+  director repository stands, whether it has any open campaign membership at all and,
+  aggregated into JSON columns, each ECU's installed image and the releases its open
+  memberships of running campaigns offer (subqueries over bind parameters only: PostgreSQL
+  evaluates each once). A car has many ECUs: one row per image would repeat the rest.
 * The manifest counter moves forward by compare-and-set (``UPDATE … WHERE manifest_counter <
   :counter``): that is the replay guard, so no row lock and, on PostgreSQL, no explicit
   transaction (each statement commits on its own: 2 round trips for a "nothing to do" poll).
-  On PostgreSQL, changed installed images are upserted by the same statement (a data-modifying
-  ``WITH``) only if the counter moved.
+  On PostgreSQL, changed installed images (one per ECU) are upserted by the same statement (a
+  data-modifying ``WITH``) only if the counter moved. The same ``UPDATE`` writes the status,
+  with what the server derives about the ECUs (unknown serials, ECUs missing from the
+  manifest; see :func:`overdrive.server.manifest.ecu_status`): no extra round trip.
 * A membership goes ``pending`` → ``assigned`` by a conditional ``UPDATE``, so two concurrent
   polls of one vehicle cannot both move it.
 * A new chain (three signatures and one upsert) is written only when the targets change, the
@@ -48,6 +51,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     column,
+    delete,
     exists,
     func,
     literal,
@@ -67,7 +71,7 @@ from overdrive.server.context import ServerContext
 from overdrive.server.db import DirectConnections
 from overdrive.server.director_store import EMPTY_DIGEST, publish, state_of
 from overdrive.server.errors import BadRequest, Conflict
-from overdrive.server.manifest import check_reports, ecu_status, images_of
+from overdrive.server.manifest import Reports, check_reports, ecu_status, images_of
 from overdrive.server.models import (
     RUNNING,
     Campaign,
@@ -80,11 +84,13 @@ from overdrive.server.models import (
 from overdrive.server.validation import MAX_INT32, field
 from overdrive.server.vehicles import (
     FINAL,
+    aware,
     parse_status,
     parse_time,
     unknown_vehicle,
     utcnow,
-    verify_message,
+    vehicle_key_from_text,
+    verify_signed,
 )
 from overdrive.uptane import VEHICLE_MANIFEST, DirectorEntry, director_targets
 
@@ -127,7 +133,7 @@ def _json_rows_sqlite(element: json_rows, compiler: SQLCompiler, **kw: Any) -> s
 def _offers() -> ColumnElement[Any]:
     """What the vehicle's open memberships of running campaigns offer, one JSON array per
     membership: ``[campaign_id, hardware_id, status, policy, version, release_counter,
-    image_sha256]``."""
+    image_sha256, install_order]``."""
     return (
         select(
             json_rows(
@@ -138,6 +144,7 @@ def _offers() -> ColumnElement[Any]:
                 CampaignRelease.version,
                 CampaignRelease.release_counter,
                 CampaignRelease.image_sha256,
+                CampaignRelease.install_order,
             )
         )
         .select_from(Membership)
@@ -152,35 +159,56 @@ def _offers() -> ColumnElement[Any]:
     )
 
 
-#: The vehicle and its director repository's state, one row per installed image (or one row of
-#: NULLs), "has an open membership" and what its memberships offer (the same on every row).
+def _installed() -> ColumnElement[Any]:
+    """The vehicle's installed images, one JSON array per ECU: ``[ecu_serial, hardware_id,
+    version, sha256, release_counter]``."""
+    return (
+        select(
+            json_rows(
+                InstalledImage.ecu_serial,
+                InstalledImage.hardware_id,
+                InstalledImage.version,
+                InstalledImage.sha256,
+                InstalledImage.release_counter,
+            )
+        )
+        .where(InstalledImage.vehicle_id == bindparam("vid"))
+        .scalar_subquery()
+    )
+
+
+#: The vehicle and its director repository's state (one row), "has an open membership", what
+#: its memberships offer and its ECUs' installed images.
 _READ_VEHICLE = (
     select(
         Vehicle.public_key,
         Vehicle.manifest_counter,
         Vehicle.ecus,
         Vehicle.ecu_counters,
+        Vehicle.status,
+        Vehicle.last_seen_at,
         DirectorRepo.version,
         DirectorRepo.root_version,
         DirectorRepo.digest,
         DirectorRepo.expires,
-        InstalledImage.hardware_id,
-        InstalledImage.version,
-        InstalledImage.sha256,
-        InstalledImage.release_counter,
         exists().where(_OPEN).label("has_work"),
         _offers().label("offers"),
+        _installed().label("installed"),
     )
     .select_from(Vehicle)
     .outerjoin(DirectorRepo, DirectorRepo.vehicle_id == Vehicle.id)
-    .outerjoin(InstalledImage, InstalledImage.vehicle_id == Vehicle.id)
     .where(Vehicle.id == bindparam("vid"))
 )
 
-#: Compare-and-set: zero rows means another poll already used this counter (or a later one).
+#: Compare-and-set: zero rows means another poll already used this counter (or a later one),
+#: or the vehicle's key changed since it was read (its primary was replaced: see server.ecus).
 _ADVANCE = (
     update(Vehicle)
-    .where(Vehicle.id == bindparam("vid"), Vehicle.manifest_counter < bindparam("counter"))
+    .where(
+        Vehicle.id == bindparam("vid"),
+        Vehicle.manifest_counter < bindparam("counter"),
+        Vehicle.public_key == bindparam("key"),
+    )
     .values(
         manifest_counter=bindparam("counter"),
         last_seen_at=bindparam("now"),
@@ -201,21 +229,31 @@ _MARK_ASSIGNED = (
 )
 
 
+#: What an upsert of an ECU's reported image sets when the ECU has a row already.
+_IMAGE_UPDATE = ("hardware_id", "version", "sha256", "release_counter")
+
+
 def _upsert_image(dialect: Any) -> Any:
     stmt = dialect.insert(InstalledImage).values(
         vehicle_id=bindparam("vid"),
+        ecu_serial=bindparam("serial"),
         hardware_id=bindparam("hw"),
         version=bindparam("version"),
         sha256=bindparam("sha256"),
         release_counter=bindparam("release_counter"),
     )
     return stmt.on_conflict_do_update(
-        index_elements=[InstalledImage.vehicle_id, InstalledImage.hardware_id],
-        set_={c: stmt.excluded[c] for c in ("version", "sha256", "release_counter")},
+        index_elements=[InstalledImage.vehicle_id, InstalledImage.ecu_serial],
+        set_={c: stmt.excluded[c] for c in _IMAGE_UPDATE},
     )
 
 
 _UPSERT_IMAGE = {"postgresql": _upsert_image(postgresql), "sqlite": _upsert_image(sqlite)}
+
+#: The image row of a serial that is no ECU of the vehicle any more (see :func:`poll`).
+_DELETE_IMAGE = delete(InstalledImage).where(
+    InstalledImage.vehicle_id == bindparam("vid"), InstalledImage.ecu_serial == bindparam("serial")
+)
 
 
 def _advance_with_images() -> Executable:
@@ -226,6 +264,7 @@ def _advance_with_images() -> Executable:
     images = (
         func.json_to_recordset(bindparam("images", type_=JSON))
         .table_valued(
+            column("serial", String),
             column("hw", String),
             column("version", String),
             column("sha256", String),
@@ -234,9 +273,10 @@ def _advance_with_images() -> Executable:
         .render_derived(name="image", with_types=True)
     )
     insert = postgresql.insert(InstalledImage).from_select(
-        ["vehicle_id", "hardware_id", "version", "sha256", "release_counter"],
+        ["vehicle_id", "ecu_serial", "hardware_id", "version", "sha256", "release_counter"],
         select(
             advanced.c.id,
+            images.c.serial,
             images.c.hw,
             images.c.version,
             images.c.sha256,
@@ -244,8 +284,8 @@ def _advance_with_images() -> Executable:
         ).select_from(advanced.join(images, true())),
     )
     upsert = insert.on_conflict_do_update(
-        index_elements=[InstalledImage.vehicle_id, InstalledImage.hardware_id],
-        set_={c: insert.excluded[c] for c in ("version", "sha256", "release_counter")},
+        index_elements=[InstalledImage.vehicle_id, InstalledImage.ecu_serial],
+        set_={c: insert.excluded[c] for c in _IMAGE_UPDATE},
     ).cte("upserted")
     return select(func.count()).select_from(advanced).add_cte(upsert)
 
@@ -258,6 +298,8 @@ class PollResult:
     time: dict[str, Any] | None
     next_poll: int
     assigned: int = 0
+    #: Reports of serials that are no ECU of the vehicle (ignored, see server.manifest).
+    unknown_ecus: int = 0
 
     def body(self) -> dict[str, Any]:
         """The answer's JSON body."""
@@ -274,6 +316,8 @@ def record_poll(ctx: ServerContext, result: PollResult) -> None:
     ctx.metrics.polls.labels("assignment" if result.assigned else "nothing").inc()
     if result.assigned:
         ctx.metrics.assignments.inc(result.assigned)
+    if result.unknown_ecus:
+        ctx.metrics.unknown_ecu_reports.inc(result.unknown_ecus)
 
 
 class _Statements(Protocol):
@@ -293,6 +337,7 @@ _STATEMENTS: dict[str, Executable] = {
     "advance": _ADVANCE,
     "mark_assigned": _MARK_ASSIGNED,
     "upsert_image": _UPSERT_IMAGE["sqlite"],
+    "delete_image": _DELETE_IMAGE,
     **director_store.STATEMENTS,
 }
 
@@ -424,9 +469,10 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
         rows = db.rows("read_vehicle", {"vid": vehicle_id})
         if not rows:
             unknown_vehicle(vehicle_id, envelope, VEHICLE_MANIFEST)  # the 401 of a bad signature
-        public_key, stored_counter, ecus, ecu_counters, *repo = rows[0][:8]
-        has_work, offers = rows[0][12:14]
-        manifest = verify_message(public_key, vehicle_id, envelope, VEHICLE_MANIFEST)
+        public_key, stored_counter, ecus, ecu_counters, stored_status, last_seen = rows[0][:6]
+        repo, (has_work, offers, installed) = rows[0][6:10], rows[0][10:13]
+        vehicle_keys = vehicle_key_from_text(public_key)
+        manifest = verify_signed(vehicle_keys, vehicle_id, envelope, VEHICLE_MANIFEST)
         counter = field(manifest, "counter", int, where="signed.")
         if not 0 < counter <= MAX_INT32:
             raise BadRequest(f"field 'signed.counter' must be 1..{MAX_INT32}")
@@ -443,23 +489,32 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
             manifest.get("ecu_version_reports"),
             primary=manifest.get("primary_ecu_serial"),
             nonce=nonce,
-            vehicle_key=public_key,
+            vehicle_keys=vehicle_keys,
             ecus=ecus,
             counters=counters,
         )
-        images = images_of(reports)
-        status = {**parse_status(manifest), **ecu_status(reports, stamp)}
-        new_counters = {**counters, **{s: r.counter for s, r in reports.items()}}
-
-        stored = {row[8]: tuple(row[9:12]) for row in rows if row[8]}
+        seen = aware(last_seen) if last_seen is not None else None
+        status = {
+            **parse_status(manifest),
+            **ecu_status(reports, ecus, stored_status or {}, seen, stamp),
+        }
+        new_counters = {
+            s: c for s, c in {**counters, **_counters(reports)}.items() if s in ecus
+        }  # (a replaced ECU's old serial is dropped)
+        stored = {
+            row[0]: {"hw": row[1], "version": row[2], "sha256": row[3], "release_counter": row[4]}
+            for row in installed or ()
+        }
+        reported = images_of(reports)
         changed = [
-            {"hw": hw, **image}
-            for hw, image in images.items()
-            if stored.get(hw) != (image["version"], image["sha256"], image["release_counter"])
+            {"serial": serial, **image}
+            for serial, image in reported.items()
+            if stored.get(serial) != image
         ]
         advanced = db.advance(
             {
                 "vid": vehicle_id,
+                "key": public_key,
                 "counter": counter,
                 "now": stamp,
                 "status": status,
@@ -467,14 +522,21 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
             },
             changed,
         )
-        if not advanced:  # a concurrent poll got there first
+        if not advanced:  # a concurrent poll got there first (or the primary was just replaced)
             raise Conflict(f"replayed manifest: counter {counter} is not above the stored one")
+        # The image of a serial that is no ECU any more: a poll that read the vehicle before an
+        # ECU replacement and wrote after it (PostgreSQL) upserted the old serial's image again.
+        stray = [serial for serial in stored if serial not in ecus]
+        if stray:
+            db.count("delete_image", [{"vid": vehicle_id, "serial": s} for s in stray])
+        images = {s: image for s, image in stored.items() if s in ecus} | reported
         state = state_of(repo)
         assigned = 0
+        unknown = len(reports.unknown)
         if ctx.director is None:
             if has_work:
                 ctx.require_director()  # 503: nothing can be assigned without one
-            return PollResult(None, None, ctx.config.poll_interval)
+            return PollResult(None, None, ctx.config.poll_interval, unknown_ecus=unknown)
         director = ctx.director
         director.maybe_reload()
         listed = has_work or (state is not None and state.digest != EMPTY_DIGEST)
@@ -494,8 +556,16 @@ def poll(ctx: ServerContext, vehicle_id: str, envelope: Any) -> PollResult:
                 )
         attestation = director.attest_time(nonce, stamp)
     return PollResult(
-        state.version if state else None, attestation, ctx.config.poll_interval, assigned
+        state.version if state else None,
+        attestation,
+        ctx.config.poll_interval,
+        assigned,
+        unknown,
     )
+
+
+def _counters(reports: Reports) -> dict[str, int]:
+    return {serial: report.counter for serial, report in reports.known.items()}
 
 
 def _director_targets(
@@ -507,8 +577,9 @@ def _director_targets(
     offers: list[list[Any]],
     stamp: datetime,
 ) -> dict[str, TargetFile] | None:
-    """What the vehicle's director targets must list now: per ECU, the bundle of its open
-    campaign's release that suits the image it runs (nothing for an ECU already on it); None
+    """What the vehicle's director targets must list now: per ECU (``images``: serial → the
+    image it runs), the bundle of its open campaign's release that suits the image *that ECU*
+    runs (nothing for an ECU already on it), ranked by the campaign's install order; None
     when that cannot be known now (the image repository does not verify at the moment)."""
     serials: dict[str, list[str]] = {}
     for serial, about in ecus.items():
@@ -521,15 +592,19 @@ def _director_targets(
     except OverdriveError:
         return None  # no verified repository to offer from right now
     entries = []
-    for campaign_id, hw, status, policy, version, release_counter, sha256 in offers:
-        installed = images.get(hw)
-        if installed is not None and installed["sha256"] == sha256:
-            continue  # already there; the vehicle reports "committed" itself
+    for campaign_id, hw, status, policy, version, release_counter, sha256, order in offers:
+        behind = [
+            (serial, images.get(serial))
+            for serial in serials.get(hw, [])
+            if (images.get(serial) or {}).get("sha256") != sha256
+        ]  # (an ECU already on it reports "committed" itself)
+        if not behind:
+            continue
         release = index.find(hw, version)
         if release is None or release.yanked is not None:
             continue  # vanished from the verified repository, or withdrawn: offer nothing
-        bundle = release.best_for(installed["sha256"] if installed else None)
-        for serial in serials.get(hw, []):
+        for serial, installed in behind:
+            bundle = release.best_for(installed["sha256"] if installed else None)
             entries.append(
                 DirectorEntry(
                     serial,
@@ -541,9 +616,10 @@ def _director_targets(
                     version,
                     campaign_id,
                     list(policy.get("maintenance_windows", [])),
+                    order,
                 )
             )
-        if status == "pending" and serials.get(hw):
+        if status == "pending":
             db.count(
                 "mark_assigned", {"cid": campaign_id, "vid": vehicle_id, "hw": hw, "now": stamp}
             )

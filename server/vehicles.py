@@ -24,7 +24,10 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
-from securesystemslib.signer import Key, SSlibKey
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
+from securesystemslib.signer import Key, Signature, SSlibKey
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -167,8 +170,54 @@ def vehicle_key_from_text(public_key: str) -> dict[str, Key]:
 
 def keys_of(data: dict[str, Any]) -> dict[str, Key]:
     """Key id → key for a stored TUF key object with its ``keyid`` (a vehicle's or an ECU's)."""
+    keyid, keyval = data.get("keyid"), data.get("keyval")
+    if (
+        isinstance(keyid, str)
+        and data.get("keytype") == data.get("scheme") == "ed25519"
+        and isinstance(keyval, dict)
+        and isinstance(keyval.get("public"), str)
+        and len(data) == 4  # keyid, keytype, scheme, keyval: what registration stores
+    ):
+        try:
+            return {keyid: Ed25519Key(keyid, "ed25519", "ed25519", {"public": keyval["public"]})}
+        except ValueError:
+            pass  # not a valid public key: nothing will verify (as with SSlibKey)
     key = SSlibKey.from_dict(*_split_key(data))
     return {key.keyid: key}
+
+
+class Ed25519Key(SSlibKey):
+    """An ed25519 TUF key that parses its public key once, when made, instead of on every
+    verification (as :class:`SSlibKey` does): a poll verifies one signature per ECU report.
+
+    The verification is the same: the signature's key id must be this key's, and
+    ``cryptography``'s ed25519 verifies the signature over the data."""
+
+    def __init__(
+        self,
+        keyid: str,
+        keytype: str,
+        scheme: str,
+        keyval: dict[str, Any],
+        unrecognized_fields: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(keyid, keytype, scheme, keyval, unrecognized_fields)
+        try:
+            self._public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(keyval["public"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"key {keyid}: not an ed25519 public key") from e
+
+    def verify_signature(self, signature: Signature, data: bytes) -> None:
+        if signature.keyid != self.keyid:
+            raise VerificationError(f"signature by {signature.keyid}, not key {self.keyid}")
+        try:
+            raw = bytes.fromhex(signature.signature)
+        except (TypeError, ValueError) as e:
+            raise VerificationError(f"signature by {self.keyid} is not hex") from e
+        try:
+            self._public.verify(raw, data)
+        except InvalidSignature as e:
+            raise UnverifiedSignatureError(f"Failed to verify signature by {self.keyid}") from e
 
 
 def _split_key(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -185,7 +234,7 @@ def register(ctx: ServerContext, body: dict[str, Any]) -> dict[str, Any]:
     raw_key = field(body, "public_key", dict)
     attributes = field(body, "attributes", dict, required=False, default={})
     images = parse_images(body.get("images", {}), "images")
-    key = _ed25519_key(raw_key, "public_key")
+    key = ed25519_key(raw_key, "public_key")
     ecus = parse_ecus(body.get("ecus"), images)
     parse_attributes(attributes)
     stamp = utcnow()
@@ -206,7 +255,7 @@ def register(ctx: ServerContext, body: dict[str, Any]) -> dict[str, Any]:
         session.add(
             Vehicle(
                 id=vehicle_id,
-                public_key=json.dumps({"keyid": key.keyid, **key.to_dict()}),
+                public_key=public_key_text(key),
                 attributes=attributes,
                 model=str(attributes["model"]) if "model" in attributes else None,
                 region=str(attributes["region"]) if "region" in attributes else None,
@@ -218,12 +267,19 @@ def register(ctx: ServerContext, body: dict[str, Any]) -> dict[str, Any]:
             )
         )
         session.flush()
-        for hw, image in images.items():
-            session.add(InstalledImage(vehicle_id=vehicle_id, hardware_id=hw, **image))
+        # Each ECU starts with its hardware id's factory image (an image no ECU has is dropped).
+        for serial, ecu in ecus.items():
+            hw = ecu["hardware_id"]
+            session.add(
+                InstalledImage(
+                    vehicle_id=vehicle_id, ecu_serial=serial, hardware_id=hw, **images[hw]
+                )
+            )
     return {"vehicle_id": vehicle_id, "poll_interval": ctx.config.poll_interval}
 
 
-def _ed25519_key(raw: Any, label: str) -> SSlibKey:
+def ed25519_key(raw: Any, label: str) -> SSlibKey:
+    """``raw`` as an ed25519 TUF key (a key object with its ``keyid``); a 400 naming ``label``."""
     if not isinstance(raw, dict):
         raise BadRequest(f"field '{label}' must be a TUF key object with a keyid")
     try:
@@ -231,14 +287,29 @@ def _ed25519_key(raw: Any, label: str) -> SSlibKey:
         key = SSlibKey.from_dict(keyid, key_dict)
     except Exception as e:
         raise BadRequest(f"field '{label}' must be a TUF key object with a keyid") from e
-    if key.keytype != "ed25519":
+    if key.keytype != "ed25519" or key.scheme != "ed25519":
         raise BadRequest(f"field '{label}' must be an ed25519 key")
+    try:
+        Ed25519Key(key.keyid, key.keytype, key.scheme, key.keyval)
+    except ValueError as e:
+        raise BadRequest(f"field '{label}' is not a valid ed25519 public key") from e
     return key
 
 
+def public_key_text(key: SSlibKey) -> str:
+    """How a vehicle's key is stored (``vehicles.public_key``): its TUF key object as JSON."""
+    return json.dumps({"keyid": key.keyid, **key.to_dict()})
+
+
+#: What an ECU may be (``kind`` in registration, optional): the primary, a secondary that
+#: verifies for itself, or a module the primary updates over a bus (see docs/vehicles.md).
+ECU_KINDS = ("primary", "secondary", "module")
+
+
 def parse_ecus(raw: Any, images: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """A registration's ECUs (serial → hardware id, whether it is the primary, its own key):
-    exactly one primary, whose key is the vehicle's; at most :data:`MAX_IMAGES`."""
+    """A registration's ECUs (serial → hardware id, whether it is the primary, its own key,
+    optionally its kind): exactly one primary, whose key is the vehicle's; at most
+    :data:`MAX_IMAGES`; a factory image in ``images`` for every ECU's hardware id."""
     if not isinstance(raw, dict) or not raw:
         raise BadRequest("field 'ecus' must be an object of ECU serial → {hardware_id, primary}")
     if len(raw) > MAX_IMAGES:
@@ -253,8 +324,14 @@ def parse_ecus(raw: Any, images: dict[str, dict[str, Any]]) -> dict[str, Any]:
         )
         primary = field(about, "primary", bool, where=f"ecus.{serial}.", required=False)
         entry: dict[str, Any] = {"hardware_id": hardware_id, "primary": bool(primary)}
+        kind = field(about, "kind", str, where=f"ecus.{serial}.", required=False)
+        if kind is not None:
+            if kind not in ECU_KINDS or (kind == "primary") != bool(primary):
+                allowed = "primary" if primary else "secondary or module"
+                raise BadRequest(f"field 'ecus.{serial}.kind' must be {allowed}")
+            entry["kind"] = kind
         if about.get("public_key") is not None:
-            key = _ed25519_key(about["public_key"], f"ecus.{serial}.public_key")
+            key = ed25519_key(about["public_key"], f"ecus.{serial}.public_key")
             entry["public_key"] = {"keyid": key.keyid, **key.to_dict()}
         ecus[serial] = entry
     primaries = [s for s, e in ecus.items() if e["primary"]]
@@ -275,6 +352,13 @@ def verify_message(
     """The payload of a ``kind`` message if the vehicle's stored key signed it for itself
     (``public_key`` None: no vehicle has this id, so nothing verifies; see :func:`unknown_vehicle`)."""
     keys = vehicle_key_from_text(public_key) if public_key is not None else {}
+    return verify_signed(keys, vehicle_id, envelope, kind)
+
+
+def verify_signed(
+    keys: dict[str, Key], vehicle_id: str, envelope: Any, kind: str
+) -> dict[str, Any]:
+    """:func:`verify_message` with the vehicle's keys already parsed."""
     try:
         payload = verify_envelope(envelope, keys, kind)
     except EnvelopeError as e:  # the same words whether or not the vehicle exists
@@ -322,7 +406,7 @@ def report_events(
         ids = [e["event_id"] for e in events]
         if len(set(ids)) != len(ids):
             raise BadRequest("duplicate event ids in one report")
-        _check_memberships(session, vehicle_id, events)
+        mine = _check_memberships(session, vehicle_id, events)
         skew = timedelta(seconds=ctx.config.clock_skew)
         for event in events:
             bound_time(event, aware(vehicle.registered_at) - skew, stamp + skew, stamp)
@@ -340,7 +424,7 @@ def report_events(
         new = [e for e in events if e["event_id"] not in known]
         for event in new:
             session.add(Event(vehicle_id=vehicle_id, received_at=stamp, **event))
-            _apply_to_membership(session, vehicle_id, event, stamp)
+            _apply_to_membership(session, vehicle_id, event, stamp, mine)
     return {"accepted": len(new), "duplicates": len(events) - len(new)}, [e["type"] for e in new]
 
 
@@ -357,6 +441,7 @@ def _parse_event(raw: Any, index: int) -> dict[str, Any]:
         raise BadRequest(f"field '{where}type' must be one of {', '.join(EVENT_TYPES)}")
     details = field(raw, "details", dict, where=where, required=False, default={})
     bounded_json(details, f"{where}details", MAX_DETAILS_BYTES)
+    _check_set_details(details, f"{where}details.")
     reason = field(raw, "reason", str, where=where, required=False)
     if reason is not None:
         text(reason, f"{where}reason", limit=MAX_REASON)
@@ -371,6 +456,29 @@ def _parse_event(raw: Any, index: int) -> dict[str, Any]:
     }
 
 
+def _check_set_details(details: dict[str, Any], where: str) -> None:
+    """The software-set fields of an event's details, if there: ``caused_by`` (the ECU whose
+    install, trial or health check failed the vehicle's set: ``{"ecu_serial", "hardware_id"}``)
+    and ``software_set`` (a boolean: the event finishes a whole set)."""
+    if "software_set" in details and not isinstance(details["software_set"], bool):
+        raise BadRequest(f"field '{where}software_set' must be a boolean")
+    if "caused_by" not in details:
+        return
+    cause = details["caused_by"]
+    if not isinstance(cause, dict):
+        raise BadRequest(f"field '{where}caused_by' must be an object {{ecu_serial, hardware_id}}")
+    for name in ("ecu_serial", "hardware_id"):
+        value = field(cause, name, str, where=f"{where}caused_by.")
+        if len(value) > 128 or not ID_PATTERN.fullmatch(value):
+            raise BadRequest(f"field '{where}caused_by.{name}' is not a valid id")
+
+
+def caused_by(event: dict[str, Any]) -> str | None:
+    """The hardware id a failure event blames (``details.caused_by.hardware_id``), if any."""
+    cause = event["details"].get("caused_by")
+    return cause["hardware_id"] if isinstance(cause, dict) else None
+
+
 def _optional_id(raw: dict[str, Any], name: str, where: str, limit: int) -> str | None:
     value = field(raw, name, str, where=where, required=False)
     if value is not None and (len(value) > limit or not ID_PATTERN.fullmatch(value)):
@@ -378,13 +486,16 @@ def _optional_id(raw: dict[str, Any], name: str, where: str, limit: int) -> str 
     return value
 
 
-def _check_memberships(session: Session, vehicle_id: str, events: list[dict[str, Any]]) -> None:
+def _check_memberships(
+    session: Session, vehicle_id: str, events: list[dict[str, Any]]
+) -> set[tuple[str, str]]:
     """Refuse (400, code ``not_a_member``) an event naming a campaign, or a campaign and hardware
     id, that this vehicle has no membership of: a vehicle reports only on its own updates, so no
-    vehicle can write into another campaign's feed."""
+    vehicle can write into another campaign's feed. Returns the (campaign, hardware id) pairs
+    of the vehicle's memberships of the campaigns the events name."""
     campaign_ids = {e["campaign_id"] for e in events if e["campaign_id"]}
     if not campaign_ids:
-        return
+        return set()
     rows = session.execute(
         select(Membership.campaign_id, Membership.hardware_id).where(
             Membership.vehicle_id == vehicle_id, Membership.campaign_id.in_(campaign_ids)
@@ -403,6 +514,7 @@ def _check_memberships(session: Session, vehicle_id: str, events: list[dict[str,
                 f"{campaign_id}{scope}",
                 code="not_a_member",
             )
+    return mine
 
 
 def bound_time(
@@ -425,11 +537,23 @@ def bound_time(
 
 
 def _apply_to_membership(
-    session: Session, vehicle_id: str, event: dict[str, Any], stamp: datetime
+    session: Session,
+    vehicle_id: str,
+    event: dict[str, Any],
+    stamp: datetime,
+    mine: set[tuple[str, str]],
 ) -> None:
-    """Move the campaign membership forward; a final status is never overwritten."""
+    """Move the campaign membership forward; a final status is never overwritten.
+
+    A failure that names the hardware id which caused it (a software set rolled back as a
+    whole) records it as the membership's ``caused_by`` if the vehicle has a membership of
+    the campaign for that hardware id (anything else counts as the membership's own failure:
+    no vehicle can put its failure on a hardware id the campaign does not update for it)."""
     if not event["campaign_id"] or not event["hardware_id"] or event["type"] == "assigned":
         return
+    cause = caused_by(event) if event["type"] in ("failed", "rolled_back") else None
+    if cause is not None and (event["campaign_id"], cause) not in mine:
+        cause = None
     session.execute(
         update(Membership)
         .where(
@@ -438,5 +562,5 @@ def _apply_to_membership(
             Membership.hardware_id == event["hardware_id"],
             Membership.status.not_in(FINAL),
         )
-        .values(status=event["type"], reason=event["reason"], updated_at=stamp)
+        .values(status=event["type"], reason=event["reason"], updated_at=stamp, caused_by=cause)
     )

@@ -7,7 +7,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from overdrive.server import fleet, vehicles
+from overdrive.server import ecus, fleet, vehicles
 from overdrive.server import poll as polling
 from overdrive.server.auth import requires
 from overdrive.server.context import context
@@ -77,14 +77,12 @@ def get_vehicle(vehicle_id: str) -> ResponseReturnValue:
             session.scalars(select(Membership).where(Membership.vehicle_id == vehicle_id))
         )
     data = fleet.vehicle_dict(vehicle, images)
-    data["campaigns"] = [
-        {
-            "campaign_id": m.campaign_id,
-            "hardware_id": m.hardware_id,
-            "admitted": m.admitted,
-            "status": m.status,
-            "reason": m.reason,
-        }
-        for m in memberships
-    ]
+    data["campaigns"] = ecus.membership_dicts(memberships)
     return jsonify(data)
+
+
+@bp.post("/<vehicle_id>/ecus/<ecu_serial>/replace")
+@requires("operator")
+def replace_ecu(vehicle_id: str, ecu_serial: str) -> ResponseReturnValue:
+    """A workshop replaced ECU ``ecu_serial``: trust the new part (see server.ecus)."""
+    return jsonify(ecus.replace_ecu(context(), vehicle_id, ecu_serial, json_body()))

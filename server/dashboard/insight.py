@@ -131,6 +131,8 @@ class MemberRow:
     region: str | None
     updated_at: datetime | None
     last_event: Event | None
+    #: For a failed software set: the hardware id that caused it (see Membership.caused_by).
+    caused_by: str | None = None
 
 
 _STATUS_ORDER = case(
@@ -185,6 +187,7 @@ def member_page(
             region=v.region,
             updated_at=m.updated_at,
             last_event=last.get((m.vehicle_id, m.hardware_id)),
+            caused_by=m.caused_by,
         )
         for m, v, version in rows
     ]

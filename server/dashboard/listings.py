@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from overdrive.server.dashboard.forms import ListQuery
+from overdrive.server.fleet import image_of
 from overdrive.server.models import AuditEntry, Campaign, InstalledImage, Membership, Vehicle
 
 #: At most this many distinct values are offered as suggestions in a filter's list.
@@ -76,7 +77,8 @@ def _sorted(query: Select[Vehicle], q: ListQuery) -> Select[Vehicle]:
     """Order by the chosen column (empty values last), then by id.
 
     Hardware id and version sort by the image of the filtered hardware id, or else of the
-    vehicle's first hardware id (a vehicle may run several)."""
+    vehicle's first hardware id (a vehicle may run several; of several ECUs of one, by the one
+    furthest behind)."""
     columns: tuple[ColumnElement[Any] | InstrumentedAttribute[Any], ...]
     if q.sort in ("hardware_id", "version"):
         if hw := q.filters.get("hw"):
@@ -89,10 +91,7 @@ def _sorted(query: Select[Vehicle], q: ListQuery) -> Select[Vehicle]:
                 .correlate(Vehicle)
                 .scalar_subquery()
             )
-        query = query.outerjoin(
-            InstalledImage,
-            (InstalledImage.vehicle_id == Vehicle.id) & (InstalledImage.hardware_id == wanted),
-        )
+        query = query.outerjoin(InstalledImage, image_of(Vehicle.id, wanted))
         version = (InstalledImage.release_counter, InstalledImage.version)
         columns = (InstalledImage.hardware_id, *version) if q.sort == "hardware_id" else version
     else:
@@ -115,12 +114,16 @@ def vehicle_page(
     images: dict[str, list[InstalledImage]] = {}
     active: dict[str, list[CampaignStatus]] = {}
     if ids:
+        shown: set[tuple[str, str, str]] = set()
         for row in session.scalars(
             select(InstalledImage)
             .where(InstalledImage.vehicle_id.in_(ids))
-            .order_by(InstalledImage.hardware_id)
+            .order_by(InstalledImage.hardware_id, InstalledImage.release_counter)
         ):
-            images.setdefault(row.vehicle_id, []).append(row)
+            # Several ECUs of one hardware id on one version are one chip.
+            if (row.vehicle_id, row.hardware_id, row.version) not in shown:
+                shown.add((row.vehicle_id, row.hardware_id, row.version))
+                images.setdefault(row.vehicle_id, []).append(row)
         for m, name in session.execute(
             select(Membership, Campaign.name)
             .join(Campaign, Campaign.id == Membership.campaign_id)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, case, func, select
+from sqlalchemy import Select, case, distinct, func, select
 from sqlalchemy.orm import Session
 
 import overdrive.rollout_policies as rp
@@ -22,6 +22,7 @@ from overdrive.server.campaign_view import campaign_dict
 from overdrive.server.context import ServerContext
 from overdrive.server.dashboard.formatting import percent
 from overdrive.server.errors import NotFoundError
+from overdrive.server.fleet import ecu_views
 from overdrive.server.models import (
     ABORTED,
     ACTIVE_STATES,
@@ -279,13 +280,14 @@ class VersionRow:
 
 
 def installed_versions(session: Session, latest: dict[str, str]) -> dict[str, list[VersionRow]]:
-    """Hardware id → the versions vehicles run, newest first, with how many run each."""
+    """Hardware id → the versions vehicles run, newest first, with how many run each (a
+    vehicle with several ECUs of one hardware id counts once per version they run)."""
     rows = session.execute(
         select(
             InstalledImage.hardware_id,
             InstalledImage.version,
             func.max(InstalledImage.release_counter),
-            func.count(),
+            func.count(distinct(InstalledImage.vehicle_id)),
         ).group_by(InstalledImage.hardware_id, InstalledImage.version)
     ).all()
     totals: dict[str, int] = {}
@@ -346,7 +348,8 @@ def fleet_overview(session: Session, now: datetime, latest: dict[str, str]) -> d
 
 
 def vehicle_detail(session: Session, vehicle_id: str, events: int = 100) -> dict[str, Any]:
-    """One vehicle: attributes, images, status, its campaigns and its recent events."""
+    """One vehicle: attributes, its software set (each ECU and its image), status, its
+    campaigns and its recent events."""
     vehicle = session.get(Vehicle, vehicle_id)
     if vehicle is None:
         raise NotFoundError(f"There is no vehicle with id {vehicle_id!r}.")
@@ -354,7 +357,7 @@ def vehicle_detail(session: Session, vehicle_id: str, events: int = 100) -> dict
         session.scalars(
             select(InstalledImage)
             .where(InstalledImage.vehicle_id == vehicle_id)
-            .order_by(InstalledImage.hardware_id)
+            .order_by(InstalledImage.hardware_id, InstalledImage.ecu_serial)
         )
     )
     memberships = session.execute(
@@ -368,9 +371,13 @@ def vehicle_detail(session: Session, vehicle_id: str, events: int = 100) -> dict
             select(Event).where(Event.vehicle_id == vehicle_id).order_by(*EVENT_ORDER).limit(events)
         )
     )
+    status = vehicle.status or {}
+    unknown = status.get("unknown_ecus")
     return {
         "vehicle": vehicle,
         "images": images,
+        "ecus": ecu_views(vehicle, images),
+        "unknown_ecus": unknown if isinstance(unknown, dict) else {},
         "memberships": [(m, c) for m, c in memberships],
         "events": history,
     }
@@ -379,7 +386,9 @@ def vehicle_detail(session: Session, vehicle_id: str, events: int = 100) -> dict
 def hardware_counts(session: Session) -> dict[str, int]:
     """Hardware id → how many vehicles have that hardware."""
     rows = session.execute(
-        select(InstalledImage.hardware_id, func.count()).group_by(InstalledImage.hardware_id)
+        select(
+            InstalledImage.hardware_id, func.count(distinct(InstalledImage.vehicle_id))
+        ).group_by(InstalledImage.hardware_id)
     )
     return {hw: n for hw, n in rows}
 

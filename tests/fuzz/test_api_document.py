@@ -28,6 +28,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from securesystemslib.signer import CryptoSigner
 
 from overdrive.server.app import create_app
 from overdrive.server.campaigns import tick
@@ -319,6 +320,18 @@ def test_every_operation_answers_as_documented(fuzz_server_any_db: FuzzServer) -
         path_parameters=campaign,
     )
 
+    # A workshop swaps a part: the other car's primary ECU, new serial and key, same hardware id.
+    part = CryptoSigner.generate_ed25519()
+    replaced = call(
+        "POST",
+        "/api/v1/vehicles/{vehicle_id}/ecus/{ecu_serial}/replace",
+        path_parameters={"vehicle_id": other.vehicle_id, "ecu_serial": other.serial},
+        body={
+            "new_serial": f"{other.serial}-new",
+            "public_key": {"keyid": part.public_key.keyid, **part.public_key.to_dict()},
+        },
+    )
+    assert replaced["id"] == other.vehicle_id
     every = {op.ok().label for op in SCHEMA.get_all_operations()}
     assert every - call.answered == set(), "operations never answered with a 2xx here"
 

@@ -1,6 +1,7 @@
 """The program output quoted in ``docs/simulate.md`` is the program's: every ``$ overdrive
 simulate …`` block is run, and its quoted lines must appear in the output, in order (a line
-``...`` stands for lines left out)."""
+``...`` stands for lines left out). A YAML or JSON block whose first line is ``# NAME.yaml``
+(or ``.json``) is a file the commands use: each command runs in a directory holding them."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from overdrive.rollout_policies.simulate_cli import simulate
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "simulate.md"
 BLOCK = re.compile(r"```console\n(.*?)```", re.S)
+FILE_BLOCK = re.compile(r"```(?:yaml|json)\n# ([\w.-]+\.(?:yaml|json))\n(.*?)```", re.S)
 
 
 def examples() -> list[tuple[str, list[str]]]:
@@ -29,12 +31,26 @@ def examples() -> list[tuple[str, list[str]]]:
     return found
 
 
+def files() -> dict[str, str]:
+    """The files the doc shows (name → content; a JSON file's name line is not part of it)."""
+    found = {}
+    for name, body in FILE_BLOCK.findall(DOC.read_text("utf-8")):
+        found[name] = body if name.endswith(".json") else f"# {name}\n{body}"
+    return found
+
+
 def test_the_doc_has_examples() -> None:
     assert len(examples()) >= 4
+    assert "fleet.yaml" in files()
 
 
 @pytest.mark.parametrize(("command", "quoted"), examples(), ids=lambda v: str(v)[:60])
-def test_quoted_output_is_what_the_program_prints(command: str, quoted: list[str]) -> None:
+def test_quoted_output_is_what_the_program_prints(
+    command: str, quoted: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, content in files().items():
+        (tmp_path / name).write_text(content, "utf-8")
+    monkeypatch.chdir(tmp_path)
     argv = shlex.split(command)
     assert argv[:2] == ["overdrive", "simulate"]
     result = click.testing.CliRunner().invoke(simulate, argv[2:], catch_exceptions=False)

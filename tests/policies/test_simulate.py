@@ -221,7 +221,7 @@ def test_fleet_is_apportioned_exactly_and_cohorts_follow_the_bucket_order() -> N
     )
     fleet = build_fleet(config)
     # 500.5, 250.25, 250.25: the vehicle left over goes to the largest remainder.
-    assert [fleet.hardware.count(i) for i in range(3)] == [501, 250, 250]
+    assert [fleet.model.count(i) for i in range(3)] == [501, 250, 250]
     assert sorted(fleet.order) == list(range(1001))
 
 

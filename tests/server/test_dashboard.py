@@ -166,7 +166,10 @@ def test_sign_in_session_cookie_and_pages(
         ("/dashboard/vehicles?q=BUS-00", ["bus-000", "5 vehicles"]),
         ("/dashboard/vehicles?hw=ecu-b&version=1.0&page=zero", ["bus-000", "running ecu-b 1.0"]),
         ("/dashboard/vehicles?q=%25_", ["No vehicle matches"]),
-        ("/dashboard/vehicles/car-001", ["car-001", "Installed images", "not reported any event"]),
+        (
+            "/dashboard/vehicles/car-001",
+            ["car-001", "Software set", "car-001-primary", "not reported any event"],
+        ),
         ("/dashboard/releases", ["ecu-a", "1.1", "from 1.0", "latest"]),
         ("/dashboard/audit", ["token.create", "test-admin"]),
     ]:

@@ -27,7 +27,7 @@ from werkzeug.serving import make_server
 
 from overdrive.envelope import EnvelopeError, sign_envelope, verify_envelope
 from overdrive.server.context import ServerContext
-from overdrive.server.models import DirectorRepo
+from overdrive.server.models import DirectorRepo, InstalledImage, Vehicle
 from overdrive.uptane import ECU_IDENTIFIERS, TIME_ATTESTATION, VEHICLE_FIELD, parse_iso
 from tests.director_view import Get, assignments, http_get
 from tests.repo_fixtures import Published
@@ -385,22 +385,54 @@ def test_an_ecu_report_that_does_not_echo_the_nonce_is_a_409(live: Live, car: Si
     poll(live, car)
 
 
-def test_an_ecu_report_of_an_unregistered_serial_is_a_400(live: Live, car: SimVehicle) -> None:
+def test_an_ecu_report_of_an_unregistered_serial_is_ignored_and_recorded(
+    live: Live, ctx: ServerContext, car: SimVehicle
+) -> None:
+    """A report under a serial the vehicle has no ECU of is ignored, not the manifest (a stray
+    report must not wedge the vehicle): the vehicle's status records the serial, the metric
+    counts it, nothing of the report is stored."""
     manifest = car.manifest()
     report = report_of(manifest, car)
-    ghost = {**report, "ecu_serial": "ghost-ecu"}
+    ghost = {**report, "ecu_serial": "ghost-ecu", "hardware_id": "ecu-z", "counter": 99}
     manifest["signed"]["ecu_version_reports"]["ghost-ecu"] = sign_envelope(ghost, car.signer)
-    status, message = refused(live, car, resigned(car, manifest))
-    assert status == 400 and "ghost-ecu" in message and "not registered" in message
-    # Reporting for an ECU of this vehicle under another serial's name is no better.
+    status, answer = live.post(f"/api/v1/vehicles/{car.vehicle_id}/poll", resigned(car, manifest))
+    assert status == 200, answer
+    with ctx.session() as session:
+        vehicle = session.get(Vehicle, car.vehicle_id)
+        assert vehicle is not None
+        assert vehicle.ecu_counters == {car.serial: report["counter"]}  # no ghost counter
+        unknown = vehicle.status["unknown_ecus"]
+        assert list(unknown) == ["ghost-ecu"] and unknown["ghost-ecu"]["hardware_id"] == "ecu-z"
+        first_seen = unknown["ghost-ecu"]["first_seen"]
+        images = session.scalars(
+            select(InstalledImage.ecu_serial).where(InstalledImage.vehicle_id == car.vehicle_id)
+        ).all()
+        assert images == [car.serial]
+    assert b"overdrive_unknown_ecu_reports_total 1.0" in ctx.metrics.render()
+    # It stays recorded (first seen kept) while later polls go on without it.
+    poll(live, car)
+    with ctx.session() as session:
+        vehicle = session.get(Vehicle, car.vehicle_id)
+        assert vehicle is not None
+        assert vehicle.status["unknown_ecus"]["ghost-ecu"]["first_seen"] == first_seen
+    # A report of garbage under an unknown serial is ignored just the same (never verified).
+    manifest = car.manifest()
+    manifest["signed"]["ecu_version_reports"]["ghost-2"] = {"signed": [1], "signatures": 5}
+    status, answer = live.post(f"/api/v1/vehicles/{car.vehicle_id}/poll", resigned(car, manifest))
+    assert status == 200, answer
+    # Reporting for an ECU of this vehicle under another serial's name is still a 401.
     manifest = car.manifest()
     report = {**report_of(manifest, car), "ecu_serial": "ghost-ecu"}
     status, _message = refused(live, car, with_report(car, manifest, report))
     assert status == 401
-    # Nor is leaving out the primary's own report.
+    # Nor may the primary's own report be left out.
     manifest = car.manifest()
     manifest["signed"]["ecu_version_reports"] = {}
     assert refused(live, car, resigned(car, manifest))[0] == 400
+    manifest = car.manifest()
+    manifest["signed"]["ecu_version_reports"] = {"ghost-ecu": sign_envelope(ghost, car.signer)}
+    status, message = refused(live, car, resigned(car, manifest))
+    assert status == 400 and "no version report from the primary ECU" in message
     poll(live, car)
 
 
