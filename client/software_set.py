@@ -103,9 +103,7 @@ class SoftwareSets:
                 f"ECU {missing[0]} did not answer this poll: the software set waits for it",
                 RETRY_S,
             )
-        entries = {
-            s: e for s, e in entries.items() if s == car.config.serial or car.config.ecu(s)
-        }
+        entries = {s: e for s, e in entries.items() if s == car.config.serial or car.config.ecu(s)}
         try:
             updater = car.trust.refresh(moment)
             for serial, entry in sorted(entries.items(), key=lambda kv: kv[1].install_order):
