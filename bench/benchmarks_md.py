@@ -14,7 +14,7 @@ RESULTS = HERE / "results"
 OUT = HERE.parent / "BENCHMARKS.md"
 #: The delta benchmark comes first (it carries the bundle goals); then the others, in this order.
 FIRST = "deltas.md"
-OTHERS = ("rollout-safety.md", "poll.md", "soak.md", "simulate.md", "e2e-vm.md")
+OTHERS = ("rollout-safety.md", "poll.md", "poll-ecus.md", "soak.md", "simulate.md", "e2e-vm.md")
 
 
 def assemble(results: Path = RESULTS, out: Path = OUT) -> Path:

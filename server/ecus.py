@@ -69,8 +69,11 @@ def replace_ecu(
             vehicle.manifest_counter = 0
         else:
             entry["public_key"] = json.loads(public_key_text(key))
-        vehicle.ecus = {(new_serial if s == serial else s): (entry if s == serial else e)
-                        for s, e in ecus.items()}  # fmt: skip
+        # (in the same place: the software set keeps its order)
+        vehicle.ecus = {
+            (new_serial if s == serial else s): (entry if s == serial else about)
+            for s, about in ecus.items()
+        }
         vehicle.ecu_counters = {
             s: c for s, c in (vehicle.ecu_counters or {}).items() if s != serial
         }
@@ -117,10 +120,8 @@ def _status_after(status: dict[str, Any], old: str, new: str) -> dict[str, Any]:
         if not result["unknown_ecus"]:
             result.pop("unknown_ecus")
     unreported = result.get("unreported_ecus")
-    unreported = (
-        {s: t for s, t in unreported.items() if s != old} if isinstance(unreported, dict) else {}
-    )
-    result["unreported_ecus"] = {**unreported, new: None}
+    before = unreported if isinstance(unreported, dict) else {}
+    result["unreported_ecus"] = {**{s: t for s, t in before.items() if s != old}, new: None}
     return result
 
 
