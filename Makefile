@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench-deltas clean system-deps e2e-vm
+.PHONY: demo test lint bench-deltas clean system-deps e2e-vm power-cut-sets
 
 # Debian tools some tests and benchmarks use for real (the U-Boot and GRUB env tools, zstd,
 # e2fsprogs, the real GRUB and U-Boot that run our boot scripts in QEMU). Installed when missing
@@ -61,6 +61,11 @@ lint: $(VENV)/.installed-dev
 
 bench-deltas: $(VENV)/.installed-dev
 	$(BIN)/python bench/deltas.py
+
+# Every durable operation of the primary cut in a 4-ECU software set (make test samples 10).
+power-cut-sets: $(VENV)/.installed-dev system-deps
+	OVERDRIVE_SET_CUTS=all $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/client/test_software_set.py -k power_cut
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -228,7 +228,7 @@ def provision(
         "vehicle_id": vehicle_id,
         "public_key": {"keyid": key.keyid, **key.to_dict()},
         "attributes": attributes,
-        "ecus": {config.serial: {"hardware_id": hardware_id, "primary": True}},
+        "ecus": {config.serial: {"hardware_id": hardware_id, "primary": True, "kind": "primary"}},
         "images": {
             hardware_id: {
                 "version": factory_version,
@@ -338,6 +338,7 @@ def _register_ecus(config: VehicleConfig, state_dir: Path, body: dict[str, Any])
         body["ecus"][ecu_config.serial] = {
             "hardware_id": ecu_config.hardware_id,
             "primary": False,
+            "kind": ecu_config.kind,
             "public_key": public,
         }
         factory = {

@@ -252,11 +252,15 @@ class SoftwareSets:
                 car.director.trusted_root().version,
                 car.config.request_deadline_s,
             )
-            image_roots = roots_after(
-                car.trust.repo_url + "metadata/",
-                int(info["image_root_version"]),
-                car.trust.root_version(),
-                car.config.request_deadline_s,
+            image_roots = (
+                []  # a partially verifying secondary does not use the image repository
+                if info.get("verification") == "partial"
+                else roots_after(
+                    car.trust.repo_url + "metadata/",
+                    int(info["image_root_version"]),
+                    car.trust.root_version(),
+                    car.config.request_deadline_s,
+                )
             )
         except (KeyError, TypeError, ValueError) as e:
             raise EcuRefused("secondary_error", f"secondary's info is malformed: {e}") from e

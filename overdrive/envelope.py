@@ -25,13 +25,15 @@ class EnvelopeError(OverdriveError):
     """A message is malformed, of the wrong type, or not signed by a trusted key."""
 
 
-def canonical(payload: Mapping[str, Any]) -> bytes:
+def canonical(payload: Mapping[str, Any], *, vetted: bool = False) -> bytes:
     """The OLPC canonical JSON of ``payload`` (what TUF signs): sorted keys, no whitespace, only
     ``"`` and ``\\`` escaped, no floats.
 
     The stdlib's C encoder gives the same bytes whenever it escapes nothing and there is no
     float, at a fraction of the cost (this runs for every poll and every assignment); anything
-    else goes through securesystemslib's reference encoder.
+    else goes through securesystemslib's reference encoder. ``vetted``: ``payload`` is part of
+    a payload canonicalised already (so it has no float and only string keys): the walk that
+    checks that is skipped.
     """
     try:
         fast = json.dumps(
@@ -39,7 +41,7 @@ def canonical(payload: Mapping[str, Any]) -> bytes:
         )
     except (TypeError, ValueError):
         fast = "\\"  # not plain JSON data: let the reference encoder say what is wrong
-    if "\\" not in fast and _plain(payload):
+    if "\\" not in fast and (vetted or _plain(payload)):
         return fast.encode()
     data = encode_canonical(dict(payload))
     assert isinstance(data, str)
@@ -65,10 +67,16 @@ def sign_envelope(payload: Mapping[str, Any], signer: Signer) -> dict[str, Any]:
 
 
 def verify_envelope(
-    envelope: Any, keys: Mapping[str, Key], expected_type: str, threshold: int = 1
+    envelope: Any,
+    keys: Mapping[str, Key],
+    expected_type: str,
+    threshold: int = 1,
+    *,
+    vetted: bool = False,
 ) -> dict[str, Any]:
     """Return the payload if ``envelope`` is a ``expected_type`` message signed by ``threshold``
-    of ``keys`` (key id → key); raise :class:`EnvelopeError` saying what is wrong otherwise."""
+    of ``keys`` (key id → key); raise :class:`EnvelopeError` saying what is wrong otherwise.
+    ``vetted``: ``envelope`` is inside a message already canonicalised (see :func:`canonical`)."""
     if not isinstance(envelope, dict):
         raise EnvelopeError("message must be a JSON object with 'signed' and 'signatures'")
     payload, signatures = envelope.get("signed"), envelope.get("signatures")
@@ -77,7 +85,7 @@ def verify_envelope(
     if payload.get("_type") != expected_type:
         raise EnvelopeError(f"expected a {expected_type} message, got {payload.get('_type')!r}")
     try:
-        data = canonical(payload)
+        data = canonical(payload, vetted=vetted)
     except Exception as e:
         raise EnvelopeError(f"payload cannot be canonicalised: {e}") from e
     good: set[str] = set()

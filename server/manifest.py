@@ -14,22 +14,22 @@ vehicle's ``status.unknown_ecus``, and a metric), so one stray report cannot wed
 Verification is the poll's biggest CPU cost (one ed25519 verification per report; a car has
 many ECUs), so the reports are checked without repeating work: each report's canonical JSON is
 the plain ``json.dumps`` of its payload (the manifest holding it was canonicalised already, so
-it has no float and no key that is not a string; only escapes need the reference encoder), and
-keys parse their public key once (:class:`overdrive.server.vehicles.Ed25519Key`).
+it has no float and no key that is not a string; only escapes need the reference encoder:
+``vetted`` in :func:`overdrive.envelope.canonical`), and keys parse their public key once
+(:class:`overdrive.server.vehicles.Ed25519Key`).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from securesystemslib.signer import Key, Signature
+from securesystemslib.signer import Key
 
-from overdrive.envelope import EnvelopeError, canonical
+from overdrive.envelope import EnvelopeError, verify_envelope
 from overdrive.server.errors import BadRequest, Conflict, Unauthorized
 from overdrive.server.validation import ID_PATTERN, MAX_INT32, identifier, text
 from overdrive.server.validation import field as field_of
@@ -133,52 +133,9 @@ def _claimed_hardware_id(envelope: Any) -> str | None:
 
 
 def verify_report(envelope: Any, keys: Mapping[str, Key]) -> dict[str, Any]:
-    """The payload of a signed ECU version report, if one of ``keys`` signed it.
-
-    :func:`overdrive.envelope.verify_envelope`'s checks and errors, for a report inside an
-    already canonicalised manifest (see the module docstring)."""
-    if not isinstance(envelope, dict):
-        raise EnvelopeError("message must be a JSON object with 'signed' and 'signatures'")
-    payload, signatures = envelope.get("signed"), envelope.get("signatures")
-    if not isinstance(payload, dict) or not isinstance(signatures, list):
-        raise EnvelopeError("message must have an object 'signed' and a list 'signatures'")
-    if payload.get("_type") != ECU_REPORT:
-        raise EnvelopeError(f"expected a {ECU_REPORT} message, got {payload.get('_type')!r}")
-    data = _canonical_within(payload)
-    for raw in signatures:
-        try:
-            signature = Signature.from_dict(dict(raw))
-        except Exception:
-            continue
-        if not isinstance(signature.keyid, str):
-            continue
-        key = keys.get(signature.keyid)
-        if key is None:
-            continue
-        try:
-            key.verify_signature(signature, data)
-        except Exception:
-            continue
-        return payload
-    raise EnvelopeError(f"{ECU_REPORT} is not signed by a trusted key")
-
-
-def _canonical_within(payload: dict[str, Any]) -> bytes:
-    """The canonical JSON of ``payload``, part of a payload that was canonicalised already
-    (hence no floats and only string keys: the plain encoding is canonical unless it
-    escapes something, which only the reference encoder does right)."""
-    try:
-        fast = json.dumps(
-            payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
-    except (TypeError, ValueError) as e:
-        raise EnvelopeError(f"payload cannot be canonicalised: {e}") from e
-    if "\\" not in fast:
-        return fast.encode()
-    try:
-        return canonical(payload)
-    except Exception as e:
-        raise EnvelopeError(f"payload cannot be canonicalised: {e}") from e
+    """The payload of a signed ECU version report (inside a manifest canonicalised already), if
+    one of ``keys`` signed it."""
+    return verify_envelope(envelope, keys, ECU_REPORT, vetted=True)
 
 
 def _report(

@@ -30,7 +30,7 @@ def normalised(line: str) -> str:
     return re.sub(r"\d+(\.\d+)?", "#", line).rstrip()
 
 
-VARYING = ("the policy paused the campaign: ",)
+VARYING = ("the policy paused the campaign: ", "naming the ADAS ECU; the campaign is ")
 """Quoted lines whose rest depends on the run's draw."""
 
 
@@ -65,6 +65,10 @@ def test_demo_end_to_end(cli: Cli, tmp_path: Path) -> None:
     assert summary["rollbacks"] >= 1
     assert summary["bytes_shipped"]["delta"] > 0
     assert summary["bytes_shipped"]["full"] == 0  # every vehicle had a delta for its image
+    # The three-ECU cars: the broken set rolled back on every ECU, the fixed one committed.
+    cars = summary["cars"]
+    assert cars["sets_rolled_back"] >= 1 and cars["sets_committed"] == 3
+    assert cars["ecus"] == {"car-adas 1.2": 3, "car-bcm 1.2": 3, "car-gateway 1.2": 3}
 
 
 def test_demo_refuses_a_non_empty_workspace(cli: Cli, tmp_path: Path) -> None:

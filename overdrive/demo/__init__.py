@@ -37,6 +37,7 @@ from typing import IO, Any
 
 import click
 
+from overdrive.demo.cars import Cars
 from overdrive.demo.images import HEALTH_CHECK, build_image
 from overdrive.errors import OverdriveError
 
@@ -46,6 +47,8 @@ HARDWARE = ("ecu-gateway", "ecu-infotainment")
 #: The director's keys: its offline root key, and the server's online keys.
 DIRECTOR_KEYS = ("director-root", "director-targets", "director-snapshot", "director-timestamp")
 IMAGE_SIZE = 8 * 1024 * 1024
+#: Cars of three ECUs (a primary, a secondary process, a module) in the demo's last chapter.
+CARS = 3
 DEMO_POLICY = """\
 # The canary preset's shape with demo timing: seconds instead of hours.
 name: canary-demo
@@ -147,6 +150,7 @@ class Demo:
         self.fleet: list[Car] = []
         self.tally = Tally()
         self.started = time.monotonic()
+        self.cars = Cars(self, CARS)
 
     # ------------------------------------------------------------------ output
 
@@ -277,7 +281,9 @@ class Demo:
         )
 
     def stop_server(self) -> None:
-        """Stop the server's whole process group: SIGTERM, then SIGKILL after 10 s."""
+        """Stop the server's whole process group: SIGTERM, then SIGKILL after 10 s (and every
+        car's secondary ECU process)."""
+        self.cars.stop()
         server, self.server = self.server, None
         if server is not None and server.poll() is None:
             _signal_group(server.pid, signal.SIGTERM)
@@ -482,6 +488,7 @@ class Demo:
         self.provision_fleet()
         self.first_campaign()
         self.second_campaign()
+        self.cars.run_chapter(self.ws / "health-check.py")
         self.summary()
 
     # ------------------------------------------------------------------ summary
@@ -500,6 +507,12 @@ class Demo:
                 "full": self.tally.bytes_full,
                 "total": total,
             },
+            "cars": {
+                "count": len(self.cars.cars),
+                "sets_rolled_back": self.cars.rolled_back,
+                "sets_committed": self.cars.committed,
+                "ecus": self.cars.versions() if self.cars.cars else {},
+            },
             "seconds": round(time.monotonic() - self.started, 1),
             "dashboard": f"{self.url}/dashboard/",
             "workspace": str(self.ws),
@@ -507,9 +520,12 @@ class Demo:
         (self.ws / "summary.json").write_text(json.dumps(data, indent=2))
         self.heading("Summary")
         rows = [(name, str(count)) for name, count in sorted(versions.items())]
+        rows += [(name, str(count)) for name, count in data["cars"]["ecus"].items()]
         rows += [
             ("updates committed", str(self.tally.updates)),
             ("rollbacks (broken 1.1)", str(self.tally.rollbacks)),
+            ("3-ECU cars: sets rolled back (ADAS 1.1)", str(self.cars.rolled_back)),
+            ("3-ECU cars: sets committed (1.2)", str(self.cars.committed)),
             ("bytes shipped as deltas", _mib(self.tally.bytes_delta)),
             ("bytes shipped as full bundles", _mib(self.tally.bytes_full)),
             ("time", f"{data['seconds']} s"),
