@@ -495,8 +495,9 @@ class Demo:
 
     def summary(self) -> dict[str, Any]:
         versions = self.versions()
+        car_ecus = self.cars.versions() if self.cars.cars else {}
         total = self.tally.bytes_delta + self.tally.bytes_full
-        data = {
+        data: dict[str, Any] = {
             "vehicles": len(self.fleet),
             "versions": dict(sorted(versions.items())),
             "updates_committed": self.tally.updates,
@@ -511,7 +512,7 @@ class Demo:
                 "count": len(self.cars.cars),
                 "sets_rolled_back": self.cars.rolled_back,
                 "sets_committed": self.cars.committed,
-                "ecus": self.cars.versions() if self.cars.cars else {},
+                "ecus": car_ecus,
             },
             "seconds": round(time.monotonic() - self.started, 1),
             "dashboard": f"{self.url}/dashboard/",
@@ -520,7 +521,7 @@ class Demo:
         (self.ws / "summary.json").write_text(json.dumps(data, indent=2))
         self.heading("Summary")
         rows = [(name, str(count)) for name, count in sorted(versions.items())]
-        rows += [(name, str(count)) for name, count in data["cars"]["ecus"].items()]
+        rows += [(name, str(count)) for name, count in car_ecus.items()]
         rows += [
             ("updates committed", str(self.tally.updates)),
             ("rollbacks (broken 1.1)", str(self.tally.rollbacks)),
