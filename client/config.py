@@ -127,36 +127,44 @@ class VehicleConfig:
         lines = []
         for key, value in asdict(self).items():
             if key not in ("attributes", "ecus", "other_ecus"):
-                lines.append(f"{key} = {_toml_value(value)}")
+                lines.append(f"{key} = {toml_value(value)}")
         lines.append("\n[attributes]")
         lines.extend(
-            f"{json.dumps(k)} = {_toml_value(v)}" for k, v in sorted(self.attributes.items())
+            f"{json.dumps(k)} = {toml_value(v)}" for k, v in sorted(self.attributes.items())
         )
         for ecu in self.other_ecus:
             lines.append("\n[[ecus]]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in ecu.to_dict().items())
+            lines.extend(f"{k} = {toml_value(v)}" for k, v in ecu.to_dict().items())
         text = "\n".join(lines) + "\n"
         atomic_write(state_dir / CONFIG_FILE, lambda f: f.write(text.encode()))
 
     @classmethod
     def load(cls, state_dir: Path) -> VehicleConfig:
         path = state_dir / CONFIG_FILE
-        try:
-            data: dict[str, Any] = tomllib.loads(path.read_text())
-        except FileNotFoundError as e:
-            raise ConfigError(
-                f"{path} not found: provision this vehicle with 'overdrive vehicle provision'"
-            ) from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path} is not valid TOML: {e}") from e
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown setting {unknown[0]!r}")
+        data = read_settings(
+            path,
+            {f.name for f in fields(cls) if f.init},
+            "provision this vehicle with 'overdrive vehicle provision'",
+        )
         try:
             return cls(**data)
         except TypeError as e:  # a required setting is missing
             raise ConfigError(f"{path}: {e}") from e
+
+
+def read_settings(path: Path, known: set[str], missing: str) -> dict[str, Any]:
+    """The settings of the TOML file ``path``, all of them ``known`` (``missing``: what to do
+    when there is no such file); :class:`ConfigError` in one line otherwise."""
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path} not found: {missing}") from e
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path} is not readable TOML: {e}") from e
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting {unknown[0]!r}")
+    return data
 
 
 def _valid_serial(value: str) -> bool:
@@ -187,7 +195,8 @@ _KIND_NAMES = {
 }
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML value (booleans, numbers, else a string)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

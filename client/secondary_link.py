@@ -159,6 +159,16 @@ def decode_line(line: bytes, what: str) -> dict[str, Any]:
     return message
 
 
+def take_line(buffer: bytearray) -> bytes | None:
+    """The first whole line in ``buffer`` (removed from it), None if it holds none yet."""
+    end = buffer.find(b"\n")
+    if end < 0:
+        return None
+    line = bytes(buffer[: end + 1])
+    del buffer[: end + 1]
+    return line
+
+
 class _Reader:
     """Lines from a socket, each at most :data:`MAX_LINE` bytes."""
 
@@ -168,10 +178,8 @@ class _Reader:
 
     def line(self) -> bytes:
         while True:
-            end = self.buffer.find(b"\n")
-            if end >= 0:
-                line = bytes(self.buffer[: end + 1])
-                del self.buffer[: end + 1]
+            line = take_line(self.buffer)
+            if line is not None:
                 return line
             if len(self.buffer) >= MAX_LINE:
                 raise SecondaryError(f"answer longer than {MAX_LINE} bytes")

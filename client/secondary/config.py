@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
 
+from overdrive.client.config import read_settings, toml_value
 from overdrive.client.errors import ConfigError
 from overdrive.errors import OverdriveError
 from overdrive.storage.local import atomic_write
@@ -67,30 +65,18 @@ class SecondaryConfig:
         return Path(self.slot_a if slot == "A" else self.slot_b)
 
     def save(self, state_dir: Path) -> None:
-        text = "".join(f"{k} = {_toml(v)}\n" for k, v in asdict(self).items())
+        text = "".join(f"{k} = {toml_value(v)}\n" for k, v in asdict(self).items())
         atomic_write(state_dir / CONFIG_FILE, lambda f: f.write(text.encode()))
 
     @classmethod
     def load(cls, state_dir: Path) -> SecondaryConfig:
         path = state_dir / CONFIG_FILE
-        try:
-            data: dict[str, Any] = tomllib.loads(path.read_text())
-        except FileNotFoundError as e:
-            raise ConfigError(
-                f"{path} not found: set up this ECU with 'overdrive vehicle secondary init'"
-            ) from e
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"{path} is not readable TOML: {e}") from e
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"{path}: unknown setting {unknown[0]!r}")
+        data = read_settings(
+            path,
+            {f.name for f in fields(cls)},
+            "set up this ECU with 'overdrive vehicle secondary init'",
+        )
         try:
             return cls(**data)
         except TypeError as e:  # a required setting is missing
             raise ConfigError(f"{path}: {e}") from e
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return repr(value)
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string

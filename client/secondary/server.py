@@ -32,6 +32,7 @@ from overdrive.client.secondary_link import (
     SecondaryError,
     decode_line,
     encode_line,
+    take_line,
 )
 from overdrive.errors import OverdriveError
 from overdrive.text import one_line
@@ -72,10 +73,8 @@ class _Connection:
         """The next line (None: the peer closed between requests)."""
         deadline = time.monotonic() + self.idle_s + MAX_LINE / MIN_STAGE_RATE
         while True:
-            end = self.buffer.find(b"\n")
-            if end >= 0:
-                line = bytes(self.buffer[: end + 1])
-                del self.buffer[: end + 1]
+            line = take_line(self.buffer)
+            if line is not None:
                 return line
             if len(self.buffer) >= MAX_LINE:
                 raise _Cut("protocol_error", f"request line longer than {MAX_LINE} bytes")

@@ -16,8 +16,9 @@ Each was tried against a live server and used to succeed:
    and ``/readyz`` not ready; trust state is kept per repository in an absolute state dir;
 9. vehicle version manifests: an ECU version report signed by another key than that ECU's
    (401), a genuine report replayed with its old nonce or signed again with an old counter
-   (409), and one vehicle's manifest (or ECU report) passed off as another's (401, or 400 for
-   an ECU not registered to the vehicle): nothing of them is stored.
+   (409), and one vehicle's manifest (or ECU report) passed off as another's (401): nothing of
+   them is stored; a report of an ECU not registered to the vehicle is ignored and recorded
+   for the operators (``unknown_ecus``), the rest of the manifest accepted.
 
 Every refusal is a one-line JSON error (``{"error": {status, code, message}}``), never a 500.
 """

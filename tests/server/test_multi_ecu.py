@@ -367,6 +367,30 @@ def test_a_vehicles_set_is_admitted_in_one_stage(
     assert sum(True in states for states in by_vehicle.values()) == 1
 
 
+def _started_set(
+    http: FlaskClient,
+    published: Published,
+    enroll: str,
+    tokens: dict[str, str],
+    prefix: str,
+    count: int,
+) -> tuple[list[Any], str]:
+    """``count`` registered two-ECU cars and a started set campaign (ecu-a 1.1, ecu-b 1.0)."""
+    cars = [set_car(published, f"{prefix}-{i}") for i in range(count)]
+    for car in cars:
+        register(http, enroll, car)
+    op = tokens["operator"]
+    campaign = create(
+        http,
+        op,
+        releases={"ecu-a": "1.1", "ecu-b": "1.0"},
+        policy=_set_policy(),
+        filter={"model": "m3"},
+    )
+    start(http, op, campaign["id"])
+    return cars, str(campaign["id"])
+
+
 def _set_policy(share: str = "100%") -> dict[str, Any]:
     return {
         "name": "set-judged",
@@ -383,19 +407,8 @@ def test_a_rolled_back_set_counts_against_the_hardware_id_that_caused_it(
     enroll: str,
     tokens: dict[str, str],
 ) -> None:
-    cars = [set_car(published, f"judge-{i}") for i in range(3)]
-    for car in cars:
-        register(http, enroll, car)
+    cars, cid = _started_set(http, published, enroll, tokens, "judge", 3)
     op = tokens["operator"]
-    campaign = create(
-        http,
-        op,
-        releases={"ecu-a": "1.1", "ecu-b": "1.0"},
-        policy=_set_policy(),
-        filter={"model": "m3"},
-    )
-    cid = campaign["id"]
-    start(http, op, cid)
     # judge-0: the gateway's health check failed: both ECUs roll back, naming the gateway.
     # judge-1: the same, but blaming a hardware id the campaign does not update for it:
     # that cannot move the failure anywhere (each membership counts as its own failure).
@@ -800,19 +813,8 @@ def test_a_breach_names_the_hardware_id_that_fails_the_sets(
 ) -> None:
     """Every vehicle's set rolls back because of its gateway: the campaign halts on ecu-b, and
     ecu-a (rolled back with each set, never at fault) is no failing group."""
-    cars = [set_car(published, f"halt-{i:02d}") for i in range(16)]
-    for car in cars:
-        register(http, enroll, car)
+    cars, cid = _started_set(http, published, enroll, tokens, "halt", 16)
     op = tokens["operator"]
-    campaign = create(
-        http,
-        op,
-        releases={"ecu-a": "1.1", "ecu-b": "1.0"},
-        policy=_set_policy(),
-        filter={"model": "m3"},
-    )
-    cid = campaign["id"]
-    start(http, op, cid)
     for car in cars:
         cause = {"ecu_serial": f"{car.vehicle_id}-gw", "hardware_id": "ecu-b"}
         events = [
