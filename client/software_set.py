@@ -501,8 +501,12 @@ class SoftwareSets:
             else:
                 try:
                     self._ecu(member).rollback(s["id"])
-                except (EcuUnreachable, EcuRefused) as e:  # it must go back: keep trying
-                    return CycleResult("waiting", f"{e} (rolling the software set back)", RETRY_S)
+                except (EcuUnreachable, EcuRefused) as e:
+                    if member["stage"] != "staged":  # its slot was written: it must go back
+                        return CycleResult(
+                            "waiting", f"{e} (rolling the software set back)", RETRY_S
+                        )
+                    # only a staged bundle there: nothing to undo; its next set replaces it
             self._step(state, member, "rolled_back")
         failure = s["failure"] or {"serial": "?", "reason": "failed", "message": "failed"}
         error = SetFailed(failure["serial"], failure["reason"], failure["message"])

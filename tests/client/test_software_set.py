@@ -298,6 +298,8 @@ def running_versions(cli: Cli, car: Vehicle) -> dict[str, str]:
     status = vehicle_status(cli, car.state_dir)
     versions = {f"{car.name}-gw": status["slots"][status["active_slot"]]["version"]}
     for ecu in status["ecus"]:
+        if "status" not in ecu and "image" not in ecu:
+            continue  # not answering
         if ecu["kind"] == "module":
             versions[ecu["serial"]] = ecu["image"]["version"]
         else:
@@ -453,3 +455,40 @@ def test_power_cut_in_a_software_set(
         f"power-cut harness (4-ECU software set): {len(points)} of {total} cut points, "
         f"{outcomes['1.1']} completed, {outcomes['1.0']} rolled back cleanly"
     )
+
+
+def test_a_secondary_that_stops_answering_rolls_the_set_back(
+    cli: Cli, fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The partial secondary dies between staging and its install: the set waits for it up to
+    ``set_deadline_s``, then every ECU that installed goes back and the rollback names it."""
+    from overdrive.client.config import VehicleConfig
+    from overdrive.client.ecus import SecondaryEcu
+    from overdrive.client.vehicle import Vehicle as Client
+
+    car = fleet.car("lost")
+    config = VehicleConfig.load(car.state_dir)
+    config.set_deadline_s = 0.5
+    config.save(car.state_dir)
+    campaign = start_set(fleet.live, "1.1", ["lost"])
+    real_install = SecondaryEcu.install
+
+    def install(self: SecondaryEcu, set_id: str, bundle: Path, info: Any) -> None:
+        if self.config.serial == "lost-ivi":  # the cable is pulled
+            car.secondaries["lost-ivi"].process.kill()
+            car.secondaries["lost-ivi"].process.wait()
+        real_install(self, set_id, bundle, info)
+
+    monkeypatch.setattr(SecondaryEcu, "install", install)
+    first = Client(car.state_dir).cycle()
+    assert first.action == "waiting" and "lost-ivi" in first.detail, first
+    time.sleep(0.6)
+    second = Client(car.state_dir).cycle()
+    assert second.action == "failed" and "lost-ivi" in second.detail, second
+    versions = running_versions(cli, car)
+    assert versions["lost-gw"] == "1.0" and versions["lost-bcm"] == "1.0"
+    assert versions["lost-adas"] == "1.0"
+    outcome = memberships(fleet.live, campaign, "lost")
+    assert {details.get("caused_by", {}).get("ecu_serial") for _s, details in outcome.values()} == {
+        "lost-ivi"
+    }
