@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tuf.api.metadata import TargetFile
-
 from overdrive.bundle import BundleError, apply_bundle
 from overdrive.client.ecu_config import EcuConfig
 from overdrive.client.identity import load_key
@@ -228,13 +226,3 @@ def bundle_info(custom: Any, path: str) -> BundleInfo:
     if info is None:
         raise EcuRefused("not_a_bundle", f"target {path} is not an update bundle")
     return info
-
-
-def target_of(verified: dict[str, Any]) -> TargetFile:
-    """A verified assignment's target (path, length, hashes, custom) as TUF has it."""
-    return TargetFile(
-        verified["length"],
-        {"sha256": verified["sha256"]},
-        verified["payload"]["target"]["path"],
-        {"custom": verified["custom"]},
-    )

@@ -476,9 +476,10 @@ class SoftwareSets:
                 self._current(state, member)
                 try:
                     self._ecu(member).commit(s["id"])
-                except EcuUnreachable as e:  # a healthy trial is committed, however late
-                    return CycleResult("waiting", f"{e} (committing the software set)", RETRY_S)
-                except EcuRefused as e:
+                except (
+                    EcuUnreachable,
+                    EcuRefused,
+                ) as e:  # a healthy trial is committed, however late
                     return CycleResult("waiting", f"{e} (committing the software set)", RETRY_S)
                 state.ecu_committed[member["serial"]] = member["verified"]["info"][
                     "release_counter"
